@@ -1,0 +1,1 @@
+"""Routines: a self-hosted GitHub App that runs repo-bound AI coding routines."""

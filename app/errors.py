@@ -1,0 +1,69 @@
+"""One exception tree. Every message names the thing that is wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class RoutinesError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(RoutinesError):
+    """A setting is missing or malformed."""
+
+
+class RoutineFileError(RoutinesError):
+    """A routine file is wrong; `str()` is `file:line: what is wrong — how to fix`."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        super().__init__(f"{path}:{line}: {message}")
+        self.path = path
+        self.line = line
+        self.message = message
+
+
+class RoutineNotFound(RoutinesError):
+    pass
+
+
+class RunNotFound(RoutinesError):
+    pass
+
+
+class StoreError(RoutinesError):
+    """Redis is unreachable or answered something unexpected."""
+
+
+class InvalidTransition(RoutinesError):
+    pass
+
+
+class ForgeError(RoutinesError):
+    """The code host refused or failed a request."""
+
+
+class WorkspaceError(RoutinesError):
+    """A git operation on a mirror or a workspace failed."""
+
+
+class ModelError(RoutinesError):
+    """The model API failed after retries, or answered something unusable."""
+
+
+class SandboxError(RoutinesError):
+    """The sandbox could not start or run a command."""
+
+
+class ToolError(RoutinesError):
+    """A tool call was invalid; the message goes back to the model as an error result."""
+
+
+class RunLimitReached(RoutinesError):
+    """A run hit one of its limits. `limit` names it (max_turns, max_minutes, max_cost_usd)."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class RunStopped(RoutinesError):
+    """The model stopped without finishing (refusal, context window); the message says why."""
