@@ -1,0 +1,15 @@
+# One image for both processes: `routines web` and `routines worker`.
+FROM python:3.11-slim
+RUN apt-get update && apt-get install -y --no-install-recommends git bubblewrap ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /srv/routines
+COPY pyproject.toml README.md ./
+COPY app ./app
+RUN pip install --no-cache-dir .
+COPY routines ./routines
+RUN useradd --create-home --uid 10001 routines && mkdir -p /data && chown routines /data
+USER routines
+ENV ROUTINES_DATA_DIR=/data ROUTINES_DIR=/srv/routines/routines HOST=0.0.0.0 PORT=8000
+EXPOSE 8000
+ENTRYPOINT ["routines"]
+CMD ["web"]

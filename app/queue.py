@@ -1,0 +1,46 @@
+"""The job queue (arq): JSON-serialised jobs with deterministic ids, so a run is enqueued once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+
+from app.errors import StoreError
+
+RUN_JOB = "run_routine"
+
+
+def dumps(data: Any) -> bytes:
+    """arq pickles by default, letting whoever writes to Redis run code in the worker; we use JSON."""
+    return json.dumps(data).encode()
+
+
+def loads(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
+def redis_settings(url: str) -> RedisSettings:
+    settings = RedisSettings.from_dsn(url)
+    settings.conn_retries = 1
+    settings.conn_timeout = 2
+    return settings
+
+
+def run_job_id(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+async def connect(url: str) -> ArqRedis:
+    try:
+        pool: ArqRedis = await create_pool(redis_settings(url), job_serializer=dumps, job_deserializer=loads)
+    except (OSError, ConnectionError) as exc:
+        raise StoreError(f"cannot reach Redis at {url} ({exc}); start it or set REDIS_URL") from None
+    return pool
+
+
+async def enqueue_run(pool: ArqRedis, run_id: str) -> bool:
+    """Queue the run job; False when a job with this run's id already exists (never twice)."""
+    job = await pool.enqueue_job(RUN_JOB, run_id, _job_id=run_job_id(run_id))
+    return job is not None

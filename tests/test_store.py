@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis import asyncio as aioredis
+
+from app.domain import Event, Run, RunState, Trigger, new_run_id
+from app.errors import InvalidTransition, RunNotFound, StoreError
+from app.store import RedisStore
+
+
+def make_run(routine: str = "fix") -> Run:
+    return Run(id=new_run_id(), routine=routine, repo="acme/api", trigger=Trigger("api", text="hi"))
+
+
+async def test_run_round_trip_and_state_machine(aredis: aioredis.Redis) -> None:
+    store = RedisStore(aredis)
+    run = make_run()
+    await store.create_run(run)
+    assert (await store.get_run(run.id)).trigger.text == "hi"
+    await store.transition(run.id, RunState.PREPARING)
+    with pytest.raises(InvalidTransition):
+        await store.transition(run.id, RunState.SUCCEEDED)
+    await store.transition(run.id, RunState.RUNNING)
+    await store.transition(run.id, RunState.FINISHING)
+    done = await store.transition(run.id, RunState.NO_CHANGES, summary="nothing to do")
+    assert done.state is RunState.NO_CHANGES and done.summary == "nothing to do"
+    with pytest.raises(InvalidTransition):
+        await store.transition(run.id, RunState.FAILED)
+    states = [e.data["state"] for e in await store.events(run.id) if e.type == "run.state"]
+    assert states == ["queued", "preparing", "running", "finishing", "no_changes"]
+
+
+async def test_missing_run_says_so(aredis: aioredis.Redis) -> None:
+    with pytest.raises(RunNotFound, match="does not exist"):
+        await RedisStore(aredis).get_run("nope")
+
+
+async def test_follow_reads_live_events_until_terminal(aredis: aioredis.Redis) -> None:
+    store = RedisStore(aredis)
+    run = make_run()
+    await store.create_run(run)
+    seen: list[str] = []
+
+    async def reader() -> None:
+        async for event in store.follow(run.id):
+            seen.append(event.type)
+
+    task = asyncio.create_task(reader())
+    await asyncio.sleep(0.05)
+    await store.append_event(run.id, Event("log", {"n": 1}))
+    await store.transition(run.id, RunState.FAILED, error="boom")
+    await asyncio.wait_for(task, timeout=5)
+    assert seen == ["run.state", "log", "run.state"]
+    after_first = (await store.events(run.id))[0].id
+    assert [e.type for e in await store.events(run.id, after=after_first)] == ["log", "run.state"]
+
+
+async def test_list_runs_newest_first_filtered_and_paginated(aredis: aioredis.Redis) -> None:
+    store = RedisStore(aredis)
+    ids = []
+    for i in range(5):
+        run = make_run("a" if i % 2 == 0 else "b")
+        run.created_at += i
+        await store.create_run(run)
+        ids.append(run.id)
+    await store.transition(ids[4], RunState.CANCELLED)
+    all_runs = await store.list_runs()
+    assert [r.id for r in all_runs] == ids[::-1]
+    assert [r.id for r in await store.list_runs(routine="a")] == [ids[4], ids[2], ids[0]]
+    assert [r.id for r in await store.list_runs(state="cancelled")] == [ids[4]]
+    page = await store.list_runs(limit=2)
+    rest = await store.list_runs(limit=10, before=page[-1].id)
+    assert [r.id for r in page + rest] == ids[::-1]
+
+
+async def test_routine_tokens_rotate_and_are_stored_hashed(aredis: aioredis.Redis) -> None:
+    store = RedisStore(aredis)
+    first = await store.new_routine_token("fix")
+    assert await store.check_routine_token("fix", first)
+    second = await store.new_routine_token("fix")
+    assert not await store.check_routine_token("fix", first)
+    assert await store.check_routine_token("fix", second)
+    assert not await store.check_routine_token("other", second)
+    raw = await aredis.get("routines:token:fix")
+    assert raw is not None and second.encode() not in raw
+
+
+async def test_dead_redis_gives_a_clear_error() -> None:
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    with pytest.raises(StoreError, match="Redis"):
+        await RedisStore(client).ping()
+    with pytest.raises(StoreError, match="could not record run"):
+        await RedisStore(client).create_run(make_run())
+    await client.aclose()
