@@ -1,0 +1,216 @@
+"""The local sandbox: one persistent bash per run, with a clean environment and no isolation.
+
+It gives the agent no credential (the worker's environment never reaches it) but does not confine
+the file system or the network; `bwrap.py` does. Use it for development and trusted repositories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+from app.errors import SandboxError
+from app.ports import CommandResult
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_CHUNK_BYTES = 64 * 1024
+
+
+class LocalSandbox:
+    """Starts `LocalShell`s; `max_output_bytes` caps what one command's result keeps."""
+
+    name = "local"
+
+    def __init__(self, *, max_output_bytes: int = 30_000, path: str = DEFAULT_PATH) -> None:
+        self.max_output_bytes = max_output_bytes
+        self.path = path
+
+    async def shell(self, workdir: Path, env: dict[str, str]) -> LocalShell:
+        """A started shell in `workdir` whose environment is PATH, HOME, LANG, TERM and `env` only."""
+        shell = LocalShell(workdir, env, path=self.path, max_output_bytes=self.max_output_bytes)
+        await shell.restart()
+        return shell
+
+
+class LocalShell:
+    """One `bash` process in its own process group; cwd and variables survive between commands.
+
+    A command runs with stdin from /dev/null and stderr merged into stdout. A command that times
+    out is killed with its whole process group and the shell is restarted (state is lost).
+    """
+
+    def __init__(self, workdir: Path, env: dict[str, str], *, path: str, max_output_bytes: int) -> None:
+        self.workdir = workdir
+        self._env = dict(env)
+        self._path = path
+        self._max_output_bytes = max_output_bytes
+        self._home: Path | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self, command: str, timeout_s: float) -> CommandResult:
+        """Run `command`; output is capped (head and tail kept) while all of it is drained."""
+        async with self._lock:
+            if self._proc is None or self._proc.returncode is not None:
+                await self._start()
+            proc = self._proc
+            if proc is None or proc.stdin is None or proc.stdout is None:
+                raise SandboxError("the shell has no pipes; this is a bug in LocalShell")
+            marker = f"__ROUTINES_DONE_{secrets.token_hex(8)}__"
+            capture = _Capture(self._max_output_bytes, marker.encode())
+            try:
+                proc.stdin.write(_wrap(command, marker).encode())
+                await proc.stdin.drain()
+                async with asyncio.timeout(timeout_s):
+                    await _read_until_done(proc.stdout, capture)
+            except TimeoutError:
+                await self._start()
+                note = (
+                    f"[the command timed out after {timeout_s:g}s and was killed; the shell was restarted,"
+                    " so the working directory and variables are reset]"
+                )
+                return capture.result(None, note=note, timed_out=True)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            if capture.exit_code is not None:
+                return capture.result(capture.exit_code)
+            code = await _wait(proc)
+            await self._start()
+            note = f"[the shell exited with code {code}; a new shell was started, so the working directory is reset]"
+            return capture.result(code, note=note)
+
+    async def restart(self) -> None:
+        """Kill the current shell (if any) with its process group and start a fresh one."""
+        async with self._lock:
+            await self._start()
+
+    async def close(self) -> None:
+        """Kill the shell's process group and remove its private HOME."""
+        async with self._lock:
+            await self._kill()
+            if self._home is not None:
+                await asyncio.to_thread(shutil.rmtree, self._home, True)
+                self._home = None
+
+    async def _start(self) -> None:
+        await self._kill()
+        if self._home is None:
+            self._home = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="routines-home-"))
+        env = {"PATH": self._path, "HOME": str(self._home), "LANG": "C.UTF-8", "TERM": "dumb", **self._env}
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                "bash",
+                "--noprofile",
+                "--norc",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=self.workdir,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise SandboxError(
+                f"cannot start bash in {self.workdir}: {exc.strerror}; "
+                "check that bash is on PATH and the directory exists"
+            ) from None
+
+    async def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.stdin is not None:
+            proc.stdin.close()
+        await _wait(proc)
+        if proc.stdout is not None:
+            # Read to EOF so the pipe transport closes; a process that escaped the group may hold it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    while await proc.stdout.read(_CHUNK_BYTES):
+                        pass
+
+
+def _wrap(command: str, marker: str) -> str:
+    """The script sent to bash: read the command verbatim, eval it, then print marker + exit code.
+
+    Going through `read` + `eval` keeps a command with a syntax error (an unclosed quote) from
+    swallowing the lines after it, which would hang the shell.
+    """
+    delimiter = f"__ROUTINES_CMD_{secrets.token_hex(8)}__"
+    return (
+        f"IFS= read -r -d '' __routines_cmd <<'{delimiter}'\n{command}\n{delimiter}\n"
+        '{ eval "$__routines_cmd"; } </dev/null 2>&1\n'
+        f"printf '%s %d\\n' '{marker}' \"$?\"\n"
+    )
+
+
+async def _read_until_done(stdout: asyncio.StreamReader, capture: _Capture) -> None:
+    while capture.exit_code is None:
+        chunk = await stdout.read(_CHUNK_BYTES)
+        if not chunk:
+            return
+        capture.feed(chunk)
+
+
+async def _wait(proc: asyncio.subprocess.Process) -> int | None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            return await proc.wait()
+    return proc.returncode
+
+
+class _Capture:
+    """Keeps the first and last `limit // 2` bytes of a stream and finds the end marker in it."""
+
+    def __init__(self, limit: int, marker: bytes) -> None:
+        self._half = max(limit // 2, 1)
+        self._pattern = re.compile(re.escape(marker) + rb" (-?\d+)\n")
+        self._overlap = len(marker) + 16
+        self._head = bytearray()
+        self._tail = bytearray()
+        self._recent = b""
+        self._total = 0
+        self._end: int | None = None
+        self.exit_code: int | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        window = self._recent + chunk
+        found = self._pattern.search(window)
+        if found:
+            self._end = self._total - len(self._recent) + found.start()
+            self.exit_code = int(found.group(1))
+        self._recent = window[-self._overlap :]
+        self._total += len(chunk)
+        room = self._half - len(self._head)
+        if room > 0:
+            self._head += chunk[:room]
+            chunk = chunk[room:]
+        self._tail += chunk
+        if len(self._tail) > 2 * (self._half + self._overlap):
+            del self._tail[: -(self._half + self._overlap)]
+
+    def result(self, exit_code: int | None, *, note: str = "", timed_out: bool = False) -> CommandResult:
+        end = self._total if self._end is None else self._end
+        head = bytes(self._head[:end])
+        tail_start = self._total - len(self._tail)
+        tail = bytes(self._tail[: max(end - tail_start, 0)])
+        cut = tail_start - len(self._head) if tail_start > len(self._head) else 0
+        if len(tail) > self._half:
+            cut += len(tail) - self._half
+            tail = tail[-self._half :]
+        text = head.decode(errors="replace")
+        if cut:
+            text += f"\n[... {cut} bytes of output cut ...]\n"
+        text += tail.decode(errors="replace")
+        if note:
+            text = f"{text.rstrip()}\n{note}" if text.strip() else note
+        return CommandResult(output=text, exit_code=exit_code, timed_out=timed_out, truncated=cut > 0)
