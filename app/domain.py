@@ -98,7 +98,7 @@ class Routine:
     description: str = ""
     base: str | None = None
     on: Triggers = field(default_factory=Triggers)
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     tools: tuple[str, ...] = ("bash", "edit")
     network_allow: tuple[str, ...] = ()
     secrets: tuple[str, ...] = ()

@@ -106,9 +106,9 @@ def _base(r: Reader, node: yaml.Node) -> str:
 
 
 def _model(r: Reader, node: yaml.Node) -> str:
-    model = r.string(node, "model", "model: claude-sonnet-4-5")
+    model = r.string(node, "model", "model: claude-sonnet-4-6")
     if not model.startswith("claude-"):
-        raise r.error(node, f"model {model!r} is not a Claude model — write a model id such as claude-sonnet-4-5")
+        raise r.error(node, f"model {model!r} is not a Claude model — write a model id such as claude-sonnet-4-6")
     return model
 
 
