@@ -1,0 +1,239 @@
+"""GitHub as a forge: App JWT, installation tokens scoped to one repository, pull requests, comments.
+
+One githubkit client and one connection pool per process: build it once, use it as
+`async with GitHubForge(...) as forge` (leaving the block closes the pool). Every githubkit or
+httpx error becomes a ForgeError that names the repository and the fix; no message ever holds a
+token or the key.
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import Any, cast
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from githubkit import GitHub, UnauthAuthStrategy
+from githubkit.exception import GitHubException, RequestFailed, RequestTimeout
+from pydantic import ValidationError
+
+from app.domain import PullRequest
+from app.errors import ConfigError, ForgeError
+from app.forge.github_errors import describe_failure, redact
+from app.ports import Credentials, RepoInfo
+
+JWT_BACKDATE_S = 60  # GitHub's advice: allow for clock drift between us and GitHub
+JWT_LIFETIME_S = 540  # exp - iat is then 600 s, GitHub's maximum
+
+
+class GitHubForge:
+    """The `Forge` for GitHub (and GitHub Enterprise: `api_url` = https://HOST/api/v3)."""
+
+    name = "github"
+
+    def __init__(self, api_url: str, app_id: str, private_key: str, timeout_s: float = 30) -> None:
+        if not str(app_id).isdigit():
+            raise ConfigError(f"GitHub App id {app_id!r} is not a number; copy the App ID from the App settings")
+        try:
+            key = serialization.load_pem_private_key(private_key.encode(), password=None)
+        except (ValueError, TypeError):
+            key = None
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ConfigError(
+                "the GitHub App private key is not a PEM RSA private key; "
+                "use the .pem file downloaded from the GitHub App settings"
+            )
+        self.api_url = api_url.rstrip("/")
+        self.app_id = str(app_id)
+        self.timeout_s = timeout_s
+        self._key = key
+        self._granted: dict[int, dict[str, str]] = {}
+        self._transport = _SharedTransport()
+        self._github: GitHub[UnauthAuthStrategy] = GitHub(
+            base_url=self.api_url + "/",
+            timeout=timeout_s,
+            http_cache=False,
+            user_agent="routines",
+            async_transport=self._transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"GitHubForge(api_url={self.api_url!r}, app_id={self.app_id!r})"
+
+    async def __aenter__(self) -> GitHubForge:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._transport.pool.aclose()
+
+    def app_jwt(self) -> str:
+        """A JWT authenticating as the App: RS256, `iss` = app id, valid from a minute ago for 10 minutes."""
+        now = int(time.time())
+        claims = {"iat": now - JWT_BACKDATE_S, "exp": now + JWT_LIFETIME_S, "iss": self.app_id}
+        return jwt.encode(claims, self._key, algorithm="RS256")
+
+    async def resolve(self, repo: str) -> RepoInfo:
+        """The repository `owner/name` as the App's installation sees it."""
+        owner, name = _split(repo)
+        rest = self._github.rest
+        installation = await self._call(
+            "find the App installation", repo, rest.apps.async_get_repo_installation(owner, name, headers=self._app())
+        )
+        self._granted[installation.id] = {k: v for k, v in installation.permissions.model_dump().items() if v}
+        token = await self._mint(installation.id, repo, {"metadata": "read"})
+        found = await self._call("read the repository", repo, rest.repos.async_get(owner, name, headers=_token(token)))
+        return RepoInfo(
+            full_name=found.full_name,
+            clone_url=found.clone_url,
+            default_branch=found.default_branch,
+            html_url=found.html_url,
+            installation_id=installation.id,
+        )
+
+    async def credentials(self, repo: RepoInfo, permissions: dict[str, str]) -> Credentials:
+        """A new installation token for this one repository with exactly `permissions` (expires in 1 h)."""
+        if repo.installation_id is None:
+            raise ForgeError(f"{repo.full_name} has no GitHub App installation; resolve it with the GitHub forge")
+        token = await self._mint(repo.installation_id, repo.full_name, permissions)
+        return Credentials("x-access-token", token)
+
+    async def find_pull_request(self, repo: RepoInfo, head: str, creds: Credentials | None) -> PullRequest | None:
+        """The open pull request whose head is branch `head` of this repository, if any."""
+        owner, name = _split(repo.full_name)
+        headers = await self._auth(repo, creds, "read")
+        pulls = await self._call(
+            f"list pull requests for {head}",
+            repo.full_name,
+            self._github.rest.pulls.async_list(owner, name, state="open", head=f"{owner}:{head}", headers=headers),
+        )
+        return PullRequest(number=pulls[0].number, url=pulls[0].html_url) if pulls else None
+
+    async def open_pull_request(
+        self,
+        repo: RepoInfo,
+        *,
+        head: str,
+        base: str,
+        title: str,
+        body: str,
+        draft: bool,
+        creds: Credentials | None,
+    ) -> PullRequest:
+        """Open a pull request from `head` into `base`; GitHub refuses a second open one for the same head."""
+        owner, name = _split(repo.full_name)
+        headers = await self._auth(repo, creds, "write")
+        pull = await self._call(
+            f"open a pull request from {head} into {base}",
+            repo.full_name,
+            self._github.rest.pulls.async_create(
+                owner, name, title=title, head=head, base=base, body=body, draft=draft, headers=headers
+            ),
+        )
+        return PullRequest(number=pull.number, url=pull.html_url)
+
+    async def comment(self, repo: RepoInfo, number: int, body: str, creds: Credentials | None) -> int:
+        """Comment on issue or pull request `number`; returns the comment id."""
+        owner, name = _split(repo.full_name)
+        headers = await self._auth(repo, creds, "write", permission="issues")
+        created = await self._call(
+            f"comment on #{number}",
+            repo.full_name,
+            self._github.rest.issues.async_create_comment(owner, name, number, body=body, headers=headers),
+        )
+        return int(created.id)
+
+    async def update_comment(self, repo: RepoInfo, comment_id: int, body: str, creds: Credentials | None) -> None:
+        """Replace the body of comment `comment_id`."""
+        owner, name = _split(repo.full_name)
+        headers = await self._auth(repo, creds, "write", permission="issues")
+        await self._call(
+            f"update comment {comment_id}",
+            repo.full_name,
+            self._github.rest.issues.async_update_comment(owner, name, comment_id, body=body, headers=headers),
+        )
+
+    def _app(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.app_jwt()}"}
+
+    async def _mint(self, installation_id: int, full_name: str, permissions: dict[str, str]) -> str:
+        _owner, name = _split(full_name)
+        minted = await self._call(
+            "create an installation token",
+            full_name,
+            self._github.rest.apps.async_create_installation_access_token(
+                installation_id,
+                repositories=[name],
+                permissions=cast(Any, permissions),
+                headers=self._app(),
+            ),
+            requested=permissions,
+            granted=self._granted.get(installation_id),
+        )
+        return str(minted.token)
+
+    async def _auth(
+        self, repo: RepoInfo, creds: Credentials | None, level: str, permission: str = "pull_requests"
+    ) -> dict[str, str]:
+        if creds is None:
+            creds = await self.credentials(repo, {permission: level})
+        return _token(creds.password)
+
+    async def _call(self, action: str, repo: str, request: Any, **context: Any) -> Any:
+        """Await a githubkit request and return its parsed body; failures become ForgeError."""
+        try:
+            response = await request
+            return response.parsed_data
+        except RequestFailed as exc:
+            message = describe_failure(action, repo, exc.response.status_code, _body(exc), **context)
+        except RequestTimeout:
+            message = (
+                f"GitHub did not answer within {self.timeout_s:g} s while trying to {action} on {repo}; retry later"
+            )
+        except (GitHubException, ValidationError) as exc:
+            message = (
+                f"cannot {action} on {repo}: GitHub at {self.api_url} is unreachable or answered something "
+                f"unexpected ({type(exc).__name__}); check GITHUB_API_URL and the network"
+            )
+        raise ForgeError(redact(message)) from None
+
+
+class _SharedTransport(httpx.AsyncBaseTransport):
+    """The forge's one connection pool, shared by the short-lived clients githubkit opens per call.
+
+    githubkit keeps its entered client in a ContextVar, invisible to tasks of other contexts (a
+    web lifespan's client is not seen by request handlers); sharing the transport works in any
+    task. Closing a per-call client must not close the pool, so `aclose` is left to the forge.
+    """
+
+    def __init__(self) -> None:
+        self.pool = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _split(repo: str) -> tuple[str, str]:
+    owner, _, name = repo.partition("/")
+    if not owner or not name or "/" in name:
+        raise ForgeError(f"repository {repo!r} is not owner/name; write it like acme/api")
+    return owner, name
+
+
+def _token(token: str) -> dict[str, str]:
+    return {"Authorization": f"token {token}"}
+
+
+def _body(exc: RequestFailed) -> dict[str, Any]:
+    try:
+        body = exc.response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

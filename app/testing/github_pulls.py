@@ -1,0 +1,204 @@
+"""Pull requests, issue comments, reviews and reactions of the GitHub test server.
+
+Every endpoint takes an installation token (`Authorization: token X` or `Bearer X`) scoped to
+the repository: pull_requests for pulls and reviews, issues (or pull_requests on a pull
+request) for comments and reactions. Refusals use GitHub's status codes and messages.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from app.testing.github_repos import branch_sha, commits_between
+from app.testing.github_shapes import comment_json, iso, pull_json, reaction_json, review_json
+from app.testing.github_state import ApiError, GitHubState, Repo
+
+JSON = dict[str, Any]
+REACTIONS = ("+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes")
+REVIEW_STATES = {"APPROVE": "APPROVED", "REQUEST_CHANGES": "CHANGES_REQUESTED", "COMMENT": "COMMENTED"}
+
+
+def bearer(request: Request) -> str | None:
+    """The credential of an `Authorization: token X` or `Bearer X` header, or None."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() in ("token", "bearer") else None
+
+
+async def read_json(request: Request) -> JSON:
+    """The request's JSON object body ({} when empty); 400 "Problems parsing JSON" otherwise."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "Problems parsing JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Problems parsing JSON")
+    return body
+
+
+def invalid(resource: str, field: str, code: str = "invalid", message: str | None = None) -> ApiError:
+    error: JSON = {"resource": resource, "field": field, "code": code}
+    if message:
+        error["message"] = message
+    return ApiError(422, "Validation Failed", [error])
+
+
+class PullsApi:
+    def __init__(self, state: GitHubState) -> None:
+        self.state = state
+
+    def _repo(self, request: Request, permission: str, level: str) -> Repo:
+        full_name = f"{request.path_params['owner']}/{request.path_params['repo']}"
+        self.state.authorize(bearer(request), full_name, permission, level)
+        return self.state.repos[full_name]
+
+    def _pull(self, repo: Repo, number: int) -> JSON:
+        for pull in self.state.pull_requests.get(repo.full_name, []):
+            if pull["number"] == number:
+                return pull
+        raise ApiError(404, "Not Found")
+
+    def _issue_write(self, request: Request) -> Repo:
+        """Write access to an issue's conversation: issues:write, or pull_requests:write on a PR."""
+        number = request.path_params.get("number")
+        try:
+            return self._repo(request, "issues", "write")
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            repo = self._repo(request, "pull_requests", "write")
+            if number is None or any(p["number"] == number for p in self.state.pulls(repo.full_name)):
+                return repo
+            raise
+
+    async def list_pulls(self, request: Request) -> Response:
+        repo = self._repo(request, "pull_requests", "read")
+        wanted_state = request.query_params.get("state", "open")
+        head = request.query_params.get("head")
+        base = request.query_params.get("base")
+        found = [
+            pull
+            for pull in reversed(self.state.pulls(repo.full_name))
+            if wanted_state in ("all", pull["state"])
+            and (head is None or head in (pull["head"]["label"], pull["head"]["ref"]))
+            and (base is None or base == pull["base"]["ref"])
+        ]
+        return JSONResponse(found)
+
+    async def get_pull(self, request: Request) -> Response:
+        repo = self._repo(request, "pull_requests", "read")
+        return JSONResponse(self._pull(repo, request.path_params["number"]))
+
+    async def create_pull(self, request: Request) -> Response:
+        repo = self._repo(request, "pull_requests", "write")
+        body = await read_json(request)
+        for field in ("title", "head", "base"):
+            if not isinstance(body.get(field), str) or not body[field]:
+                raise invalid("PullRequest", field, "missing_field")
+        owner = repo.full_name.split("/")[0]
+        head_owner, _, head = body["head"].rpartition(":")
+        head_sha = branch_sha(repo.path, head) if head_owner in ("", owner) else None
+        if head_sha is None:
+            raise invalid("PullRequest", "head")
+        base_sha = branch_sha(repo.path, body["base"])
+        if base_sha is None:
+            raise invalid("PullRequest", "base")
+        for pull in self.state.pulls(repo.full_name):
+            if pull["state"] == "open" and pull["head"]["ref"] == head and pull["base"]["ref"] == body["base"]:
+                raise ApiError(
+                    422, "Validation Failed", [_custom(f"A pull request already exists for {owner}:{head}.")]
+                )
+        ahead = commits_between(repo.path, base_sha, head_sha)
+        if ahead == 0:
+            raise ApiError(422, "Validation Failed", [_custom(f"No commits between {body['base']} and {head}")])
+        number = repo.next_number
+        repo.next_number += 1
+        fields = {
+            "title": body["title"],
+            "body": body.get("body"),
+            "draft": bool(body.get("draft", False)),
+            "state": "open",
+            "head": {"ref": head, "sha": head_sha},
+            "base": {"ref": body["base"], "sha": base_sha},
+            "commits": ahead,
+            "created_at": iso(),
+        }
+        pull = pull_json(self.state, repo, number, fields)
+        self.state.pull_requests.setdefault(repo.full_name, []).append(pull)
+        return JSONResponse(pull, status_code=201)
+
+    async def create_comment(self, request: Request) -> Response:
+        repo = self._issue_write(request)
+        number = request.path_params["number"]
+        body = await read_json(request)
+        if not isinstance(body.get("body"), str) or not body["body"]:
+            raise invalid("IssueComment", "body", "missing_field")
+        if number not in repo.issues and not any(p["number"] == number for p in self.state.pulls(repo.full_name)):
+            raise ApiError(404, "Not Found")
+        comment = comment_json(self.state, repo, number, self.state.new_id(), body["body"])
+        self.state.issue_comments.setdefault(repo.full_name, []).append(comment)
+        return JSONResponse(comment, status_code=201)
+
+    async def update_comment(self, request: Request) -> Response:
+        repo = self._issue_write(request)
+        body = await read_json(request)
+        if not isinstance(body.get("body"), str) or not body["body"]:
+            raise invalid("IssueComment", "body", "missing_field")
+        for comment in self.state.issue_comments.get(repo.full_name, []):
+            if comment["id"] == request.path_params["comment_id"]:
+                comment["body"] = body["body"]
+                comment["updated_at"] = iso()
+                return JSONResponse(comment)
+        raise ApiError(404, "Not Found")
+
+    async def create_review(self, request: Request) -> Response:
+        repo = self._repo(request, "pull_requests", "write")
+        number = request.path_params["number"]
+        pull = self._pull(repo, number)
+        body = await read_json(request)
+        event = body.get("event")
+        if event is not None and event not in REVIEW_STATES:
+            raise invalid("PullRequestReview", "event")
+        comments = body.get("comments") or []
+        for comment in comments:
+            if not isinstance(comment, dict) or not comment.get("path") or not comment.get("body"):
+                raise invalid("PullRequestReviewComment", "path", "missing_field")
+            if "line" not in comment and "position" not in comment:
+                raise invalid("PullRequestReviewComment", "line", "missing_field")
+        if event in ("REQUEST_CHANGES", "COMMENT") and not body.get("body") and not comments:
+            raise ApiError(422, "Unprocessable Entity", [_custom(f"Review body is required for {event}")])
+        fields = {
+            "body": body.get("body") or "",
+            "state": REVIEW_STATES.get(event or "", "PENDING"),
+            "commit_id": body.get("commit_id") or pull["head"]["sha"],
+            "comments": comments,
+        }
+        review = review_json(self.state, repo, number, self.state.new_id(), fields)
+        self.state.pull_reviews.setdefault(repo.full_name, []).append(review)
+        return JSONResponse(review)
+
+    async def create_reaction(self, request: Request) -> Response:
+        repo = self._issue_write(request)
+        number = request.path_params["number"]
+        content = (await read_json(request)).get("content")
+        if content not in REACTIONS:
+            raise invalid("Reaction", "content")
+        if number not in repo.issues and not any(p["number"] == number for p in self.state.pulls(repo.full_name)):
+            raise ApiError(404, "Not Found")
+        reactions = self.state.reactions.setdefault(repo.full_name, [])
+        for existing in reactions:
+            if existing["issue_number"] == number and existing["reaction"]["content"] == content:
+                return JSONResponse(existing["reaction"])
+        reaction = reaction_json(self.state, self.state.new_id(), content)
+        reactions.append({"issue_number": number, "reaction": reaction})
+        return JSONResponse(reaction, status_code=201)
+
+
+def _custom(message: str) -> JSON:
+    return {"resource": "PullRequest", "code": "custom", "message": message}

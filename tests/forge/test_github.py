@@ -1,0 +1,170 @@
+"""GitHubForge against the GitHub test server: resolve, scoped tokens, draft PRs, comments, errors."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from app.errors import ConfigError, ForgeError
+from app.forge.github import GitHubForge
+from app.ports import Credentials, RepoInfo
+from app.testing.github_server import GitHubState, create_app, generate_app_key
+from app.testing.serve import serve_in_thread
+
+
+@dataclass
+class Hub:
+    state: GitHubState
+    url: str
+    installation: int
+
+    def forge(self, key: str | None = None) -> GitHubForge:
+        return GitHubForge(self.url, str(self.state.app_id), key or self.state.private_key, timeout_s=10)
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Hub]:
+    state = GitHubState(tmp_path / "github", app_id=4242)
+    with serve_in_thread(create_app(state)) as served:
+        state.base_url = served.url
+        installation = state.add_installation("acme", {"contents": "write", "pull_requests": "write"})
+        state.add_repo("acme/api", installation)
+        state.add_repo("acme/web", installation)
+        state.add_repo("other/lonely", None)
+        yield Hub(state, served.url, installation)
+
+
+def push_branch(creds: Credentials, clone_url: str, workdir: Path, branch: str) -> None:
+    """Clone, commit one file on `branch` and push it, authenticating as the runner does."""
+    basic = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+    base = ["git", "-c", f"http.extraHeader=Authorization: Basic {basic}", "-c", "user.name=t", "-c", "user.email=t@t"]
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    subprocess.run([*base, "clone", "-q", clone_url, str(workdir)], check=True, env=env)
+    subprocess.run([*base, "checkout", "-q", "-b", branch], cwd=workdir, check=True, env=env)
+    (workdir / "fix.txt").write_text("fixed\n")
+    subprocess.run([*base, "add", "fix.txt"], cwd=workdir, check=True, env=env)
+    subprocess.run([*base, "commit", "-q", "-m", "fix"], cwd=workdir, check=True, env=env)
+    subprocess.run([*base, "push", "-q", "origin", branch], cwd=workdir, check=True, env=env)
+
+
+def test_app_jwt_follows_githubs_rules(hub: Hub) -> None:
+    claims = jwt.decode(hub.forge().app_jwt(), hub.state.public_key, algorithms=["RS256"])
+    assert claims["iss"] == "4242"
+    assert claims["exp"] - claims["iat"] == 600
+
+
+def test_a_key_that_is_not_pem_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not a PEM RSA private key"):
+        GitHubForge("http://127.0.0.1:1", "1", "not a key")
+
+
+async def test_resolve_reads_the_repo_through_its_installation(hub: Hub) -> None:
+    async with hub.forge() as forge:
+        info = await forge.resolve("acme/api")
+    assert info == RepoInfo(
+        full_name="acme/api",
+        clone_url=f"{hub.url}/acme/api.git",
+        default_branch="main",
+        html_url=f"{hub.url}/acme/api",
+        installation_id=hub.installation,
+    )
+
+
+async def test_resolve_of_a_repo_without_the_app_says_install_it(hub: Hub) -> None:
+    async with hub.forge() as forge:
+        with pytest.raises(ForgeError, match="not installed on other/lonely; install it"):
+            await forge.resolve("other/lonely")
+        with pytest.raises(ForgeError, match="not owner/name"):
+            await forge.resolve("just-a-name")
+
+
+async def test_credentials_are_scoped_to_one_repo_and_the_asked_permissions(hub: Hub) -> None:
+    async with hub.forge() as forge:
+        creds = await forge.credentials(await forge.resolve("acme/api"), {"contents": "read"})
+    assert creds.username == "x-access-token"
+    assert creds.password not in repr(creds)
+    token = hub.state.tokens[creds.password]
+    assert (token.repositories, token.permissions) == (["acme/api"], {"metadata": "read", "contents": "read"})
+    headers = {"Authorization": f"token {creds.password}"}
+    async with httpx.AsyncClient(base_url=hub.url, headers=headers) as client:
+        assert (await client.get("/repos/acme/api")).status_code == 200
+        assert (await client.get("/repos/acme/web")).status_code == 404
+
+
+async def test_permission_not_granted_names_it_and_the_fix_without_secrets(hub: Hub) -> None:
+    async with hub.forge() as forge:
+        info = await forge.resolve("acme/api")
+        with pytest.raises(ForgeError) as refused:
+            await forge.credentials(info, {"contents": "write", "issues": "write"})
+    message = str(refused.value)
+    assert "permission issues=write is not granted to the App; add it in the App settings" in message
+    assert "ghs_" not in message and "PRIVATE KEY" not in message and "eyJ" not in message
+
+
+async def test_wrong_private_key_is_refused_with_a_fix(hub: Hub) -> None:
+    async with hub.forge(key=generate_app_key()) as forge:
+        with pytest.raises(ForgeError, match="GITHUB_APP_PRIVATE_KEY") as refused:
+            await forge.resolve("acme/api")
+    assert "eyJ" not in str(refused.value) and "PRIVATE KEY-" not in str(refused.value)
+
+
+async def test_open_draft_pull_request_once_and_find_it(hub: Hub, tmp_path: Path) -> None:
+    async with hub.forge() as forge:
+        info = await forge.resolve("acme/api")
+        creds = await forge.credentials(info, {"contents": "write", "pull_requests": "write"})
+        push_branch(creds, info.clone_url, tmp_path / "work", "routines/fix/run1")
+        assert await forge.find_pull_request(info, "routines/fix/run1", creds) is None
+        opened = await forge.open_pull_request(
+            info, head="routines/fix/run1", base="main", title="Fix", body="Done.", draft=True, creds=creds
+        )
+        with pytest.raises(ForgeError, match="already exists") as twice:
+            await forge.open_pull_request(
+                info, head="routines/fix/run1", base="main", title="Fix", body="Again", draft=True, creds=creds
+            )
+        assert creds.password not in str(twice.value)
+        found = await forge.find_pull_request(info, "routines/fix/run1", None)
+    assert found == opened
+    assert opened.url == f"{hub.url}/acme/api/pull/{opened.number}"
+    [pull] = hub.state.pulls("acme/api")
+    assert (pull["draft"], pull["head"]["ref"], pull["base"]["ref"], pull["body"]) == (
+        True,
+        "routines/fix/run1",
+        "main",
+        "Done.",
+    )
+
+
+async def test_opening_a_pull_request_for_a_branch_never_pushed_explains_the_fix(hub: Hub) -> None:
+    async with hub.forge() as forge:
+        info = await forge.resolve("acme/api")
+        with pytest.raises(ForgeError, match="head branch does not exist: push it"):
+            await forge.open_pull_request(info, head="nope", base="main", title="t", body="", draft=True, creds=None)
+
+
+async def test_comment_then_update_it(hub: Hub) -> None:
+    number = hub.state.add_issue("acme/api", "Bug")
+    hub.state.installations[hub.installation].permissions["issues"] = "write"
+    async with hub.forge() as forge:
+        info = await forge.resolve("acme/api")
+        comment_id = await forge.comment(info, number, "Working on it", None)
+        await forge.update_comment(info, comment_id, "Done", None)
+    [comment] = hub.state.comments("acme/api")
+    assert (comment["id"], comment["body"]) == (comment_id, "Done")
+
+
+async def test_expired_token_is_refused_with_a_message_that_hides_it(hub: Hub) -> None:
+    async with hub.forge() as forge:
+        info = await forge.resolve("acme/api")
+        creds = await forge.credentials(info, {"pull_requests": "read"})
+        hub.state.expire_tokens()
+        with pytest.raises(ForgeError, match="expired or was revoked") as refused:
+            await forge.find_pull_request(info, "x", creds)
+    assert creds.password not in str(refused.value)
