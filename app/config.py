@@ -70,9 +70,7 @@ class Settings:
         key = text("GITHUB_APP_PRIVATE_KEY")
         key_path = text("GITHUB_APP_PRIVATE_KEY_PATH")
         if key and key_path:
-            raise ConfigError(
-                "GITHUB_APP_PRIVATE_KEY and GITHUB_APP_PRIVATE_KEY_PATH are both set; keep only one"
-            )
+            raise ConfigError("GITHUB_APP_PRIVATE_KEY and GITHUB_APP_PRIVATE_KEY_PATH are both set; keep only one")
         if key_path:
             try:
                 key = Path(key_path).expanduser().read_text()

@@ -19,6 +19,9 @@ from app.ports import Checkout, Credentials, Forge, ModelClient, RepoInfo, Sandb
 log = logging.getLogger(__name__)
 
 AUTHOR = ("routines[bot]", "routines[bot]@users.noreply.github.com")
+# Bytecode caches would land in the PR of a repo without a .gitignore, and a same-second,
+# same-size edit would run the stale .pyc.
+SANDBOX_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
 
 
 @dataclass
@@ -116,7 +119,7 @@ async def _agent(ctx: _Context, deps: RunnerDeps) -> None:
     if ctx.checkout is None or ctx.repo is None:
         return
     routine = ctx.routine
-    shell = await deps.sandbox.shell(ctx.checkout.path, {})
+    shell = await deps.sandbox.shell(ctx.checkout.path, dict(SANDBOX_ENV))
     try:
         toolbox = Toolbox(
             routine.tools, shell=shell, workspace=ctx.checkout.path, command_timeout_s=deps.command_timeout_s

@@ -1,0 +1,107 @@
+"""The one place that builds concrete objects from Settings."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from arq.connections import ArqRedis
+from redis import asyncio as aioredis
+
+from app import queue
+from app.catalog import RoutineCatalog
+from app.config import Settings
+from app.errors import ConfigError
+from app.forge.github import GitHubForge
+from app.forge.local import LocalForge
+from app.models.anthropic import AnthropicModel
+from app.models.pricing import cost_usd
+from app.ports import Forge, ModelClient, Sandbox
+from app.runner import RunnerDeps
+from app.sandbox.local import LocalSandbox
+from app.store import RedisStore
+from app.workspace import Mirrors
+
+
+def is_local_repo(repo: str) -> bool:
+    return repo.startswith(("/", "./", "../", "~")) or repo == "."
+
+
+@dataclass
+class Services:
+    """Long-lived resources of one process, built at startup and closed at shutdown."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    store: RedisStore
+    pool: ArqRedis
+    catalog: RoutineCatalog
+    github: GitHubForge | None = None
+    _model: ModelClient | None = None
+    _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+    def forge_for(self, repo: str) -> Forge:
+        if is_local_repo(repo):
+            return LocalForge(root=Path.cwd())
+        if self.github is None:
+            raise ConfigError(
+                f"repository {repo!r} is on GitHub but no GitHub App is configured; set GITHUB_APP_ID and "
+                "GITHUB_APP_PRIVATE_KEY (or give the routine a local path as `repo:`)"
+            )
+        return self.github
+
+    async def model(self) -> ModelClient:
+        if self._model is None:
+            s = self.settings
+            client = AnthropicModel(
+                api_key=s.require_anthropic(),
+                base_url=s.anthropic_base_url,
+                max_retries=s.model_max_retries,
+                timeout_s=max(s.http_timeout_s, 600.0),
+            )
+            self._model = await self._stack.enter_async_context(client)
+        return self._model
+
+    def sandbox(self) -> Sandbox:
+        return LocalSandbox(max_output_bytes=self.settings.tool_output_max_bytes)
+
+    async def runner_deps(self) -> RunnerDeps:
+        s = self.settings
+        return RunnerDeps(
+            store=self.store,
+            routine=self.catalog.get,
+            forge_for=self.forge_for,
+            workspaces=Mirrors(s.data_dir),
+            sandbox=self.sandbox(),
+            model=await self.model(),
+            run_url=s.run_url,
+            work_dir=s.data_dir / "runs",
+            price=cost_usd,
+            command_timeout_s=s.command_timeout_s,
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        await self.pool.aclose()
+        await self.redis.aclose()
+
+
+async def build(settings: Settings) -> Services:
+    """Connect to Redis and build the clients. Nothing here runs at import time."""
+    if settings.redis_url is None:
+        raise ConfigError("REDIS_URL is not set; set it (e.g. redis://127.0.0.1:6379/0) or use `routines dev`")
+    redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30)
+    store = RedisStore(redis)
+    await store.ping()
+    pool = await queue.connect(settings.redis_url)
+    services = Services(settings, redis, store, pool, RoutineCatalog(settings.routines_dir))
+    if settings.github_app_configured:
+        forge = GitHubForge(
+            settings.github_api_url,
+            settings.github_app_id or "",
+            settings.github_app_private_key or "",
+            timeout_s=settings.http_timeout_s,
+        )
+        services.github = await services._stack.enter_async_context(forge)
+    return services

@@ -1,0 +1,140 @@
+"""A whole Routines installation on 127.0.0.1: test GitHub, test Anthropic, web and worker.
+
+Used by the end-to-end tests and the benchmarks; users can drive their own routines through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.config import Settings
+from app.domain import TERMINAL_STATES
+from app.testing.anthropic_server import AnthropicState
+from app.testing.anthropic_server import create_app as anthropic_app
+from app.testing.github_server import GitHubState
+from app.testing.github_server import create_app as github_app
+from app.testing.serve import free_port, serve_in_thread
+
+API_TOKEN = "test-admin-token"
+MODEL_KEY = "sk-ant-test-key-0123456789"
+
+
+class WorkerThread:
+    """An arq worker on its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._task: asyncio.Task[None] | None = None
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True, name="routines-worker")
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        from app.worker import create_worker
+
+        worker = create_worker(self.settings, handle_signals=False)
+        self._task = asyncio.current_task()
+        try:
+            self._ready.set()
+            await worker.main()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await worker.close()
+
+    def start(self) -> WorkerThread:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            task = self._task
+            if task is not None:
+                self._loop.call_soon_threadsafe(task.cancel)
+            self._thread.join(timeout=15)
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    github: GitHubState
+    anthropic: AnthropicState
+    web_url: str
+    installation: int
+    client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
+
+    def fire(self, routine: str, text: str | None = None, token: str = API_TOKEN) -> httpx.Response:
+        body: dict[str, Any] = {"text": text} if text is not None else {}
+        return self.client.post(
+            f"{self.web_url}/api/routines/{routine}/fire", json=body, headers={"authorization": f"Bearer {token}"}
+        )
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"authorization": f"Bearer {API_TOKEN}", **kwargs.pop("headers", {})}
+        return self.client.get(f"{self.web_url}{path}", headers=headers, **kwargs)
+
+    def wait(self, run_id: str, timeout_s: float = 60) -> dict[str, Any]:
+        """Poll the run until it is terminal; returns the run JSON (fails loudly if it never ends)."""
+        deadline = time.monotonic() + timeout_s
+        terminal = {s.value for s in TERMINAL_STATES}
+        while time.monotonic() < deadline:
+            run: dict[str, Any] = self.get(f"/api/runs/{run_id}").json()
+            if run["state"] in terminal:
+                return run
+            time.sleep(0.05)
+        raise TimeoutError(f"run {run_id} did not finish in {timeout_s} s; last state {run['state']}")
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        data: dict[str, Any] = self.get(f"/api/runs/{run_id}/events", headers={"accept": "application/json"}).json()
+        events: list[dict[str, Any]] = data["events"]
+        return events
+
+
+@contextmanager
+def running_stack(
+    root: Path, redis_url: str, *, routines_dir: Path, worker: bool = True, **overrides: Any
+) -> Iterator[Stack]:
+    """Start the test GitHub (one installation for `acme`), the test Anthropic, web and a worker."""
+    from app.web.app import create_app
+
+    with ExitStack() as stack:
+        github = GitHubState(root / "github")
+        gh = stack.enter_context(serve_in_thread(github_app(github)))
+        github.base_url = gh.url
+        installation = github.add_installation("acme")
+        anthropic = AnthropicState()
+        web_port = free_port()
+        model = stack.enter_context(serve_in_thread(anthropic_app(anthropic)))
+        settings = Settings(
+            redis_url=redis_url,
+            github_api_url=gh.url,
+            github_app_id=str(github.app_id),
+            github_app_private_key=github.private_key,
+            anthropic_api_key=MODEL_KEY,
+            anthropic_base_url=model.url,
+            routines_dir=routines_dir,
+            data_dir=root / "data",
+            api_token=API_TOKEN,
+            public_url=f"http://127.0.0.1:{web_port}",
+            poll_delay_ms=20,
+            command_timeout_s=30,
+            **overrides,
+        )
+        web = stack.enter_context(serve_in_thread(create_app(settings), port=web_port))
+        if worker:
+            stack.callback(WorkerThread(settings).start().stop)
+        yield Stack(settings, github, anthropic, web.url, installation)

@@ -1,0 +1,214 @@
+"""The HTTP API: fire routines, read runs and follow their event logs."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from app.dispatch import fire
+from app.domain import Event, Routine, Run, RunState, Trigger
+from app.errors import ConfigError, RoutineNotFound, RunNotFound, StoreError
+from app.services import Services
+
+MAX_FIRE_BODY_BYTES = 64 * 1024
+MAX_TEXT_CHARS = 20_000
+
+
+def error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.state.services
+    return services
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _is_admin(services: Services, token: str | None) -> bool:
+    expected = services.settings.api_token
+    return bool(token and expected and hmac.compare_digest(token.encode(), expected.encode()))
+
+
+def _may_read(request: Request) -> bool:
+    """Reads are open when no ROUTINES_API_TOKEN is set (local use), else they need it."""
+    services = _services(request)
+    return services.settings.api_token is None or _is_admin(services, _bearer(request))
+
+
+def run_json(services: Services, run: Run) -> dict[str, Any]:
+    data = run.to_json()
+    data["url"] = services.settings.run_url(run.id)
+    data["events_url"] = f"{services.settings.base_url}/api/runs/{run.id}/events"
+    return data
+
+
+def routine_json(routine: Routine) -> dict[str, Any]:
+    return {
+        "name": routine.name,
+        "description": routine.description,
+        "repo": routine.repo if isinstance(routine.repo, str) else list(routine.repo),
+        "triggers": {
+            "api": routine.on.api,
+            "schedule": [{"cron": s.cron, "timezone": s.timezone} for s in routine.on.schedule],
+            "github": sorted(routine.on.github),
+        },
+        "model": routine.model,
+        "source": routine.source,
+    }
+
+
+async def fire_routine(request: Request) -> Response:
+    services = _services(request)
+    name = request.path_params["name"]
+    token = _bearer(request)
+    if token is None:
+        return error(401, "missing bearer token; send `Authorization: Bearer <token>` (see `routines token NAME`)")
+    try:
+        routine = services.catalog.get(name)
+    except RoutineNotFound as exc:
+        return error(404, str(exc)) if _is_admin(services, token) else error(401, "invalid token")
+    if not (_is_admin(services, token) or await services.store.check_routine_token(name, token)):
+        return error(401, f"invalid token for routine {name!r}; create one with `routines token {name}`")
+    if not routine.on.api:
+        return error(422, f"routine {name!r} has no api trigger; add `api: true` under `on:` in {routine.source}")
+    payload = await _fire_payload(request)
+    if isinstance(payload, Response):
+        return payload
+    trigger = Trigger(kind="api", text=payload.get("text"), actor="api")
+    try:
+        run = await fire(services.store, services.pool, routine, trigger, repo=payload.get("repo"))
+    except ConfigError as exc:
+        return error(422, str(exc))
+    return JSONResponse(
+        {"run_id": run.id, "url": services.settings.run_url(run.id), "state": run.state.value}, status_code=202
+    )
+
+
+async def _fire_payload(request: Request) -> dict[str, Any] | Response:
+    body = await request.body()
+    if len(body) > MAX_FIRE_BODY_BYTES:
+        return error(413, f"body is over {MAX_FIRE_BODY_BYTES} bytes; send a shorter `text`")
+    if not body.strip():
+        return {}
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        return error(400, f'body is not JSON ({exc}); send {{"text": "..."}} or nothing')
+    if not isinstance(payload, dict):
+        return error(422, 'body must be a JSON object such as {"text": "..."}')
+    text = payload.get("text")
+    if text is not None and (not isinstance(text, str) or len(text) > MAX_TEXT_CHARS):
+        return error(422, f"`text` must be a string of at most {MAX_TEXT_CHARS} characters")
+    repo = payload.get("repo")
+    if repo is not None and not isinstance(repo, str):
+        return error(422, "`repo` must be a string such as owner/name")
+    return payload
+
+
+async def list_routines(request: Request) -> Response:
+    if not _may_read(request):
+        return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
+    services = _services(request)
+    routines = services.catalog.all()
+    return JSONResponse(
+        {
+            "routines": [routine_json(r) for r in routines.values()],
+            "errors": [str(e) for e in services.catalog.errors],
+        }
+    )
+
+
+async def list_runs(request: Request) -> Response:
+    if not _may_read(request):
+        return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
+    services = _services(request)
+    q = request.query_params
+    state = q.get("state")
+    if state is not None and state not in {s.value for s in RunState}:
+        return error(422, f"unknown state {state!r}; use one of {', '.join(s.value for s in RunState)}")
+    try:
+        limit = min(max(int(q.get("limit", "50")), 1), 200)
+    except ValueError:
+        return error(422, "`limit` must be a whole number between 1 and 200")
+    runs = await services.store.list_runs(routine=q.get("routine"), state=state, limit=limit, before=q.get("before"))
+    body: dict[str, Any] = {"runs": [run_json(services, r) for r in runs]}
+    if len(runs) == limit:
+        body["next"] = f"/api/runs?{_query(q, before=runs[-1].id)}"
+    return JSONResponse(body)
+
+
+def _query(params: Any, **override: str) -> str:
+    merged = {k: v for k, v in params.items() if k != "before"}
+    merged.update(override)
+    return urlencode(merged)
+
+
+async def get_run(request: Request) -> Response:
+    if not _may_read(request):
+        return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
+    services = _services(request)
+    try:
+        run = await services.store.get_run(request.path_params["run_id"])
+    except RunNotFound as exc:
+        return error(404, str(exc))
+    return JSONResponse(run_json(services, run))
+
+
+async def run_events(request: Request) -> Response:
+    if not _may_read(request):
+        return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
+    services = _services(request)
+    run_id = request.path_params["run_id"]
+    try:
+        await services.store.get_run(run_id)
+    except RunNotFound as exc:
+        return error(404, str(exc))
+    after = request.query_params.get("after") or request.headers.get("last-event-id") or "0-0"
+    if "application/json" in request.headers.get("accept", "") and "text/event-stream" not in request.headers.get(
+        "accept", ""
+    ):
+        events = await services.store.events(run_id, after=after)
+        return JSONResponse({"run_id": run_id, "events": [e.to_json() for e in events]})
+    return StreamingResponse(
+        _sse(services, run_id, after),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+async def _sse(services: Services, run_id: str, after: str) -> AsyncIterator[bytes]:
+    event: Event
+    async for event in services.store.follow(run_id, after=after):
+        yield f"id: {event.id}\ndata: {json.dumps(event.to_json())}\n\n".encode()
+    yield b"event: end\ndata: {}\n\n"
+
+
+async def healthz(request: Request) -> Response:
+    services = _services(request)
+    try:
+        await services.store.ping()
+    except StoreError as exc:
+        return JSONResponse({"ok": False, "redis": str(exc)}, status_code=503)
+    return JSONResponse({"ok": True})
+
+
+routes = [
+    Route("/healthz", healthz),
+    Route("/api/routines", list_routines),
+    Route("/api/routines/{name}/fire", fire_routine, methods=["POST"]),
+    Route("/api/runs", list_runs),
+    Route("/api/runs/{run_id}", get_run),
+    Route("/api/runs/{run_id}/events", run_events),
+]

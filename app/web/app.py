@@ -1,0 +1,53 @@
+"""The web process: app factory and lifespan. It answers fast and never runs agents."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from app.config import Settings
+from app.errors import StoreError
+from app.services import Services, build
+from app.web import api, pages
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Starlette:
+    """The ASGI app. Resources are built in the lifespan unless `services` is given (then not closed)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        if services is not None:
+            yield {"services": services}
+            return
+        built = await build(settings)
+        if settings.api_token is None:
+            log.warning(
+                "ROUTINES_API_TOKEN is not set: run logs and the API's reads are open to anyone who can connect"
+            )
+        try:
+            yield {"services": built}
+        finally:
+            await built.close()
+
+    async def store_down(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"retry-after": "5"})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+        return JSONResponse({"error": detail}, status_code=status)
+
+    return Starlette(
+        routes=[*api.routes, *pages.routes],
+        lifespan=lifespan,
+        exception_handlers={StoreError: store_down, HTTPException: http_error},
+    )
