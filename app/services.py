@@ -37,6 +37,7 @@ class Services:
     store: RedisStore
     pool: ArqRedis
     catalog: RoutineCatalog
+    mirrors: Mirrors
     github: GitHubForge | None = None
     _model: ModelClient | None = None
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -72,7 +73,7 @@ class Services:
             store=self.store,
             routine=self.catalog.get,
             forge_for=self.forge_for,
-            workspaces=Mirrors(s.data_dir),
+            workspaces=self.mirrors,
             sandbox=self.sandbox(),
             model=await self.model(),
             run_url=s.run_url,
@@ -82,6 +83,7 @@ class Services:
         )
 
     async def close(self) -> None:
+        await self.mirrors.settle()
         await self._stack.aclose()
         await self.pool.aclose()
         await self.redis.aclose()
@@ -95,7 +97,7 @@ async def build(settings: Settings) -> Services:
     store = RedisStore(redis)
     await store.ping()
     pool = await queue.connect(settings.redis_url)
-    services = Services(settings, redis, store, pool, RoutineCatalog(settings.routines_dir))
+    services = Services(settings, redis, store, pool, RoutineCatalog(settings.routines_dir), Mirrors(settings.data_dir))
     if settings.github_app_configured:
         forge = GitHubForge(
             settings.github_api_url,

@@ -1,0 +1,434 @@
+"""Workspaces: a bare mirror per repository, and a fresh checkout per run that borrows its objects.
+
+A checkout has two git directories. `dest/.git` is the agent's: it may write anything there, and
+the host never reads it. The runner stages, commits and pushes through a private git directory
+next to `dest` (`<dest>.gitdir`) whose work tree is `dest`. Both borrow the mirror's objects
+through `objects/info/alternates`, so a mirror must never be garbage-collected while workspaces
+that borrow from it exist. Only libgit2 touches the repositories: no hook, filter or fsmonitor runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pygit2
+from pygit2.enums import CheckoutStrategy, FetchPrune
+
+from app.errors import WorkspaceError
+from app.ports import Credentials
+from app.worktree import write_tree
+
+logger = logging.getLogger(__name__)
+
+MIRROR_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+_GITLINK = 0o160000
+
+
+def display_url(url: str) -> str:
+    """`url` without user name or password: the only form that may reach a log or a message."""
+    parts = urlsplit(url)
+    if parts.scheme and parts.netloc and "@" in parts.netloc:
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return url
+
+
+def repo_name(url: str) -> str:
+    """How messages name a repository: `owner/name` for a URL, the path for a local repository."""
+    if is_local(url):
+        return url.removeprefix("file://")
+    path = urlsplit(display_url(url)).path.strip("/").removesuffix(".git")
+    return path or display_url(url)
+
+
+def is_local(url: str) -> bool:
+    return url.startswith(("/", "file://"))
+
+
+class _Callbacks(pygit2.RemoteCallbacks):
+    """Hands libgit2 the credentials once (it would retry a refused token many times) and collects refusals."""
+
+    def __init__(self, url: str, creds: Credentials | None) -> None:
+        super().__init__()
+        self._url = display_url(url)
+        self._creds = creds
+        self._asked = 0
+        self.rejected: list[str] = []
+
+    def credentials(self, url: str, username_from_url: str | None, allowed_types: int) -> pygit2.UserPass:
+        self._asked += 1
+        if self._creds is None:
+            raise WorkspaceError(
+                f"the git server at {self._url} asks for credentials and none were given; "
+                "check that the forge hands out a token for this repository"
+            )
+        if self._asked > 1:
+            raise WorkspaceError(
+                f"the git server refused the credentials for {self._url}; the token may have expired "
+                "or lack access to this repository: check the app installation and the routine's permissions"
+            )
+        return pygit2.UserPass(self._creds.username, self._creds.password)
+
+    def push_update_reference(self, refname: str, message: str | None) -> None:
+        if message:
+            self.rejected.append(f"{refname}: {message}")
+
+
+def _git_failure(action: str, url: str, exc: Exception) -> WorkspaceError:
+    text = str(exc).replace(url, display_url(url))
+    return WorkspaceError(f"could not {action} {display_url(url)}: {text}")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock shared by every process (and machine) that sees `path`."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Mirrors:
+    """Bare mirrors of repositories under `root/mirrors`, one per URL, safe to share between workers.
+
+    With `spares`, each mirror keeps one work tree ready (made in the background after a checkout)
+    that the next `checkout` of the same commit takes by renaming it: O(1) instead of writing every file.
+    """
+
+    def __init__(self, root: Path, *, spares: bool = True) -> None:
+        self.root = root
+        self.spares = spares
+        self._refills: set[asyncio.Task[None]] = set()
+
+    def path_for(self, url: str) -> Path:
+        clean = display_url(url)
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "+", "/".join(repo_name(url).split("/")[-2:])).strip("+.")
+        digest = hashlib.sha256(clean.encode()).hexdigest()[:10]
+        return self.root / "mirrors" / f"{slug or 'repo'}-{digest}.git"
+
+    async def ensure(self, url: str, creds: Credentials | None = None) -> Path:
+        """The mirror of `url`, cloned the first time and fetched (heads and tags, pruned) afterwards."""
+        if urlsplit(url).password:
+            raise WorkspaceError(f"{display_url(url)} carries a password in the URL; pass it as Credentials instead")
+        return await asyncio.to_thread(self._ensure, url, creds)
+
+    def _ensure(self, url: str, creds: Credentials | None) -> Path:
+        path = self.path_for(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(path.with_suffix(".lock")):
+            if (path / "HEAD").exists():
+                repo = pygit2.Repository(str(path))
+                if repo.remotes["origin"].url != url:
+                    repo.remotes.set_url("origin", url)
+                self._fetch(repo, url, creds)
+            else:
+                self._clone(path, url, creds)
+        return path
+
+    def _clone(self, path: Path, url: str, creds: Credentials | None) -> None:
+        staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        try:
+            repo = pygit2.init_repository(str(staging), bare=True)
+            repo.remotes.create("origin", url, MIRROR_REFSPECS[0])
+            repo.remotes.add_fetch("origin", MIRROR_REFSPECS[1])
+            self._fetch(repo, url, creds)
+            staging.rename(path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    async def checkout(self, mirror: Path, base: str, dest: Path) -> Workspace:
+        """Like the module's `checkout`, served from the mirror's spare work tree when it has `base`'s commit."""
+        workspace = await asyncio.to_thread(_claim_spare, mirror, base, dest) if self.spares else None
+        if workspace is None:
+            workspace = await checkout(mirror, base, dest)
+        if self.spares:
+            task = asyncio.create_task(asyncio.to_thread(_make_spare, mirror, workspace.base_commit))
+            self._refills.add(task)
+            task.add_done_callback(self._refilled)
+        return workspace
+
+    def _refilled(self, task: asyncio.Task[None]) -> None:
+        self._refills.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("could not make a spare work tree: %s", task.exception())
+
+    async def settle(self) -> None:
+        """Wait until the spare work trees being made are ready (before shutdown, or in a benchmark)."""
+        await asyncio.gather(*self._refills, return_exceptions=True)
+
+    def _fetch(self, repo: pygit2.Repository, url: str, creds: Credentials | None) -> None:
+        try:
+            repo.remotes["origin"].fetch(callbacks=_Callbacks(url, creds), prune=FetchPrune.PRUNE)
+        except pygit2.GitError as exc:
+            raise _git_failure("fetch", url, exc) from None
+
+
+async def checkout(mirror: Path, base: str, dest: Path) -> Workspace:
+    """A fresh work tree of `base` (branch, tag or commit id) of `mirror` at `dest`, which must not exist."""
+    return await asyncio.to_thread(_checkout, mirror, base, dest)
+
+
+def _checkout(mirror: Path, base: str, dest: Path) -> Workspace:
+    repo = pygit2.Repository(str(mirror))
+    name = _mirror_name(repo, mirror)
+    commit, branch = _resolve_base(repo, base, name)
+    gitdir = _private_gitdir(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise WorkspaceError(f"workspace {dest} is not empty; give each run a new directory")
+    if gitdir.exists():
+        raise WorkspaceError(f"{gitdir} already exists; clean up the previous workspace at {dest} first")
+    dest.mkdir(parents=True, exist_ok=True)
+    objects = Path(repo.path).resolve() / "objects"
+    _init_gitdir(dest / ".git", objects, {}, branch, str(commit.id))
+    _init_gitdir(gitdir, objects, {"worktree": str(dest.resolve())}, None, str(commit.id))
+    (gitdir / "info" / "exclude").write_text("/.git\n")
+    (gitdir / "routines-base").write_text(f"{commit.id}\n")
+    try:
+        index = write_tree(repo, commit.tree, dest)
+        if index is None:
+            private = pygit2.Repository(str(gitdir))
+            private.checkout_tree(private[commit.id], strategy=CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
+            index = (gitdir / "index").read_bytes()
+        for directory in (dest / ".git", gitdir):
+            (directory / "index").write_bytes(index)
+    except (OSError, pygit2.GitError) as exc:
+        Workspace(dest, "").cleanup()
+        raise WorkspaceError(f"could not check out {base} of {name} into {dest}: {exc}") from None
+    except BaseException:
+        Workspace(dest, "").cleanup()
+        raise
+    return Workspace(dest, str(commit.id))
+
+
+def _mirror_name(repo: pygit2.Repository, mirror: Path) -> str:
+    origin = repo.remotes["origin"].url if "origin" in repo.remotes.names() else None
+    return repo_name(origin) if origin else str(mirror)
+
+
+def _private_gitdir(dest: Path) -> Path:
+    return dest.parent / f"{dest.name}.gitdir"
+
+
+def _resolve_base(repo: pygit2.Repository, base: str, name: str) -> tuple[pygit2.Commit, str | None]:
+    for ref, branch in ((f"refs/heads/{base}", base), (f"refs/tags/{base}", None)):
+        if ref in repo.references:
+            return repo.references[ref].peel(pygit2.Commit), branch
+    if re.fullmatch(r"[0-9a-f]{7,40}", base):
+        with contextlib.suppress(KeyError, ValueError, pygit2.GitError):
+            return repo.revparse_single(base).peel(pygit2.Commit), None
+    branches = sorted(repo.branches.local)
+    known = ", ".join(branches[:10]) + (" …" if len(branches) > 10 else "") if branches else "no branches"
+    raise WorkspaceError(
+        f"branch '{base}' does not exist in {name}; set `base:` to an existing branch (it has: {known})"
+    )
+
+
+def _init_gitdir(path: Path, objects: Path, core: dict[str, str], branch: str | None, oid: str) -> None:
+    """Lay out a git directory by hand: faster than `git init`, and no template (hooks) is copied."""
+    for sub in ("objects/info", "objects/pack", "refs/heads", "refs/tags", "info"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    (path / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+    _write_config(path, core)
+    _write_head(path, branch, oid)
+
+
+def _write_config(path: Path, core: dict[str, str]) -> None:
+    settings = {"repositoryformatversion": "0", "filemode": "true", "bare": "false", "logallrefupdates": "true"}
+    settings.update(core)
+    (path / "config").write_text("[core]\n" + "".join(f"\t{k} = {v}\n" for k, v in settings.items()))
+
+
+def _write_head(path: Path, branch: str | None, oid: str) -> None:
+    """HEAD on `branch` at `oid`, or detached at `oid` when there is no branch."""
+    if branch:
+        ref = path / "refs" / "heads" / branch
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(f"{oid}\n")
+    (path / "HEAD").write_text(f"ref: refs/heads/{branch}\n" if branch else f"{oid}\n")
+
+
+class Workspace:
+    """One run's work tree at `path` (what the agent sees) on top of `base_commit`.
+
+    Staging, commits and pushes go through the private git directory `<path>.gitdir`; `path/.git`
+    belongs to the agent and is never read here.
+    """
+
+    def __init__(self, path: Path, base_commit: str) -> None:
+        self.path = path
+        self.base_commit = base_commit
+        self._gitdir = _private_gitdir(path)
+
+    @classmethod
+    def open(cls, path: Path) -> Workspace:
+        """The workspace that `checkout` made at `path` earlier, e.g. after a worker restarted."""
+        marker = _private_gitdir(path) / "routines-base"
+        if not marker.is_file():
+            raise WorkspaceError(f"{path} is not a workspace made by checkout(); check out a fresh one")
+        return cls(path, marker.read_text().strip())
+
+    def _repo(self) -> pygit2.Repository:
+        return pygit2.Repository(str(self._gitdir), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+
+    def _stage(self) -> tuple[pygit2.Repository, pygit2.Index]:
+        repo = self._repo()
+        index = repo.index
+        index.add_all()
+        index.write()
+        return repo, index
+
+    def changed_files(self) -> list[str]:
+        """Paths added, modified or deleted since the base commit (`.gitignore`d files and `.git` left out)."""
+        repo, index = self._stage()
+        diff = repo[self.base_commit].peel(pygit2.Tree).diff_to_index(index)
+        return sorted({path for delta in diff.deltas for path in (delta.old_file.path, delta.new_file.path)})
+
+    def diff(self) -> str:
+        """The unified patch from the base commit to the work tree as it is now."""
+        repo, index = self._stage()
+        return repo[self.base_commit].peel(pygit2.Tree).diff_to_index(index).patch or ""
+
+    async def commit(self, message: str, author_name: str, author_email: str) -> str | None:
+        """Commit every change on top of the last commit (the base at first); None if nothing changed."""
+        return await asyncio.to_thread(self._commit, message, author_name, author_email)
+
+    def _commit(self, message: str, author_name: str, author_email: str) -> str | None:
+        try:
+            repo, index = self._stage()
+            tree = index.write_tree()
+            parent = repo.head.peel(pygit2.Commit)
+            if tree == parent.tree_id:
+                return None
+            author = pygit2.Signature(author_name, author_email)
+            return str(repo.create_commit("HEAD", author, author, message, tree, [parent.id]))
+        except (OSError, pygit2.GitError) as exc:
+            raise WorkspaceError(f"could not commit in {self.path}: {exc}") from None
+
+    async def push(self, url: str, branch: str, creds: Credentials | None = None) -> None:
+        """Push the last commit to `refs/heads/<branch>` of `url` (forced); only `routines/…` branches."""
+        if not branch.startswith("routines/") or not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
+            raise WorkspaceError(f"refusing to push to branch {branch!r}; runs only push to branches named routines/…")
+        await asyncio.to_thread(self._push, url, branch, creds)
+
+    def _push(self, url: str, branch: str, creds: Credentials | None) -> None:
+        repo = self._repo()
+        head = repo.head.peel(pygit2.Commit).id
+        if is_local(url):
+            _push_local(repo, Path(url.removeprefix("file://")), branch, head)
+            return
+        ref = f"refs/heads/{branch}"
+        repo.references.create(ref, head, force=True)
+        callbacks = _Callbacks(url, creds)
+        try:
+            repo.remotes.create_anonymous(url).push([f"+{ref}:{ref}"], callbacks=callbacks)
+        except pygit2.GitError as exc:
+            raise _git_failure(f"push {branch} to", url, exc) from None
+        if callbacks.rejected:
+            raise WorkspaceError(f"{display_url(url)} refused the push of {branch}: {'; '.join(callbacks.rejected)}")
+
+    def cleanup(self) -> None:
+        """Remove the work tree and the private git directory, even where the agent removed write permission."""
+
+        def unlock(_func: object, failed: str, _exc: object) -> None:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.dirname(failed), stat.S_IRWXU)
+                os.chmod(failed, stat.S_IRWXU)
+            with contextlib.suppress(OSError):
+                os.unlink(failed) if not os.path.isdir(failed) else shutil.rmtree(failed, ignore_errors=True)
+
+        for directory in (self.path, self._gitdir):
+            if directory.exists():
+                shutil.rmtree(directory, onerror=unlock)
+
+
+def _push_local(repo: pygit2.Repository, target: Path, branch: str, head: pygit2.Oid) -> None:
+    """Copy the missing objects into the repository at `target` and set the branch (libgit2 cannot push there)."""
+    try:
+        dest = pygit2.Repository(str(target), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+    except pygit2.GitError:
+        raise WorkspaceError(
+            f"{target} is not a git repository; push to the repository the run was made from"
+        ) from None
+    ref = f"refs/heads/{branch}"
+    if not dest.is_bare and dest.references["HEAD"].raw_target == ref.encode():
+        raise WorkspaceError(f"{branch} is checked out in {target}; switch that repository to another branch")
+    missing: list[pygit2.Oid] = []
+    pending = [head]
+    while pending:
+        oid = pending.pop()
+        if oid in dest.odb:
+            continue
+        missing.append(oid)
+        obj = repo[oid]
+        if isinstance(obj, pygit2.Commit):
+            pending += [obj.tree_id, *obj.parent_ids]
+        elif isinstance(obj, pygit2.Tree):
+            pending += [entry.id for entry in obj if entry.filemode != _GITLINK]
+    for oid in reversed(missing):
+        kind, data = repo.odb.read(oid)
+        dest.odb.write(kind, data)
+    dest.references.create(ref, head, force=True)
+
+
+def _spares_dir(mirror: Path) -> Path:
+    return mirror.with_name(mirror.name + ".spares")
+
+
+def _claim_spare(mirror: Path, base: str, dest: Path) -> Workspace | None:
+    """Move a ready spare of `base`'s commit to `dest` (atomically claimed by rename), or None."""
+    repo = pygit2.Repository(str(mirror))
+    commit, branch = _resolve_base(repo, base, _mirror_name(repo, mirror))
+    if (dest.exists() and any(dest.iterdir())) or _private_gitdir(dest).exists():
+        return None
+    spares = _spares_dir(mirror)
+    for ready in spares.glob(f"{commit.id}-*") if spares.is_dir() else ():
+        claimed = spares / f".claimed-{secrets.token_hex(4)}"
+        try:
+            ready.rename(claimed)
+        except FileNotFoundError:
+            continue
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            (claimed / "work").rename(dest)
+            (claimed / "work.gitdir").rename(_private_gitdir(dest))
+        except OSError:
+            shutil.rmtree(claimed, ignore_errors=True)
+            return None
+        claimed.rmdir()
+        _write_config(_private_gitdir(dest), {"worktree": str(dest.resolve())})
+        (dest / ".git" / "HEAD").unlink()
+        _write_head(dest / ".git", branch, str(commit.id))
+        return Workspace(dest, str(commit.id))
+    return None
+
+
+def _make_spare(mirror: Path, commit: str) -> None:
+    """Keep one spare work tree of `commit` for `mirror`; stale ones (other commits) are removed."""
+    spares = _spares_dir(mirror)
+    spares.mkdir(exist_ok=True)
+    with open(spares / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        for entry in spares.iterdir():
+            if entry.name.startswith(commit):
+                return
+            if entry.name != ".lock" and not entry.name.startswith(".claimed-"):
+                shutil.rmtree(entry, ignore_errors=True)
+        building = spares / f".building-{secrets.token_hex(4)}"
+        _checkout(mirror, commit, building / "work")
+        building.rename(spares / f"{commit}-{secrets.token_hex(4)}")
