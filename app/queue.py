@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
-
-from app.errors import StoreError
+from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio import ConnectionPool
 
 RUN_JOB = "run_routine"
 
@@ -32,12 +31,11 @@ def run_job_id(run_id: str) -> str:
     return f"run:{run_id}"
 
 
-async def connect(url: str) -> ArqRedis:
-    try:
-        pool: ArqRedis = await create_pool(redis_settings(url), job_serializer=dumps, job_deserializer=loads)
-    except (OSError, ConnectionError) as exc:
-        raise StoreError(f"cannot reach Redis at {url} ({exc}); start it or set REDIS_URL") from None
-    return pool
+def connect(url: str) -> ArqRedis:
+    """One client for the queue and the store. Connects lazily: a web process starts while Redis is down
+    and answers 503 until it is back."""
+    pool = ConnectionPool.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
+    return ArqRedis(pool, job_serializer=dumps, job_deserializer=loads)
 
 
 async def enqueue_run(pool: ArqRedis, run_id: str) -> bool:

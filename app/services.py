@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from arq.connections import ArqRedis
-from redis import asyncio as aioredis
 
 from app import queue
 from app.catalog import RoutineCatalog
 from app.config import Settings
-from app.errors import ConfigError
+from app.errors import ConfigError, StoreError
 from app.forge.github import GitHubForge
 from app.forge.local import LocalForge
 from app.models.anthropic import AnthropicModel
@@ -33,7 +32,6 @@ class Services:
     """Long-lived resources of one process, built at startup and closed at shutdown."""
 
     settings: Settings
-    redis: aioredis.Redis
     store: RedisStore
     pool: ArqRedis
     catalog: RoutineCatalog
@@ -86,18 +84,21 @@ class Services:
         await self.mirrors.settle()
         await self._stack.aclose()
         await self.pool.aclose()
-        await self.redis.aclose()
 
 
-async def build(settings: Settings) -> Services:
-    """Connect to Redis and build the clients. Nothing here runs at import time."""
+async def build(settings: Settings, *, check_redis: bool = True) -> Services:
+    """Build the clients; with `check_redis`, fail now with a clear StoreError when Redis is unreachable."""
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL is not set; set it (e.g. redis://127.0.0.1:6379/0) or use `routines dev`")
-    redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30)
-    store = RedisStore(redis)
-    await store.ping()
-    pool = await queue.connect(settings.redis_url)
-    services = Services(settings, redis, store, pool, RoutineCatalog(settings.routines_dir), Mirrors(settings.data_dir))
+    pool = queue.connect(settings.redis_url)
+    store = RedisStore(pool)
+    if check_redis:
+        try:
+            await store.ping()
+        except StoreError:
+            await pool.aclose()
+            raise
+    services = Services(settings, store, pool, RoutineCatalog(settings.routines_dir), Mirrors(settings.data_dir))
     if settings.github_app_configured:
         forge = GitHubForge(
             settings.github_api_url,

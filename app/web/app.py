@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -28,7 +29,11 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         if services is not None:
             yield {"services": services}
             return
-        built = await build(settings)
+        built = await build(settings, check_redis=False)
+        try:
+            await built.store.ping()
+        except StoreError as exc:
+            log.warning("%s; answering 503 until it is back", exc)
         if settings.api_token is None:
             log.warning(
                 "ROUTINES_API_TOKEN is not set: run logs and the API's reads are open to anyone who can connect"
@@ -39,7 +44,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             await built.close()
 
     async def store_down(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"error": str(exc)}, status_code=503, headers={"retry-after": "5"})
+        message = str(exc) if isinstance(exc, StoreError) else f"Redis is unreachable ({exc}); retry later"
+        return JSONResponse({"error": message}, status_code=503, headers={"retry-after": "5"})
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -49,5 +55,5 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     return Starlette(
         routes=[*api.routes, *pages.routes],
         lifespan=lifespan,
-        exception_handlers={StoreError: store_down, HTTPException: http_error},
+        exception_handlers={StoreError: store_down, RedisError: store_down, HTTPException: http_error},
     )
