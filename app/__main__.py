@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -79,9 +80,16 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     _require_redis(settings)
 
     async def main() -> None:
-        worker = create_worker(settings)
+        # arq's own signal handling only stops Worker.run(); we drive main() and stop it ourselves.
+        worker = create_worker(settings, handle_signals=False)
+        task = asyncio.create_task(worker.main())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
         try:
-            await worker.main()
+            await task
+        except asyncio.CancelledError:
+            log.info("worker stopping")
         finally:
             await worker.close()
 
