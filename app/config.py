@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str = ""
-    sandbox: str = "local"
+    sandbox: str = "bwrap"
     poll_delay_ms: int = 50
     max_jobs: int = 4
     job_timeout_s: int = 3 * 3600
@@ -99,7 +100,7 @@ class Settings:
                 f"GITHUB_API_URL={github_api_url!r} is not an http(s) URL; "
                 "use https://api.github.com or https://HOST/api/v3 for GitHub Enterprise"
             )
-        sandbox = text("ROUTINES_SANDBOX") or cls.sandbox
+        sandbox = text("ROUTINES_SANDBOX") or ("bwrap" if sys.platform == "linux" else "local")
         if sandbox not in ("local", "bwrap"):
             raise ConfigError(f"ROUTINES_SANDBOX={sandbox!r} is unknown; use 'bwrap' or 'local'")
         redis_url = text("REDIS_URL")

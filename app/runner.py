@@ -119,6 +119,10 @@ async def _agent(ctx: _Context, deps: RunnerDeps) -> None:
     if ctx.checkout is None or ctx.repo is None:
         return
     routine = ctx.routine
+    if deps.sandbox.name == "local":
+        await ctx.events.emit(
+            "sandbox.warning", {"sandbox": "local", "message": "commands ran unsandboxed (ROUTINES_SANDBOX=local)"}
+        )
     shell = await deps.sandbox.shell(ctx.checkout.path, dict(SANDBOX_ENV))
     try:
         toolbox = Toolbox(

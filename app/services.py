@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +19,12 @@ from app.models.anthropic import AnthropicModel
 from app.models.pricing import cost_usd
 from app.ports import Forge, ModelClient, Sandbox
 from app.runner import RunnerDeps
+from app.sandbox.bwrap import BwrapSandbox, sandbox_available
 from app.sandbox.local import LocalSandbox
 from app.store import RedisStore
 from app.workspace import Mirrors
+
+log = logging.getLogger(__name__)
 
 
 def is_local_repo(repo: str) -> bool:
@@ -38,6 +42,7 @@ class Services:
     mirrors: Mirrors
     github: GitHubForge | None = None
     _model: ModelClient | None = None
+    _sandbox_checked: bool = False
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     def forge_for(self, repo: str) -> Forge:
@@ -63,10 +68,26 @@ class Services:
         return self._model
 
     def sandbox(self) -> Sandbox:
-        return LocalSandbox(max_output_bytes=self.settings.tool_output_max_bytes)
+        if self.settings.sandbox == "local":
+            return LocalSandbox(max_output_bytes=self.settings.tool_output_max_bytes)
+        return BwrapSandbox(max_output_bytes=self.settings.tool_output_max_bytes)
+
+    def check_sandbox(self) -> None:
+        """Refuse to run agents in a sandbox that does not work here; warn loudly about `local`."""
+        if self.settings.sandbox == "local":
+            log.warning(
+                "ROUTINES_SANDBOX=local: agent commands run UNSANDBOXED on this machine, with its network and files"
+            )
+            return
+        problem = sandbox_available()
+        if problem is not None:
+            raise ConfigError(problem)
 
     async def runner_deps(self) -> RunnerDeps:
         s = self.settings
+        if not self._sandbox_checked:
+            self.check_sandbox()
+            self._sandbox_checked = True
         return RunnerDeps(
             store=self.store,
             routine=self.catalog.get,

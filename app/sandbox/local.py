@@ -1,7 +1,10 @@
-"""The local sandbox: one persistent bash per run, with a clean environment and no isolation.
+"""The persistent shell, and the local sandbox: one bash per run, clean environment, no isolation.
 
-It gives the agent no credential (the worker's environment never reaches it) but does not confine
-the file system or the network; `bwrap.py` does. Use it for development and trusted repositories.
+`PersistentShell` drives one bash over pipes (command framing, output cap, timeouts, restarts);
+a `Launcher` decides how that bash starts: directly here (`LocalShell`), inside bubblewrap in
+`bwrap.py`. The local sandbox gives the agent no credential (the worker's environment never
+reaches it) but does not confine the file system or the network. Use it for development and
+trusted repositories.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 from app.errors import SandboxError
 from app.ports import CommandResult
@@ -39,19 +43,34 @@ class LocalSandbox:
         return shell
 
 
-class LocalShell:
+class Launcher(Protocol):
+    """Starts the process a `PersistentShell` talks to: a bash reading commands from stdin."""
+
+    async def spawn(self) -> asyncio.subprocess.Process:
+        """A new bash in its own process group, stdin/stdout piped and stderr merged into stdout."""
+        ...
+
+    async def reap(self) -> None:
+        """Called after the process group was killed: end whatever else the shell left behind."""
+        ...
+
+    async def close(self) -> None:
+        """Release what `spawn` made (a private HOME, a cgroup); the shell is not started again."""
+        ...
+
+
+class PersistentShell:
     """One `bash` process in its own process group; cwd and variables survive between commands.
 
     A command runs with stdin from /dev/null and stderr merged into stdout. A command that times
     out is killed with its whole process group and the shell is restarted (state is lost).
+    `launcher` decides how bash is started (directly, or inside bubblewrap).
     """
 
-    def __init__(self, workdir: Path, env: dict[str, str], *, path: str, max_output_bytes: int) -> None:
+    def __init__(self, launcher: Launcher, *, workdir: Path, max_output_bytes: int) -> None:
         self.workdir = workdir
-        self._env = dict(env)
-        self._path = path
+        self._launcher = launcher
         self._max_output_bytes = max_output_bytes
-        self._home: Path | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
 
@@ -62,7 +81,7 @@ class LocalShell:
                 await self._start()
             proc = self._proc
             if proc is None or proc.stdin is None or proc.stdout is None:
-                raise SandboxError("the shell has no pipes; this is a bug in LocalShell")
+                raise SandboxError("the shell has no pipes; this is a bug in PersistentShell")
             marker = f"__ROUTINES_DONE_{secrets.token_hex(8)}__"
             capture = _Capture(self._max_output_bytes, marker.encode())
             try:
@@ -92,35 +111,14 @@ class LocalShell:
             await self._start()
 
     async def close(self) -> None:
-        """Kill the shell's process group and remove its private HOME."""
+        """Kill the shell's process group and release what its launcher made."""
         async with self._lock:
             await self._kill()
-            if self._home is not None:
-                await asyncio.to_thread(shutil.rmtree, self._home, True)
-                self._home = None
+            await self._launcher.close()
 
     async def _start(self) -> None:
         await self._kill()
-        if self._home is None:
-            self._home = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="routines-home-"))
-        env = {"PATH": self._path, "HOME": str(self._home), "LANG": "C.UTF-8", "TERM": "dumb", **self._env}
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                "bash",
-                "--noprofile",
-                "--norc",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd=self.workdir,
-                env=env,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise SandboxError(
-                f"cannot start bash in {self.workdir}: {exc.strerror}; "
-                "check that bash is on PATH and the directory exists"
-            ) from None
+        self._proc = await self._launcher.spawn()
 
     async def _kill(self) -> None:
         proc, self._proc = self._proc, None
@@ -131,12 +129,58 @@ class LocalShell:
         if proc.stdin is not None:
             proc.stdin.close()
         await _wait(proc)
+        await self._launcher.reap()
         if proc.stdout is not None:
             # Read to EOF so the pipe transport closes; a process that escaped the group may hold it.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2):
                     while await proc.stdout.read(_CHUNK_BYTES):
                         pass
+
+
+class LocalShell(PersistentShell):
+    """A `PersistentShell` running bash directly in `workdir`, with a private HOME and a clean environment."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], *, path: str, max_output_bytes: int) -> None:
+        super().__init__(_LocalLauncher(workdir, env, path), workdir=workdir, max_output_bytes=max_output_bytes)
+
+
+class _LocalLauncher:
+    def __init__(self, workdir: Path, env: dict[str, str], path: str) -> None:
+        self._workdir = workdir
+        self._env = dict(env)
+        self._path = path
+        self._home: Path | None = None
+
+    async def spawn(self) -> asyncio.subprocess.Process:
+        if self._home is None:
+            self._home = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="routines-home-"))
+        env = {"PATH": self._path, "HOME": str(self._home), "LANG": "C.UTF-8", "TERM": "dumb", **self._env}
+        try:
+            return await asyncio.create_subprocess_exec(
+                "bash",
+                "--noprofile",
+                "--norc",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=self._workdir,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise SandboxError(
+                f"cannot start bash in {self._workdir}: {exc.strerror}; "
+                "check that bash is on PATH and the directory exists"
+            ) from None
+
+    async def reap(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self._home is not None:
+            await asyncio.to_thread(shutil.rmtree, self._home, True)
+            self._home = None
 
 
 def _wrap(command: str, marker: str) -> str:

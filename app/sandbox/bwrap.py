@@ -1,0 +1,338 @@
+"""The bubblewrap sandbox: the run's persistent bash, and everything it starts, inside bwrap.
+
+What the sandbox sees:
+- a read-only system: `/usr`, `/etc`, `/opt` and the `/bin`, `/sbin`, `/lib*` links, never `/` as a
+  whole (the worker's data dir, the App key, `/root`, `/home` and `/srv` are simply absent). In
+  `/etc` everything the host keeps from other users (not world-readable: shadow, ssh host keys,
+  `ssl/private`) is masked, because the sandbox user is mapped onto the worker's own uid and would
+  otherwise read it as its owner. Paths given in `hide` are masked too.
+- the workspace read-write at its own path (only it: its private git dir sits beside it), its
+  `.git` pinned as a mount point (cannot be renamed or replaced), `.git/hooks` and `.git/config`
+  read-only, and the mirror objects named in `.git/objects/info/alternates` read-only;
+- private tmpfs `/tmp` and `$HOME`, a fresh `/proc` and `/dev`; new user, pid, ipc, uts, net and
+  cgroup namespaces, uid 1000 inside, no capabilities, so `mount` and writes to `/usr` fail even
+  when the worker runs as root;
+- an environment of PATH, HOME, LANG, TERM and what the caller passes, nothing else. The bwrap
+  process itself gets a minimal environment too: the sandbox's pid 1 keeps it in `/proc/1/environ`.
+
+Limits: wall clock per command (PersistentShell kills the sandbox and restarts it), CPU seconds and
+file size per process (rlimits), memory and process count per sandbox through a cgroup when one is
+writable (`cgroups.py`), else memory through RLIMIT_AS per process and processes through
+RLIMIT_NPROC, which the kernel ignores for root: a root worker without a writable cgroup has only
+the pid namespace and the wall clock against a fork bomb, and says so in its log.
+
+Network: none (`--unshare-net` leaves only loopback). With `proxy_socket`, a socat forwarder inside
+listens on 127.0.0.1:3128 and relays to the egress proxy's unix socket; the proxy variables point at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import secrets
+import shutil
+import stat
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.errors import SandboxError
+from app.sandbox.cgroups import SandboxCgroup
+from app.sandbox.local import DEFAULT_PATH, PersistentShell
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RO_PATHS = ("/usr", "/etc", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+HOME_INSIDE = "/home/sandbox"
+SOCKET_INSIDE = "/run/routines/egress.sock"
+CA_INSIDE = "/run/routines/ca.pem"
+PROXY_URL = "http://127.0.0.1:3128"
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "NODE_EXTRA_CA_CERTS")
+SANDBOX_UID = 1000
+NOT_INSTALLED = (
+    "bubblewrap is not installed; apt-get install bubblewrap, "
+    "or set ROUTINES_SANDBOX=local to run commands unsandboxed (not recommended)"
+)
+_ATTACH = 'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
+_FORWARDER = (
+    f"socat TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{SOCKET_INSIDE} </dev/null >/dev/null 2>&1 &\n"
+    "i=0; while [ $i -lt 500 ] && ! grep -qs '0100007F:0C38 00000000:0000 0A' /proc/net/tcp; do"
+    " sleep 0.01; i=$((i+1)); done\n"
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Ceilings for one sandbox. `cpu_s` and `file_size_bytes` hold per process; `memory_bytes` and
+    `max_processes` hold for the whole sandbox under a cgroup, per process (memory) otherwise."""
+
+    cpu_s: int = 600
+    memory_bytes: int = 4 * 1024**3
+    max_processes: int = 512
+    file_size_bytes: int = 2 * 1024**3
+    tmp_bytes: int = 1024**3
+
+
+def sandbox_available(bwrap: str = "bwrap") -> str | None:
+    """None when bubblewrap can build this module's sandbox here, else why not (for services.py to report)."""
+    exe = shutil.which(bwrap)
+    if exe is None:
+        return NOT_INSTALLED
+    probe = [exe, *_isolation(), *_system_mounts(DEFAULT_RO_PATHS), "--proc", "/proc", "--dev", "/dev", "true"]
+    try:
+        done = subprocess.run(probe, env={"PATH": DEFAULT_PATH}, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bubblewrap could not be started ({exc}); check the bwrap binary at {exe}"
+    if done.returncode != 0:
+        return (
+            f"bubblewrap cannot create a sandbox here: {done.stderr.strip() or f'exit code {done.returncode}'}; "
+            "allow user namespaces (kernel.unprivileged_userns_clone=1, or run the container with a seccomp/"
+            "AppArmor profile that permits them), or set ROUTINES_SANDBOX=local (not recommended)"
+        )
+    return None
+
+
+class BwrapSandbox:
+    """Starts persistent shells inside bubblewrap; see the module docstring for what they can reach."""
+
+    name = "bwrap"
+
+    def __init__(
+        self,
+        *,
+        max_output_bytes: int = 30_000,
+        limits: Limits | None = None,
+        proxy_socket: Path | None = None,
+        ca_bundle: Path | None = None,
+        hide: Sequence[Path] = (),
+        ro_paths: Sequence[str] = DEFAULT_RO_PATHS,
+        path: str = DEFAULT_PATH,
+        bwrap: str = "bwrap",
+    ) -> None:
+        self.max_output_bytes = max_output_bytes
+        self.limits = limits or Limits()
+        self.proxy_socket = proxy_socket
+        self.ca_bundle = ca_bundle
+        self.hide = tuple(hide)
+        self.ro_paths = tuple(ro_paths)
+        self.path = path
+        self._bwrap = bwrap
+        self._etc_masks: list[str] | None = None
+
+    async def shell(self, workdir: Path, env: dict[str, str]) -> PersistentShell:
+        """A started shell in `workdir` (which the sandbox sees at the same path); raises SandboxError
+        when bubblewrap is missing or cannot start."""
+        workdir = await asyncio.to_thread(workdir.resolve)
+        cgroup = await asyncio.to_thread(
+            SandboxCgroup.create,
+            f"routines-{secrets.token_hex(6)}",
+            memory_bytes=self.limits.memory_bytes,
+            max_processes=self.limits.max_processes,
+        )
+        try:
+            argv = await asyncio.to_thread(self.argv, workdir, env, held=cgroup.holds)
+        except BaseException:
+            await asyncio.to_thread(cgroup.remove)
+            raise
+        _log_limits(workdir, cgroup)
+        shell = PersistentShell(_BwrapLauncher(argv, cgroup), workdir=workdir, max_output_bytes=self.max_output_bytes)
+        probe = await shell.run(":", 30)
+        if probe.exit_code != 0:
+            await shell.close()
+            raise SandboxError(
+                f"the bubblewrap sandbox for {workdir} did not start: {probe.output.strip()[:500]}; "
+                "run `routines doctor` or check sandbox_available()"
+            )
+        return shell
+
+    def argv(
+        self, workdir: Path, env: dict[str, str], *, held: dict[str, str] | None = None, command: Sequence[str] = ()
+    ) -> list[str]:
+        """The bwrap command line for `workdir`: runs `command`, or by default the shell's bash.
+
+        Prepares the workspace's `.git` on the host (creates `hooks/` and `config` so they can be
+        mounted read-only). `held` names the limits a cgroup already enforces.
+        """
+        exe = shutil.which(self._bwrap)
+        if exe is None:
+            raise SandboxError(NOT_INSTALLED)
+        if self.proxy_socket is not None and shutil.which("socat", path=self.path) is None:
+            raise SandboxError("socat is not installed; apt-get install socat (the sandbox's way to the egress proxy)")
+        if self._etc_masks is None:
+            self._etc_masks = _etc_masks()
+        mounts = [
+            *["--proc", "/proc", "--dev", "/dev"],
+            *["--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp"],
+            *["--size", str(self.limits.tmp_bytes), "--tmpfs", HOME_INSIDE],
+            *_system_mounts(self.ro_paths),
+            *self._etc_masks,
+            *_hide_mounts(self.hide, self.ro_paths),
+            *_workspace_mounts(workdir),
+            *self._egress_mounts(),
+            *["--remount-ro", "/", "--chdir", str(workdir)],
+        ]
+        tail = list(command) or ["bash", "--noprofile", "--norc", "-c", self._init_script(held or {})]
+        return [exe, *_isolation(), "--clearenv", *self._env_args(env), *mounts, *tail]
+
+    def _env_args(self, env: dict[str, str]) -> list[str]:
+        values = {"PATH": self.path, "HOME": HOME_INSIDE, "LANG": "C.UTF-8", "TERM": "dumb", **env}
+        if self.proxy_socket is not None:
+            for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+                values[name] = PROXY_URL
+            values["NO_PROXY"] = values["no_proxy"] = "localhost,127.0.0.1"
+        if self.ca_bundle is not None:
+            values.update(dict.fromkeys(CA_VARIABLES, CA_INSIDE))
+        return [arg for name, value in values.items() for arg in ("--setenv", name, value)]
+
+    def _egress_mounts(self) -> list[str]:
+        args: list[str] = []
+        if self.proxy_socket is not None:
+            if not self.proxy_socket.is_socket():
+                raise SandboxError(f"the egress proxy socket {self.proxy_socket} does not exist; start the proxy first")
+            args += ["--ro-bind", str(self.proxy_socket), SOCKET_INSIDE]
+        if self.ca_bundle is not None:
+            if not self.ca_bundle.is_file():
+                raise SandboxError(f"the CA bundle {self.ca_bundle} does not exist; write the run's CA bundle first")
+            args += ["--ro-bind", str(self.ca_bundle), CA_INSIDE]
+        return args
+
+    def _init_script(self, held: dict[str, str]) -> str:
+        """Start the forwarder (if any), set the rlimits, then become the persistent bash."""
+        lim = self.limits
+        ulimits = [
+            ("-t", resource.RLIMIT_CPU, lim.cpu_s, 1),
+            ("-f", resource.RLIMIT_FSIZE, lim.file_size_bytes, 1024),
+            ("-u", resource.RLIMIT_NPROC, lim.max_processes, 1),
+        ]
+        if "memory" not in held:
+            ulimits.append(("-v", resource.RLIMIT_AS, lim.memory_bytes, 1024))
+        settings = " ".join(f"{flag} {_capped(kind, value) // unit}" for flag, kind, value, unit in ulimits)
+        forwarder = _FORWARDER if self.proxy_socket is not None else ""
+        return f"{forwarder}ulimit -S -H {settings}\nexec bash --noprofile --norc\n"
+
+
+class _BwrapLauncher:
+    """Spawns bwrap (inside the sandbox's cgroups when there are some) and cleans up after it."""
+
+    def __init__(self, argv: list[str], cgroup: SandboxCgroup) -> None:
+        self._argv = argv
+        self._cgroup = cgroup
+
+    async def spawn(self) -> asyncio.subprocess.Process:
+        procs = [str(p) for p in self._cgroup.procs_files]
+        prefix = ["/bin/sh", "-c", _ATTACH, "sh", *procs, "--"] if procs else []
+        try:
+            return await asyncio.create_subprocess_exec(
+                *prefix,
+                *self._argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd="/",
+                env={"PATH": DEFAULT_PATH},
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise SandboxError(f"cannot start bubblewrap ({exc.strerror}); {NOT_INSTALLED}") from None
+
+    async def reap(self) -> None:
+        self._cgroup.kill()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._cgroup.remove)
+
+
+def _isolation() -> list[str]:
+    uid = str(SANDBOX_UID)
+    return [
+        *["--unshare-all", "--unshare-user", "--uid", uid, "--gid", uid],
+        *["--cap-drop", "ALL", "--die-with-parent", "--new-session"],
+    ]
+
+
+def _system_mounts(paths: Sequence[str]) -> list[str]:
+    args: list[str] = []
+    for path in paths:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def _etc_masks(root: str = "/etc") -> list[str]:
+    """Mount over everything in `root` that other users may not read: the host's own list of secrets."""
+    args: list[str] = []
+    for current, dirs, files in os.walk(root):
+        for name in list(dirs):
+            full = os.path.join(current, name)
+            mode = os.lstat(full).st_mode
+            if stat.S_ISDIR(mode) and (mode & 0o005) != 0o005:
+                args += ["--tmpfs", full]
+                dirs.remove(name)
+        for name in files:
+            full = os.path.join(current, name)
+            mode = os.lstat(full).st_mode
+            if stat.S_ISREG(mode) and not mode & 0o004:
+                args += ["--ro-bind", "/dev/null", full]
+    return args
+
+
+def _hide_mounts(hide: Sequence[Path], ro_paths: Sequence[str]) -> list[str]:
+    """Masks for hidden paths that a read-only mount would otherwise show (elsewhere they are absent)."""
+    roots = [Path(p).resolve() for p in ro_paths if os.path.isdir(p)]
+    args: list[str] = []
+    for path in (p.resolve() for p in hide):
+        if not any(path.is_relative_to(root) for root in roots) or not path.exists():
+            continue
+        args += ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)]
+    return args
+
+
+def _workspace_mounts(workdir: Path) -> list[str]:
+    """The workspace read-write, its `.git` pinned with hooks and config read-only, its alternates read-only."""
+    if not workdir.is_dir():
+        raise SandboxError(f"the workspace {workdir} does not exist; check it out before starting the sandbox")
+    ws = str(workdir)
+    args = ["--bind", ws, ws]
+    git = workdir / ".git"
+    if not git.is_dir() or git.is_symlink():
+        return args
+    (git / "hooks").mkdir(exist_ok=True)
+    (git / "config").touch(exist_ok=True)
+    args += ["--bind", str(git), str(git)]
+    args += ["--ro-bind", str(git / "hooks"), str(git / "hooks"), "--ro-bind", str(git / "config"), str(git / "config")]
+    alternates = git / "objects" / "info" / "alternates"
+    lines = alternates.read_text().splitlines() if alternates.is_file() else []
+    for line in (text.strip() for text in lines):
+        if not line or line.startswith("#"):
+            continue
+        objects = (git / "objects" / line).resolve()
+        if objects.is_dir() and not objects.is_relative_to(workdir):
+            args += ["--ro-bind", str(objects), str(objects)]
+    return args
+
+
+def _capped(kind: int, value: int) -> int:
+    """`value`, lowered to the worker's own hard limit (a sandbox cannot raise it)."""
+    hard = resource.getrlimit(kind)[1]
+    return value if hard == resource.RLIM_INFINITY else min(value, hard)
+
+
+def _log_limits(workdir: Path, cgroup: SandboxCgroup) -> None:
+    memory = cgroup.holds.get("memory", "RLIMIT_AS per process")
+    if "pids" in cgroup.holds:
+        processes = f"{cgroup.holds['pids']} pids.max"
+    elif os.geteuid() == 0:
+        processes = "nothing but the pid namespace and the wall clock"
+        log.warning(
+            "the sandbox for %s cannot limit its process count: no writable cgroup, and RLIMIT_NPROC does not "
+            "apply to root; run the worker as a non-root user or give it a delegated cgroup v2 subtree",
+            workdir,
+        )
+    else:
+        processes = "RLIMIT_NPROC (shared by the worker user's processes)"
+    log.info("bwrap sandbox for %s: memory limited by %s, processes by %s", workdir, memory, processes)
