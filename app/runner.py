@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ class RunnerDeps:
     work_dir: Path
     price: Callable[[str, dict[str, int]], float]
     command_timeout_s: float = 600.0
+    on_finished: Callable[[Run], Awaitable[None]] | None = None
 
 
 class RunEvents:
@@ -171,8 +172,12 @@ async def _deliver_and_record(ctx: _Context, deps: RunnerDeps, error: str | None
         state = RunState.SUCCEEDED if delivered else RunState.NO_CHANGES
     current = await deps.store.get_run(ctx.run.id)
     if current.state.terminal:
-        return await deps.store.update(ctx.run.id, **fields)
-    return await deps.store.transition(ctx.run.id, state, **fields)
+        final = await deps.store.update(ctx.run.id, **fields)
+    else:
+        final = await deps.store.transition(ctx.run.id, state, **fields)
+    if deps.on_finished is not None:
+        await deps.on_finished(final)
+    return final
 
 
 async def _deliver(ctx: _Context, deps: RunnerDeps, *, incomplete: bool, error: str | None) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ from arq.connections import ArqRedis
 from app import queue
 from app.catalog import RoutineCatalog
 from app.config import Settings
+from app.domain import Run
 from app.errors import ConfigError, StoreError
 from app.forge.github import GitHubForge
 from app.forge.local import LocalForge
@@ -22,6 +23,7 @@ from app.runner import RunnerDeps
 from app.sandbox.bwrap import BwrapSandbox, sandbox_available
 from app.sandbox.local import LocalSandbox
 from app.store import RedisStore
+from app.tracking import update_tracking_comment
 from app.workspace import Mirrors
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,13 @@ class Services:
             work_dir=s.data_dir / "runs",
             price=cost_usd,
             command_timeout_s=s.command_timeout_s,
+            on_finished=self.on_run_finished,
         )
+
+    async def on_run_finished(self, run: Run) -> None:
+        """Tell the people who triggered the run how it ended (the tracking comment, if there is one)."""
+        if self.github is not None:
+            await update_tracking_comment(self.github, self.store, run, self.settings.run_url(run.id))
 
     async def close(self) -> None:
         await self.mirrors.settle()

@@ -71,6 +71,11 @@ class GitHubForge:
     ) -> None:
         await self._transport.pool.aclose()
 
+    @property
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """The forge's connection pool, for App-level calls made outside githubkit (app/forge/github_app.py)."""
+        return self._transport
+
     def app_jwt(self) -> str:
         """A JWT authenticating as the App: RS256, `iss` = app id, valid from a minute ago for 10 minutes."""
         now = int(time.time())

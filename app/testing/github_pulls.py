@@ -193,10 +193,27 @@ class PullsApi:
             raise ApiError(404, "Not Found")
         reactions = self.state.reactions.setdefault(repo.full_name, [])
         for existing in reactions:
-            if existing["issue_number"] == number and existing["reaction"]["content"] == content:
+            if existing.get("issue_number") == number and existing["reaction"]["content"] == content:
                 return JSONResponse(existing["reaction"])
         reaction = reaction_json(self.state, self.state.new_id(), content)
         reactions.append({"issue_number": number, "reaction": reaction})
+        return JSONResponse(reaction, status_code=201)
+
+    async def create_comment_reaction(self, request: Request) -> Response:
+        """React to an issue comment; recorded in `reactions` with its `comment_id`."""
+        repo = self._issue_write(request)
+        comment_id = request.path_params["comment_id"]
+        content = (await read_json(request)).get("content")
+        if content not in REACTIONS:
+            raise invalid("Reaction", "content")
+        if not any(c["id"] == comment_id for c in self.state.comments(repo.full_name)):
+            raise ApiError(404, "Not Found")
+        reactions = self.state.reactions.setdefault(repo.full_name, [])
+        for existing in reactions:
+            if existing.get("comment_id") == comment_id and existing["reaction"]["content"] == content:
+                return JSONResponse(existing["reaction"])
+        reaction = reaction_json(self.state, self.state.new_id(), content)
+        reactions.append({"comment_id": comment_id, "reaction": reaction})
         return JSONResponse(reaction, status_code=201)
 
 

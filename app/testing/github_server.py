@@ -22,6 +22,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.testing.git_http import git_endpoint
+from app.testing.github_hooks import HooksApi
 from app.testing.github_pulls import PullsApi, bearer, read_json
 from app.testing.github_shapes import app_json, error_json, installation_json, iso, repo_json
 from app.testing.github_state import LEVELS, ApiError, GitHubState, LoggedRequest, generate_app_key
@@ -36,8 +37,11 @@ def create_app(state: GitHubState) -> Starlette:
     """The test server as an ASGI app over `state` (set `state.base_url` once it listens)."""
     apps = _AppsApi(state)
     pulls = PullsApi(state)
+    hooks = HooksApi(state)
     routes = [
         Route("/app", apps.get_app),
+        Route("/app/hook/deliveries", hooks.list_deliveries, methods=["GET"]),
+        Route("/app/hook/deliveries/{delivery_id:int}/attempts", hooks.redeliver, methods=["POST"]),
         Route("/app/installations/{installation_id:int}/access_tokens", apps.create_token, methods=["POST"]),
         Route("/repos/{owner}/{repo}/installation", apps.get_repo_installation),
         Route("/repos/{owner}/{repo}", apps.get_repo),
@@ -48,6 +52,11 @@ def create_app(state: GitHubState) -> Starlette:
         Route("/repos/{owner}/{repo}/issues/{number:int}/comments", pulls.create_comment, methods=["POST"]),
         Route("/repos/{owner}/{repo}/issues/comments/{comment_id:int}", pulls.update_comment, methods=["PATCH"]),
         Route("/repos/{owner}/{repo}/issues/{number:int}/reactions", pulls.create_reaction, methods=["POST"]),
+        Route(
+            "/repos/{owner}/{repo}/issues/comments/{comment_id:int}/reactions",
+            pulls.create_comment_reaction,
+            methods=["POST"],
+        ),
         Route("/{owner}/{name}.git/{path:path}", git_endpoint(state), methods=["GET", "POST"]),
     ]
     app = Starlette(

@@ -1,0 +1,262 @@
+"""Which routines a GitHub event fires: pure functions over routines, the event name and the raw payload.
+
+`on.github` uses GitHub Actions' event names and `types` (the payload's `action`). Filters, all
+optional, must all pass:
+
+- `labels`: for `labeled`/`unlabeled`, the label being added or removed; otherwise any label the
+  issue or pull request carries.
+- `branches`: the base branch for `pull_request*`, the pushed branch for `push` (tags never
+  match), the head branch for `check_suite`/`workflow_run`. Actions' globs: `*` stays inside a
+  path segment, `**` crosses `/`.
+- `paths`: `push` only knows its files (commits' added/modified/removed). A pull request's
+  payload does not list files, so for `pull_request*` the filter is not applied and the match
+  carries a note saying so (fetching the file list is left to the run).
+- `draft`: only draft (true) or only ready (false) pull requests.
+- `forks`: pull requests from forks (head repository != base repository) fire only with
+  `forks: true`.
+- `authors`: the sender's login. A Bot sender never fires a routine unless `authors` names it.
+- `author_association`: of the object the sender wrote (comment, review, or the issue/PR they
+  opened or edited). Defaults to OWNER, MEMBER, COLLABORATOR for issues and comments. When
+  someone acts on another person's issue (labels it, assigns it), GitHub already required
+  triage or write access, so the issue author's association does not apply.
+- `mention`: the text, as a word, case-insensitive, in the comment, review or issue/PR body.
+
+`pull_request` without `types` fires on opened, synchronize and reopened, like Actions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from app.domain import JSON, Routine, Trigger
+from app.event_text import clean, render
+
+TRUSTED_ASSOCIATIONS = ("OWNER", "MEMBER", "COLLABORATOR")
+ASSOCIATION_DEFAULT_EVENTS = frozenset(
+    {"issues", "issue_comment", "pull_request_review", "pull_request_review_comment", "discussion",
+     "discussion_comment", "commit_comment"}
+)  # fmt: skip
+DEFAULT_TYPES = {"pull_request": ("opened", "synchronize", "reopened")}
+_PULL_EVENTS = ("pull_request", "pull_request_review", "pull_request_review_comment")
+
+
+@dataclass(frozen=True)
+class Match:
+    """`routine` fires for this event on `repo` (the event's repository); `notes` say what was skipped."""
+
+    routine: Routine
+    repo: str
+    notes: tuple[str, ...] = ()
+
+
+def github_trigger(event: str, payload: JSON, delivery: str) -> Trigger:
+    """The Trigger of a run fired by this event: the rendered, fenced text and the ids an acknowledgement needs."""
+    subject = _subject(payload) or {}
+    comment = payload.get("comment") if isinstance(payload.get("comment"), dict) else None
+    data: JSON = {
+        "event": event,
+        "action": payload.get("action"),
+        "delivery": delivery,
+        "repo": event_repo(payload),
+        "number": subject.get("number"),
+        "url": (comment or subject).get("html_url"),
+        "installation_id": (payload.get("installation") or {}).get("id"),
+        "is_pull_request": "pull_request" in payload or "pull_request" in subject,
+    }
+    if comment is not None:
+        data["comment_id"] = comment.get("id")
+    label = (payload.get("label") or {}).get("name")
+    if label:
+        data["label"] = clean(str(label))[:200]
+    sender = clean(str((payload.get("sender") or {}).get("login") or "")) or None
+    return Trigger(kind="github", text=render(event, payload, delivery), actor=sender, data=data)
+
+
+def event_repo(payload: JSON) -> str | None:
+    """The `owner/name` of the event's repository, or None (App-level events)."""
+    repository = payload.get("repository")
+    name = repository.get("full_name") if isinstance(repository, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def match(routines: Iterable[Routine], event: str, payload: JSON) -> list[Match]:
+    """The routines `event` with `payload` fires, in the given order."""
+    found = []
+    for routine in routines:
+        result = check(routine, event, payload)
+        if isinstance(result, Match):
+            found.append(result)
+    return found
+
+
+def check(routine: Routine, event: str, payload: JSON) -> Match | str:
+    """A Match, or why `routine` does not fire (one line, for logs)."""
+    if event not in routine.on.github:
+        return f"does not listen to {event}"
+    repo = event_repo(payload)
+    if repo is None:
+        return "the event has no repository"
+    if not _repo_allowed(routine, repo):
+        return f"applies to {', '.join(routine.repos)}, not {repo}"
+    filters = routine.on.github[event] or {}
+    action = payload.get("action")
+    types = filters.get("types") or DEFAULT_TYPES.get(event)
+    if types and action not in types:
+        return f"action {action!r} is not one of {', '.join(types)}"
+    refused = _sender(filters, payload) or _association(event, filters, payload)
+    refused = refused or _labels(filters, payload) or _branches(event, filters, payload)
+    refused = refused or _pull(event, filters, payload) or _mention(event, filters, payload)
+    if refused:
+        return refused
+    notes: tuple[str, ...] = ()
+    if filters.get("paths"):
+        if event == "push":
+            if not any(_glob(p).fullmatch(f) for p in filters["paths"] for f in _pushed_files(payload)):
+                return "no pushed file matches paths"
+        else:
+            notes = (f"paths filter not applied to {event}: the payload does not list the changed files",)
+    return Match(routine, repo, notes)
+
+
+def _repo_allowed(routine: Routine, repo: str) -> bool:
+    wanted = repo.lower()
+    return any(r == "*" or r.lower() == wanted for r in routine.repos)
+
+
+def _sender(filters: JSON, payload: JSON) -> str | None:
+    sender = payload.get("sender") or {}
+    login = str(sender.get("login") or "")
+    authors = filters.get("authors")
+    if authors:
+        return None if login.lower() in {a.lower() for a in authors} else f"sender {login!r} is not in authors"
+    if sender.get("type") == "Bot" or login.endswith("[bot]"):
+        return f"sender {login!r} is a bot (name it in authors to allow it)"
+    return None
+
+
+def _association(event: str, filters: JSON, payload: JSON) -> str | None:
+    wanted = filters.get("author_association")
+    if wanted is None and event not in ASSOCIATION_DEFAULT_EVENTS:
+        return None
+    written = _authored(event, payload)
+    if written is None:
+        return None
+    association = str(written.get("author_association") or "NONE")
+    allowed = wanted or TRUSTED_ASSOCIATIONS
+    if association in allowed:
+        return None
+    return f"author_association {association} is not one of {', '.join(allowed)}"
+
+
+def _authored(event: str, payload: JSON) -> JSON | None:
+    """The object the sender wrote, when this event is about their own words; else None."""
+    for key in ("comment", "review"):
+        if isinstance(payload.get(key), dict):
+            return dict(payload[key])
+    subject = _subject(payload)
+    sender = (payload.get("sender") or {}).get("login")
+    if subject is not None and (subject.get("user") or {}).get("login") == sender:
+        return subject
+    return None
+
+
+def _subject(payload: JSON) -> JSON | None:
+    """The issue or pull request the event is about."""
+    for key in ("pull_request", "issue", "discussion"):
+        value = payload.get(key)
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def _labels(filters: JSON, payload: JSON) -> str | None:
+    wanted = filters.get("labels")
+    if not wanted:
+        return None
+    if payload.get("action") in ("labeled", "unlabeled"):
+        names = [str((payload.get("label") or {}).get("name"))]
+    else:
+        names = [str(label.get("name")) for label in (_subject(payload) or {}).get("labels") or []]
+    return None if set(names) & set(wanted) else f"labels {names} do not include {', '.join(wanted)}"
+
+
+def _branches(event: str, filters: JSON, payload: JSON) -> str | None:
+    wanted = filters.get("branches")
+    if not wanted:
+        return None
+    branch = event_branch(event, payload)
+    if branch is not None and any(_glob(pattern).fullmatch(branch) for pattern in wanted):
+        return None
+    return f"branch {branch!r} does not match {', '.join(wanted)}"
+
+
+def event_branch(event: str, payload: JSON) -> str | None:
+    """The branch the event concerns (base branch of a pull request), or None."""
+    if event == "push":
+        ref = str(payload.get("ref") or "")
+        return ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
+    if event in _PULL_EVENTS:
+        return _dig(payload, "pull_request", "base", "ref")
+    for key in ("check_suite", "workflow_run", "check_run"):
+        if isinstance(payload.get(key), dict):
+            return _dig(payload, key, "head_branch")
+    return None
+
+
+def _pull(event: str, filters: JSON, payload: JSON) -> str | None:
+    pull = payload.get("pull_request")
+    if event not in _PULL_EVENTS or not isinstance(pull, dict):
+        return None
+    if "draft" in filters and bool(pull.get("draft")) != filters["draft"]:
+        return "the pull request is a draft" if pull.get("draft") else "the pull request is not a draft"
+    head_repo = _dig(pull, "head", "repo", "full_name")
+    base_repo = _dig(pull, "base", "repo", "full_name")
+    if head_repo != base_repo and not filters.get("forks", False):
+        return f"the pull request comes from the fork {head_repo or '(deleted)'} (set forks: true to allow)"
+    return None
+
+
+def _mention(event: str, filters: JSON, payload: JSON) -> str | None:
+    mention = filters.get("mention")
+    if not mention:
+        return None
+    body = event_body(payload)
+    pattern = re.compile(rf"(?<![\w@/-]){re.escape(mention)}(?![\w-])", re.IGNORECASE)
+    return None if pattern.search(body) else f"the text does not mention {mention}"
+
+
+def event_body(payload: JSON) -> str:
+    """The text the sender wrote: the comment, review, or issue/PR body ("" when none)."""
+    for key in ("comment", "review"):
+        if isinstance(payload.get(key), dict):
+            return str(payload[key].get("body") or "")
+    return str((_subject(payload) or {}).get("body") or "")
+
+
+def _pushed_files(payload: JSON) -> set[str]:
+    files: set[str] = set()
+    for commit in payload.get("commits") or []:
+        for key in ("added", "modified", "removed"):
+            files.update(str(f) for f in commit.get(key) or [])
+    return files
+
+
+@lru_cache(maxsize=512)
+def _glob(pattern: str) -> re.Pattern[str]:
+    """GitHub Actions' filter glob: `**` any characters, `*` any but `/`, `?` one character."""
+    out = []
+    for part in re.split(r"(\*\*|\*|\?)", pattern):
+        out.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part)))
+    return re.compile("".join(out))
+
+
+def _dig(data: Any, *keys: str) -> str | None:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data if isinstance(data, str) else None

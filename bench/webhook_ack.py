@@ -1,0 +1,301 @@
+"""Webhook acknowledgement: our web process vs Probot vs a bare ASGI app that only checks the HMAC.
+
+Each server runs alone as one process (uvicorn with 1 worker; Probot with `probot run`) and gets
+the same load: the real `issues.labeled` payload (tests/payloads, sent compact: ~12 KB), signed,
+with a new X-GitHub-Delivery per request.
+
+- p99 at a fixed rate (default 500 req/s, open loop: latency counts from the scheduled send
+  time, so a stall is not hidden) — measured by the asyncio generator in this file;
+- maximum req/s — measured with wrk (apt-get install wrk) and a Lua script varying the GUID.
+
+`routines` is the web app as `webhooks.fast_path(create_app(...))` serves it (the webhook answered
+before Starlette's middleware); `routines-starlette` the same app with the webhook mounted as a route.
+Ours does the full job: signature check, delivery claim (SET NX), raw payload kept and the arq
+job queued, in one Lua call to a local Redis with an append-only file (fsync every second).
+Probot: `npm install probot` into a temporary folder, a no-op `issues.labeled` app.
+
+    python bench/webhook_ack.py [--rate 500] [--seconds 10] [--only routines,bare,probot] [--redis URL]
+
+By default Redis is a fresh server with an append-only file (fsync every second); on a VM with a
+slow fsync its stalls show in our p99. `--redis redis://127.0.0.1:6379/12` measures against an
+existing server instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SECRET = "bench-webhook-secret"
+PAYLOAD = ROOT / "tests" / "payloads" / "issues.labeled.json"
+ROUTINE = "---\nname: labelled\nrepo: '*'\non:\n  github:\n    issues: {types: [labeled], labels: [bug]}\n---\nFix.\n"
+PROBOT_APP = 'module.exports = (app) => { app.on("issues.labeled", async () => {}); };\n'
+WRK_SCRIPT = """
+local n = 0
+local prefix = tostring(math.random(1, 1e9))
+local f = io.open(os.getenv("BENCH_BODY"), "rb"); local body = f:read("*a"); f:close()
+wrk.method = "POST"
+wrk.body = body
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-GitHub-Event"] = "issues"
+wrk.headers["X-Hub-Signature-256"] = os.getenv("BENCH_SIGNATURE")
+request = function()
+  n = n + 1
+  wrk.headers["X-GitHub-Delivery"] = prefix .. "-" .. n
+  return wrk.format()
+end
+"""
+
+
+def body_and_signature() -> tuple[bytes, str]:
+    body = json.dumps(json.loads(PAYLOAD.read_text()), separators=(",", ":")).encode()
+    return body, "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
+def bare_app() -> Callable[..., Any]:
+    """The floor: read the body, check the HMAC, answer 202."""
+    key = SECRET.encode()
+
+    async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        given = dict(scope["headers"]).get(b"x-hub-signature-256", b"")
+        ok = hmac.compare_digest(given, b"sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest().encode())
+        await send({"type": "http.response.start", "status": 202 if ok else 401, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def serve(kind: str, port: int, redis_url: str, routines_dir: str) -> None:
+    """Run one server in this process (the bench starts it as a subprocess)."""
+    import uvicorn
+
+    if kind == "bare":
+        app: Any = bare_app()
+    else:
+        from app.config import Settings
+        from app.web.app import create_app
+
+        settings = Settings(redis_url=redis_url, github_webhook_secret=SECRET, routines_dir=Path(routines_dir))
+        from app.web.webhooks import fast_path
+
+        app = create_app(settings) if kind == "routines-starlette" else fast_path(create_app(settings))
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop="uvloop", http="httptools"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not listen within {timeout_s} s")
+
+
+async def _one(pool: asyncio.Queue[Any], port: int, request: bytes) -> int:
+    try:
+        reader, writer = pool.get_nowait()
+    except asyncio.QueueEmpty:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+    if length:
+        await reader.readexactly(int(length.group(1)))
+    elif re.search(rb"(?i)transfer-encoding:\s*chunked", head):
+        await reader.readuntil(b"0\r\n\r\n")
+    pool.put_nowait((reader, writer))
+    return status
+
+
+async def open_loop(port: int, path: str, body: bytes, signature: str, rate: float, seconds: float) -> JSONish:
+    """Send `rate` req/s for `seconds` on schedule; latency from the scheduled time. Returns p50/p99/max ms."""
+    pool: asyncio.Queue[Any] = asyncio.Queue()
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    prefix = os.urandom(4).hex()
+
+    async def fire(i: int, scheduled: float) -> None:
+        request = (
+            f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            f"x-github-event: issues\r\nx-github-delivery: {prefix}-{i}\r\nx-hub-signature-256: {signature}\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        status = await _one(pool, port, request)
+        latencies.append((time.perf_counter() - scheduled) * 1000)
+        statuses[status] = statuses.get(status, 0) + 1
+
+    tasks = []
+    start = time.perf_counter() + 0.05
+    for i in range(int(rate * seconds)):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(fire(i, scheduled)))
+    await asyncio.gather(*tasks)
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+    return {"p50": pct(0.50), "p99": pct(0.99), "max": latencies[-1], "statuses": statuses}
+
+
+JSONish = dict[str, Any]
+
+
+def wrk_max(port: int, path: str, body_file: Path, signature: str, seconds: float, connections: int) -> JSONish:
+    script = body_file.parent / "vary.lua"
+    script.write_text(WRK_SCRIPT)
+    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_SIGNATURE": signature}
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{int(seconds)}s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}{path}",
+    ]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"rps": rps, "non_2xx": int(bad.group(1)) if bad else 0}
+
+
+def start_probot(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    folder = tmp / "probot"
+    folder.mkdir()
+    (folder / "package.json").write_text('{"name": "noop", "private": true, "type": "commonjs"}')
+    subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "probot"], cwd=folder, check=True)
+    (folder / "app.js").write_text(PROBOT_APP)
+    from app.testing.github_state import generate_app_key
+
+    env = {**os.environ, "APP_ID": "1", "PRIVATE_KEY": generate_app_key(), "WEBHOOK_SECRET": SECRET,
+           "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "warn", "NODE_ENV": "production"}  # fmt: skip
+    probot = folder / "node_modules" / ".bin" / "probot"
+    return subprocess.Popen([str(probot), "run", "./app.js"], cwd=folder, env=env, stdout=subprocess.DEVNULL)
+
+
+def measure(name: str, process: subprocess.Popen[bytes], port: int, path: str, args: argparse.Namespace,
+            body_file: Path, reset: Callable[[], object]) -> JSONish:  # fmt: skip
+    body, signature = body_and_signature()
+    try:
+        wait_listening(port, process)
+        wrk_max(port, path, body_file, signature, 2, args.connections)  # warm up (JIT, pools)
+        reset()
+        fixed = asyncio.run(open_loop(port, path, body, signature, args.rate, args.seconds))
+        reset()
+        peak = wrk_max(port, path, body_file, signature, args.seconds, args.connections)
+        reset()
+    finally:
+        process.terminate()
+        process.wait(10)
+    print(f"  {name}: p99 {fixed['p99']:.2f} ms at {args.rate:g}/s {fixed['statuses']}; max {peak['rps']:.0f} req/s")
+    return {"name": name, **fixed, **peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=500)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--only", default="routines,routines-starlette,bare,probot")
+    parser.add_argument("--redis", help="use this Redis (its database is flushed) instead of a fresh AOF one")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--routines-dir", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port, args.redis_url, args.routines_dir)
+        return
+    import redis
+
+    from app.embedded_redis import start
+
+    results = []
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        body_file = tmp / "body.json"
+        body_file.write_bytes(body_and_signature()[0])
+        (tmp / "routines").mkdir()
+        (tmp / "routines" / "labelled.md").write_text(ROUTINE)
+        server = start(tmp) if args.redis is None else None
+        url = server.url if server is not None else args.redis
+        client = redis.Redis.from_url(url)
+        aof = dict(client.config_get("appendonly")).get("appendonly")  # type: ignore[arg-type]
+        print(f"payload: {len(body_file.read_bytes())} bytes; Redis at {url}, appendonly={aof}")
+        try:
+            for kind in args.only.split(","):
+                port = free_port()
+                if kind == "probot":
+                    process = start_probot(tmp, port)
+                    path = "/api/github/webhooks"
+                else:
+                    command = [sys.executable, __file__, "--serve", kind, "--port", str(port),
+                               "--redis-url", url, "--routines-dir", str(tmp / "routines")]  # fmt: skip
+                    process = subprocess.Popen(command)
+                    path = "/webhooks/github"
+                results.append(measure(kind, process, port, path, args, body_file, client.flushdb))
+        finally:
+            client.close()
+            if server is not None:
+                server.stop()
+    report(results)
+
+
+def report(results: list[JSONish]) -> None:
+    print(f"\n{'server':<10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'max req/s':>10} {'non-2xx':>8}")
+    for r in results:
+        print(f"{r['name']:<10} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['max']:>8.2f} {r['rps']:>10.0f} {r['non_2xx']:>8}")
+    by = {r["name"]: r for r in results}
+    if "probot" in by:
+        for name in ("routines", "routines-starlette", "bare"):
+            if name in by:
+                print(f"{name} / probot max req/s: {by[name]['rps'] / by['probot']['rps']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
