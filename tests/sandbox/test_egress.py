@@ -1,0 +1,315 @@
+"""The egress proxy with real curl, real TLS and real Redis: allowlist, address checks, secret swap, rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import shutil
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from redis import asyncio as aioredis
+
+from app.sandbox.ca import RunCA
+from app.sandbox.egress import EgressProxy
+from app.sandbox.egress_policy import EgressPolicy, SystemResolver, forbidden_reason, host_matches, live_secrets
+from app.testing.https_server import EchoServer
+from app.vault import Vault
+
+KEY = b"k" * 32
+VALUE = "sntrys_" + "R3alSecretValue" * 4
+ROTATED = "sntrys_" + "R0tatedSecretVal" * 4
+
+
+@dataclass
+class Net:
+    """Two HTTPS services (`api` carries the secret, `other` does not), a plain-HTTP one, and the run's proxy."""
+
+    run_ca: RunCA
+    bundle: Path
+    proxy: EgressProxy
+    proxy_port: int
+    api: EchoServer
+    api_port: int
+    other: EchoServer
+    other_port: int
+    plain: EchoServer
+    plain_port: int
+    vault: Vault
+    placeholder: str
+    events: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def net(tmp_path: Path, aredis: aioredis.Redis) -> AsyncIterator[Net]:
+    upstream_ca = RunCA(tmp_path / "upstream-ca")
+    api = EchoServer(upstream_ca.server_context("api.allowed.test"))
+    other = EchoServer(upstream_ca.server_context("other.allowed.test"))
+    plain = EchoServer()
+    vault = Vault(aredis, KEY)
+    await vault.set("SENTRY_AUTH_TOKEN", VALUE, ["api.allowed.test"])
+    placeholders = await vault.placeholders("run1", ["SENTRY_AUTH_TOKEN"])
+    policy = EgressPolicy(
+        allow=("api.allowed.test", "*.allowed.test", "plain.allowed.test", "sneaky.test"),
+        secrets=live_secrets(vault, placeholders),
+    )
+    resolver = SystemResolver(
+        overrides={h: "127.0.0.1" for h in ("api.allowed.test", "other.allowed.test", "plain.allowed.test")},
+        hosts={"sneaky.test": ["127.0.0.1"]},
+    )
+    trust = ssl.create_default_context(cafile=str(upstream_ca.cert_path))
+    events: list[tuple[str, dict[str, object]]] = []
+
+    async def record(type_: str, data: dict[str, object]) -> None:
+        events.append((type_, data))
+
+    run_ca = RunCA(tmp_path / "run-ca")
+    proxy = EgressProxy(policy, ca=run_ca, on_event=record, resolver=resolver, upstream_ca=trust)
+    _, proxy_port = await proxy.start_tcp()
+    ports = [await s.start() for s in (api, other, plain)]
+    # The sandbox trusts the system bundle plus the run CA; here the test CA plays the system bundle.
+    bundle = run_ca.bundle_path(upstream_ca.cert_path)
+    yield Net(
+        run_ca,
+        bundle,
+        proxy,
+        proxy_port,
+        api,
+        ports[0],
+        other,
+        ports[1],
+        plain,
+        ports[2],
+        vault,
+        placeholders["SENTRY_AUTH_TOKEN"],
+        events,
+    )
+    await proxy.close()
+    for server in (api, other, plain):
+        await server.close()
+
+
+async def curl(net: Net, url: str, *headers: str, proxy: str | None = None) -> tuple[int, str, str]:
+    """Run the real curl through the proxy, trusting the run's bundle; returns (exit code, stdout, stderr)."""
+    args = [
+        "curl",
+        "-sS",
+        "--max-time",
+        "20",
+        "--proxy",
+        proxy or f"http://127.0.0.1:{net.proxy_port}",
+        "--cacert",
+        str(net.bundle),
+        url,
+    ]
+    for header in headers:
+        args += ["-H", header]
+    process = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+def secret_free(events: list[tuple[str, dict[str, object]]]) -> bool:
+    text = json.dumps(events)
+    return VALUE not in text and ROTATED not in text
+
+
+async def test_placeholder_becomes_the_value_only_on_the_secrets_domain(net: Net) -> None:
+    assert net.placeholder != VALUE and len(net.placeholder) == len(VALUE)
+    code, out, err = await curl(
+        net,
+        f"https://api.allowed.test:{net.api_port}/echo",
+        f"Authorization: Bearer {net.placeholder}",
+        f"X-Custom: a {net.placeholder} b",
+    )
+    assert code == 0, err
+    seen = json.loads(out)["headers"]
+    assert seen["authorization"] == f"Bearer {VALUE}"
+    assert seen["x-custom"] == f"a {VALUE} b"
+
+    code, out, err = await curl(
+        net, f"https://other.allowed.test:{net.other_port}/echo", f"Authorization: Bearer {net.placeholder}"
+    )
+    assert code == 0, err
+    assert json.loads(out)["headers"]["authorization"] == f"Bearer {net.placeholder}"
+
+    allowed = [d for t, d in net.events if t == "egress.allowed"]
+    assert {"host": "api.allowed.test", "mode": "intercept", "swapped": ["SENTRY_AUTH_TOKEN"]}.items() <= allowed[
+        0
+    ].items()
+    assert allowed[1]["host"] == "other.allowed.test" and allowed[1]["mode"] == "tunnel"
+    assert secret_free(net.events)
+
+
+async def test_only_secrets_of_the_host_are_swapped(net: Net) -> None:
+    other_value = "ghp_" + "0therSecretV4lue" * 3
+    await net.vault.set("GITHUB_TOKEN", other_value, ["elsewhere.test"])
+    other = net.vault.placeholder("GITHUB_TOKEN", other_value, "run-x")
+    net.proxy.policy = dataclasses.replace(
+        net.proxy.policy, secrets=live_secrets(net.vault, {"SENTRY_AUTH_TOKEN": net.placeholder, "GITHUB_TOKEN": other})
+    )
+    code, out, err = await curl(
+        net,
+        f"https://api.allowed.test:{net.api_port}/echo",
+        f"Authorization: Bearer {net.placeholder}",
+        f"X-Other: {other}",
+    )
+    assert code == 0, err
+    seen = json.loads(out)["headers"]
+    assert seen["authorization"] == f"Bearer {VALUE}" and seen["x-other"] == other
+    code, out, err = await curl(net, f"http://plain.allowed.test:{net.plain_port}/echo", f"X-Key: {net.placeholder}")
+    assert code == 0, err
+    assert json.loads(out)["headers"]["x-key"] == net.placeholder
+    assert other_value not in json.dumps(net.events)
+
+
+async def test_basic_auth_carries_the_value_after_swap(net: Net) -> None:
+    basic = base64.b64encode(f"user:{net.placeholder}".encode()).decode()
+    code, out, err = await curl(net, f"https://api.allowed.test:{net.api_port}/echo", f"Authorization: Basic {basic}")
+    assert code == 0, err
+    sent = json.loads(out)["headers"]["authorization"].removeprefix("Basic ")
+    assert base64.b64decode(sent).decode() == f"user:{VALUE}"
+
+
+async def test_rotation_reaches_the_next_request(net: Net) -> None:
+    url = f"https://api.allowed.test:{net.api_port}/echo"
+    await curl(net, url, f"x-api-key: {net.placeholder}")
+    await net.vault.set("SENTRY_AUTH_TOKEN", ROTATED, ["api.allowed.test"])
+    code, _, err = await curl(net, url, f"x-api-key: {net.placeholder}")
+    assert code == 0, err
+    assert [r["headers"]["x-api-key"] for r in net.api.requests] == [VALUE, ROTATED]  # type: ignore[index]
+    assert secret_free(net.events)
+
+
+async def test_plain_http_is_allowlisted_and_swapped(net: Net) -> None:
+    await net.vault.set("SENTRY_AUTH_TOKEN", VALUE, ["plain.allowed.test"])
+    code, out, err = await curl(
+        net, f"http://plain.allowed.test:{net.plain_port}/echo", f"Authorization: Bearer {net.placeholder}"
+    )
+    assert code == 0, err
+    assert json.loads(out) == {"method": "GET", "path": "/echo", "headers": json.loads(out)["headers"]}
+    assert json.loads(out)["headers"]["authorization"] == f"Bearer {VALUE}"
+    code, out, _ = await curl(net, "http://evil.example/steal")
+    assert "not in the routine's network.allow" in out
+    assert (
+        "egress.denied",
+        {
+            "host": "evil.example",
+            "port": 80,
+            "reason": "evil.example is not in the routine's network.allow; add it there to let the run reach it",
+        },
+    ) in net.events
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://evil.example/", "not in the routine's network.allow"),
+        ("https://sneaky.test/", "127.0.0.1 is a loopback address"),
+        ("https://localhost/", "not in the routine's network.allow"),
+        ("https://127.0.0.1:6379/", "127.0.0.1 is a loopback address"),
+        ("https://169.254.169.254/", "cloud metadata address"),
+    ],
+)
+async def test_denied_destinations_get_403_and_an_event(net: Net, url: str, reason: str) -> None:
+    code, _, err = await curl(net, url)
+    assert code != 0 and "403" in err
+    [(kind, data)] = net.events
+    assert kind == "egress.denied" and reason in str(data["reason"])
+
+
+async def test_connect_to_redis_port_is_refused_even_when_allowlisted(tmp_path: Path) -> None:
+    proxy = EgressProxy(EgressPolicy(allow=("localhost", "127.0.0.1")), ca=RunCA(tmp_path / "ca"))
+    path = str(tmp_path / "egress.sock")
+    await proxy.start_unix(path)
+    reader, writer = await asyncio.open_unix_connection(path)
+    for target in (b"127.0.0.1:6379", b"localhost:6379"):
+        writer.write(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 403"), head
+        writer.close()
+        reader, writer = await asyncio.open_unix_connection(path)
+    writer.close()
+    await proxy.close()
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+async def test_unix_socket_listener_behind_a_forwarder(net: Net, tmp_path: Path) -> None:
+    path = str(tmp_path / "egress.sock")
+    await net.proxy.start_unix(path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    socat = await asyncio.create_subprocess_exec(
+        "socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr", f"UNIX-CONNECT:{path}"
+    )
+    try:
+        await _listening(port)
+        code, out, err = await curl(
+            net,
+            f"https://api.allowed.test:{net.api_port}/echo",
+            f"Authorization: Bearer {net.placeholder}",
+            proxy=f"http://127.0.0.1:{port}",
+        )
+        assert code == 0, err
+        assert json.loads(out)["headers"]["authorization"] == f"Bearer {VALUE}"
+    finally:
+        socat.terminate()
+        await socat.wait()
+
+
+async def _listening(port: int) -> None:
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return
+    raise AssertionError(f"socat did not listen on {port}")
+
+
+def test_address_rules() -> None:
+    import ipaddress
+
+    for ip in (
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "100.64.0.1",
+        "169.254.169.254",
+        "fd00:ec2::254",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "224.0.0.1",
+        "0.0.0.0",
+        "::ffff:127.0.0.1",
+    ):
+        assert forbidden_reason(ipaddress.ip_address(ip)) is not None, ip
+    assert forbidden_reason(ipaddress.ip_address("93.184.216.34")) is None
+    assert host_matches("api.sentry.io", ["*.sentry.io"]) and not host_matches("sentry.io", ["*.sentry.io"])
+    assert not host_matches("evilsentry.io", ["*.sentry.io"]) and host_matches("Sentry.IO.", ["sentry.io"])
+
+
+async def test_a_client_that_does_not_trust_the_run_ca_is_reported(net: Net, tmp_path: Path) -> None:
+    net.bundle = RunCA(tmp_path / "unrelated").cert_path
+    code, _, err = await curl(net, f"https://api.allowed.test:{net.api_port}/echo")
+    assert code != 0, err
+    for _ in range(500):
+        if any(t == "egress.error" for t, _ in net.events):
+            break
+        await asyncio.sleep(0.01)
+    [(kind, data)] = net.events
+    assert kind == "egress.error" and "must trust SSL_CERT_FILE" in str(data["reason"])
+    assert net.api.requests == []
