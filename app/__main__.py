@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app import embedded_redis
+from app.cli_secrets import add_secrets_parser
 from app.config import Settings
 from app.domain import Event, Run, RunState, Trigger
 from app.errors import RoutinesError
@@ -250,6 +251,18 @@ def _with_store(settings: Settings, fn: Callable[[Services], Awaitable[int]]) ->
         return asyncio.run(main())
 
 
+def cmd_secrets(settings: Settings, args: argparse.Namespace) -> int:
+    from app.cli_secrets import secrets_command
+    from app.vault import Vault, secret_key
+
+    key = secret_key(settings.secret_key)
+
+    async def run(services: Services) -> int:
+        return await secrets_command(Vault(services.pool, key), args)
+
+    return _with_store(settings, run)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="routines", description="Run repo-bound AI coding routines.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -274,6 +287,7 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("run")
     logs.add_argument("-f", "--follow", action="store_true", help="follow a live run")
     logs.add_argument("--json", action="store_true")
+    add_secrets_parser(sub)
     return p
 
 
@@ -286,6 +300,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "token": cmd_token,
     "runs": cmd_runs,
     "logs": cmd_logs,
+    "secrets": cmd_secrets,
 }
 
 

@@ -34,6 +34,9 @@ class Settings:
     tool_output_max_bytes: int = 30_000
     model_max_retries: int = 4
     http_timeout_s: float = 30.0
+    secret_key: str | None = field(default=None, repr=False)
+    egress_hosts: dict[str, str] = field(default_factory=dict)
+    egress_ca_file: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -108,6 +111,9 @@ class Settings:
             raise ConfigError(f"REDIS_URL={redis_url!r} is not a redis:// URL; e.g. redis://127.0.0.1:6379/0")
 
         return cls(
+            secret_key=text("ROUTINES_SECRET_KEY"),
+            egress_hosts=_host_pins(text("ROUTINES_EGRESS_HOSTS")),
+            egress_ca_file=Path(ca) if (ca := text("ROUTINES_EGRESS_CA_FILE")) else None,
             redis_url=redis_url,
             github_api_url=github_api_url,
             github_app_id=app_id,
@@ -136,3 +142,18 @@ class Settings:
                 "(or point ANTHROPIC_BASE_URL at a test server and set any value)"
             )
         return self.anthropic_api_key
+
+
+def _host_pins(raw: str | None) -> dict[str, str]:
+    """ROUTINES_EGRESS_HOSTS="api.internal=10.0.0.5,sentry.internal=10.0.0.6": trusted name → address pins."""
+    pins: dict[str, str] = {}
+    for item in (raw or "").split(","):
+        if not item.strip():
+            continue
+        host, sep, address = item.partition("=")
+        if not sep or not host.strip() or not address.strip():
+            raise ConfigError(
+                f"ROUTINES_EGRESS_HOSTS has {item.strip()!r}; write host=address pairs separated by commas"
+            )
+        pins[host.strip().lower()] = address.strip()
+    return pins

@@ -163,3 +163,23 @@ class Workspaces(Protocol):
     async def ensure(self, url: str, creds: Credentials | None) -> Path: ...
 
     async def checkout(self, mirror: Path, base: str, dest: Path) -> Checkout: ...
+
+
+class Redacts(Protocol):
+    """Replaces known secret values with their names."""
+
+    def add(self, name: str, value: str) -> None: ...
+
+    def text(self, text: str) -> str: ...
+
+    def redact(self, data: Any) -> Any: ...
+
+
+class Boundary(Protocol):
+    """One run's sandbox and the network boundary around it."""
+
+    sandbox: Sandbox
+    env: dict[str, str]
+    denied: list[JSON]
+
+    async def close(self) -> None: ...

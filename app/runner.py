@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from app.agent.prompts import build_first_message, build_system
 from app.agent.tools import Toolbox
 from app.domain import JSON, Event, Routine, Run, RunState, run_branch
 from app.errors import RoutinesError
-from app.ports import Checkout, Credentials, Forge, ModelClient, RepoInfo, Sandbox, Store, Workspaces
+from app.ports import Boundary, Checkout, Credentials, Forge, ModelClient, Redacts, RepoInfo, Store, Workspaces
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ class RunnerDeps:
     routine: Callable[[str], Routine]
     forge_for: Callable[[str], Forge]
     workspaces: Workspaces
-    sandbox: Sandbox
+    boundary: Callable[[str, Routine, Path, Callable[[str, JSON], Awaitable[None]], Redacts], Awaitable[Boundary]]
+    redactor: Callable[[], Redacts]
     model: ModelClient
     run_url: Callable[[str], str]
     work_dir: Path
@@ -42,14 +43,15 @@ class RunnerDeps:
 
 
 class RunEvents:
-    """The EventSink of one run: appends to its log in the store."""
+    """The EventSink of one run: appends to its log in the store, with every known secret redacted."""
 
-    def __init__(self, store: Store, run_id: str) -> None:
+    def __init__(self, store: Store, run_id: str, redactor: Redacts) -> None:
         self.store = store
         self.run_id = run_id
+        self.redactor = redactor
 
     async def emit(self, type: str, data: JSON) -> None:
-        await self.store.append_event(self.run_id, Event(type, data))
+        await self.store.append_event(self.run_id, Event(type, self.redactor.redact(data)))
 
 
 @dataclass
@@ -62,6 +64,7 @@ class _Context:
     creds: Credentials | None = None
     checkout: Checkout | None = None
     outcome: AgentOutcome | None = None
+    denied: list[JSON] = field(default_factory=list)
 
 
 async def execute(run_id: str, deps: RunnerDeps) -> Run:
@@ -69,7 +72,7 @@ async def execute(run_id: str, deps: RunnerDeps) -> Run:
     run = await deps.store.get_run(run_id)
     if run.state.terminal:
         return run
-    events = RunEvents(deps.store, run_id)
+    events = RunEvents(deps.store, run_id, deps.redactor())
     ctx = _Context(run=run, routine=deps.routine(run.routine), events=events)
     try:
         await deps.store.transition(run_id, RunState.PREPARING)
@@ -102,6 +105,7 @@ async def _token(ctx: _Context, deps: RunnerDeps) -> None:
         return
     ctx.creds = await ctx.forge.credentials(ctx.repo, ctx.routine.permissions)
     if ctx.creds is not None:
+        ctx.events.redactor.add("GITHUB_INSTALLATION_TOKEN", ctx.creds.password)
         await ctx.events.emit("run.token", {"repository": ctx.repo.full_name, "permissions": ctx.routine.permissions})
 
 
@@ -120,29 +124,35 @@ async def _agent(ctx: _Context, deps: RunnerDeps) -> None:
     if ctx.checkout is None or ctx.repo is None:
         return
     routine = ctx.routine
-    if deps.sandbox.name == "local":
-        await ctx.events.emit(
-            "sandbox.warning", {"sandbox": "local", "message": "commands ran unsandboxed (ROUTINES_SANDBOX=local)"}
-        )
-    shell = await deps.sandbox.shell(ctx.checkout.path, dict(SANDBOX_ENV))
+    run_dir = deps.work_dir / ctx.run.id
+    boundary = await deps.boundary(ctx.run.id, routine, run_dir, ctx.events.emit, ctx.events.redactor)
     try:
-        toolbox = Toolbox(
-            routine.tools, shell=shell, workspace=ctx.checkout.path, command_timeout_s=deps.command_timeout_s
-        )
-        agent = Agent(
-            deps.model,
-            toolbox,
-            ctx.events,
-            model_name=routine.model,
-            max_turns=routine.limits.max_turns,
-            max_minutes=routine.limits.max_minutes,
-            max_cost_usd=routine.limits.max_cost_usd,
-            price=deps.price,
-        )
-        system = build_system(routine, workspace=ctx.checkout.path)
-        ctx.outcome = await agent.run(system, build_first_message(ctx.run.trigger))
+        if boundary.sandbox.name == "local":
+            await ctx.events.emit(
+                "sandbox.warning", {"sandbox": "local", "message": "commands ran unsandboxed (ROUTINES_SANDBOX=local)"}
+            )
+        shell = await boundary.sandbox.shell(ctx.checkout.path, {**SANDBOX_ENV, **boundary.env})
+        try:
+            toolbox = Toolbox(
+                routine.tools, shell=shell, workspace=ctx.checkout.path, command_timeout_s=deps.command_timeout_s
+            )
+            agent = Agent(
+                deps.model,
+                toolbox,
+                ctx.events,
+                model_name=routine.model,
+                max_turns=routine.limits.max_turns,
+                max_minutes=routine.limits.max_minutes,
+                max_cost_usd=routine.limits.max_cost_usd,
+                price=deps.price,
+            )
+            system = build_system(routine, workspace=ctx.checkout.path)
+            ctx.outcome = await agent.run(system, build_first_message(ctx.run.trigger))
+        finally:
+            await shell.close()
     finally:
-        await shell.close()
+        ctx.denied = boundary.denied
+        await boundary.close()
     outcome = ctx.outcome
     await deps.store.update(
         ctx.run.id, turns=outcome.turns, usage=outcome.usage, cost_usd=outcome.cost_usd, summary=outcome.summary
@@ -170,6 +180,7 @@ async def _deliver_and_record(ctx: _Context, deps: RunnerDeps, error: str | None
         fields["error"] = error
     else:
         state = RunState.SUCCEEDED if delivered else RunState.NO_CHANGES
+    fields = ctx.events.redactor.redact(fields)
     current = await deps.store.get_run(ctx.run.id)
     if current.state.terminal:
         final = await deps.store.update(ctx.run.id, **fields)
@@ -201,7 +212,7 @@ async def _deliver(ctx: _Context, deps: RunnerDeps, *, incomplete: bool, error: 
     pr = await ctx.forge.find_pull_request(ctx.repo, branch, ctx.creds)
     if pr is None:
         base = routine.base or ctx.repo.default_branch
-        body = pr_body(ctx, deps, changed, incomplete=incomplete, error=error)
+        body = ctx.events.redactor.text(pr_body(ctx, deps, changed, incomplete=incomplete, error=error))
         pr = await ctx.forge.open_pull_request(
             ctx.repo, head=branch, base=base, title=title, body=body, draft=True, creds=ctx.creds
         )
@@ -231,6 +242,11 @@ def pr_body(ctx: _Context, deps: RunnerDeps, changed: list[str], *, incomplete: 
         lines += ["<details><summary>Commands run</summary>", "", "```console"]
         lines += [f"$ {c.splitlines()[0][:200] if c.strip() else c}" for c in shown]
         lines += ["```", "</details>", ""]
+    if ctx.denied:
+        hosts = sorted({f"{d.get('host')}:{d.get('port')} ({d.get('reason')})" for d in ctx.denied})
+        lines += ["<details><summary>Network requests refused by the egress proxy</summary>", ""]
+        lines += [f"- `{h}`" for h in hosts[:50]]
+        lines += ["", "Add the hosts the routine needs to `network.allow`.", "</details>", ""]
     cost = outcome.cost_usd if outcome else 0.0
     turns = outcome.turns if outcome else 0
     lines += [

@@ -18,12 +18,15 @@ from app.forge.github import GitHubForge
 from app.forge.local import LocalForge
 from app.models.anthropic import AnthropicModel
 from app.models.pricing import cost_usd
-from app.ports import Forge, ModelClient, Sandbox
+from app.ports import Forge, ModelClient
+from app.redact import Redactor
 from app.runner import RunnerDeps
-from app.sandbox.bwrap import BwrapSandbox, sandbox_available
-from app.sandbox.local import LocalSandbox
+from app.sandbox.boundary import Boundaries
+from app.sandbox.bwrap import sandbox_available
+from app.sandbox.egress_policy import SystemResolver
 from app.store import RedisStore
 from app.tracking import update_tracking_comment
+from app.vault import Vault, secret_key
 from app.workspace import Mirrors
 
 log = logging.getLogger(__name__)
@@ -69,10 +72,36 @@ class Services:
             self._model = await self._stack.enter_async_context(client)
         return self._model
 
-    def sandbox(self) -> Sandbox:
-        if self.settings.sandbox == "local":
-            return LocalSandbox(max_output_bytes=self.settings.tool_output_max_bytes)
-        return BwrapSandbox(max_output_bytes=self.settings.tool_output_max_bytes)
+    def boundaries(self) -> Boundaries:
+        s = self.settings
+        return Boundaries(
+            kind=s.sandbox,
+            max_output_bytes=s.tool_output_max_bytes,
+            vault=self.vault(),
+            resolver=SystemResolver(overrides=s.egress_hosts),
+            upstream_ca_file=s.egress_ca_file,
+        )
+
+    def vault(self) -> Vault | None:
+        """The vault, when ROUTINES_SECRET_KEY is set (routines without secrets need none)."""
+        if self.settings.secret_key is None:
+            return None
+        return Vault(self.pool, secret_key(self.settings.secret_key))
+
+    def redactor(self) -> Redactor:
+        """A fresh redactor that already knows this process's own secrets."""
+        redactor = Redactor()
+        s = self.settings
+        for name, value in (
+            ("GITHUB_APP_PRIVATE_KEY", s.github_app_private_key),
+            ("ANTHROPIC_API_KEY", s.anthropic_api_key),
+            ("GITHUB_WEBHOOK_SECRET", s.github_webhook_secret),
+            ("ROUTINES_API_TOKEN", s.api_token),
+            ("ROUTINES_SECRET_KEY", s.secret_key),
+        ):
+            if value:
+                redactor.add(name, value)
+        return redactor
 
     def check_sandbox(self) -> None:
         """Refuse to run agents in a sandbox that does not work here; warn loudly about `local`."""
@@ -95,7 +124,8 @@ class Services:
             routine=self.catalog.get,
             forge_for=self.forge_for,
             workspaces=self.mirrors,
-            sandbox=self.sandbox(),
+            boundary=self.boundaries().open,
+            redactor=self.redactor,
             model=await self.model(),
             run_url=s.run_url,
             work_dir=s.data_dir / "runs",

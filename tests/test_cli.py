@@ -157,3 +157,23 @@ def test_dev_starts_an_embedded_redis_when_redis_url_is_unset(tmp_path: Path, lo
         out, _ = proc.communicate(timeout=30)
     assert b"REDIS_URL is not set: started embedded" in out
     assert (tmp_path / "data" / "redis").is_dir()
+
+
+def test_secrets_are_set_from_stdin_and_never_printed(tmp_path: Path, redis_url: str) -> None:
+    env = env_for(tmp_path, None, redis_url, ROUTINES_SECRET_KEY="cli-test-key-0123456789abcdefghijklmnop")
+    value = "sntrys_cli_value_that_must_not_be_printed_123"
+    put = subprocess.run(
+        [sys.executable, "-m", "app", "secrets", "set", "SENTRY_AUTH_TOKEN", "--domains", "sentry.io,*.sentry.io"],
+        input=value + "\n",
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert put.returncode == 0, put.stderr
+    listed = routines("secrets", "list", env=env, cwd=tmp_path)
+    assert "SENTRY_AUTH_TOKEN" in listed.stdout and "sentry.io" in listed.stdout
+    assert value not in put.stdout + put.stderr + listed.stdout + listed.stderr
+    no_key = routines("secrets", "list", env=env_for(tmp_path, None, redis_url), cwd=tmp_path)
+    assert no_key.returncode == 2 and "ROUTINES_SECRET_KEY" in no_key.stderr

@@ -58,7 +58,9 @@ NOT_INSTALLED = (
 )
 _ATTACH = 'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
 _FORWARDER = (
-    f"socat TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{SOCKET_INSIDE} </dev/null >/dev/null 2>&1 &\n"
+    # socat's 8 KiB default block halves throughput through the proxy
+    "socat -b 1048576 TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr "
+    f"UNIX-CONNECT:{SOCKET_INSIDE} </dev/null >/dev/null 2>&1 &\n"
     "i=0; while [ $i -lt 500 ] && ! grep -qs '0100007F:0C38 00000000:0000 0A' /proc/net/tcp; do"
     " sleep 0.01; i=$((i+1)); done\n"
 )

@@ -1,0 +1,142 @@
+"""A run's boundary: its sandbox, and the egress proxy, CA and placeholders that are its only way out."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.domain import JSON, Routine
+from app.errors import ConfigError
+from app.ports import Redacts, Sandbox
+from app.sandbox.bwrap import BwrapSandbox
+from app.sandbox.ca import RunCA, system_bundle
+from app.sandbox.egress import EgressProxy
+from app.sandbox.egress_policy import EgressPolicy, SecretLookup, SystemResolver, live_secrets
+from app.sandbox.local import LocalSandbox
+from app.vault import Secret, Vault
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str, JSON], Awaitable[None]]
+
+
+@dataclass
+class RunBoundary:
+    """What the runner needs for one run: the sandbox, the placeholder env, and what egress refused."""
+
+    sandbox: Sandbox
+    env: dict[str, str] = field(default_factory=dict)
+    denied: list[JSON] = field(default_factory=list)
+    _proxy: EgressProxy | None = None
+    _dirs: tuple[Path, ...] = ()
+
+    async def close(self) -> None:
+        if self._proxy is not None:
+            await self._proxy.close()
+        for path in self._dirs:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class _RedactingLookup:
+    """Vault reads for the proxy that also teach the run's redactor each value it hands out (rotation too)."""
+
+    def __init__(self, vault: Vault, redactor: Redacts) -> None:
+        self.vault = vault
+        self.redactor = redactor
+
+    async def get(self, name: str) -> Secret:
+        secret = await self.vault.get(name)
+        self.redactor.add(name, secret.value)
+        return secret
+
+
+class Boundaries:
+    """Opens a RunBoundary per run: bwrap + egress proxy (default), or the unsandboxed local shell."""
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        max_output_bytes: int,
+        vault: Vault | None,
+        resolver: SystemResolver | None = None,
+        upstream_ca_file: Path | None = None,
+    ) -> None:
+        self.kind = kind
+        self.max_output_bytes = max_output_bytes
+        self.vault = vault
+        self.resolver = resolver or SystemResolver()
+        self.upstream_ca_file = upstream_ca_file
+        self.upstream_ca: ssl.SSLContext | None = None
+        if upstream_ca_file is not None:
+            # an operator's internal CA: trusted by the proxy upstream, and inside for tunnelled hosts
+            self.upstream_ca = ssl.create_default_context(cafile=str(upstream_ca_file))
+            self.upstream_ca.load_default_certs()
+
+    async def open(self, run_id: str, routine: Routine, run_dir: Path, emit: Emit, redactor: Redacts) -> RunBoundary:
+        if self.kind == "local":
+            if routine.secrets:
+                raise ConfigError(
+                    f"routine {routine.name!r} uses secrets, which need the bwrap sandbox's egress proxy; "
+                    "unset ROUTINES_SANDBOX=local"
+                )
+            return RunBoundary(LocalSandbox(max_output_bytes=self.max_output_bytes))
+        placeholders = await self._placeholders(run_id, routine, redactor)
+        directory = run_dir / "boundary"
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        denied: list[JSON] = []
+
+        async def on_event(kind: str, data: JSON) -> None:
+            if kind == "egress.denied":
+                denied.append(data)
+            await emit(kind, data)
+
+        lookup: SecretLookup = _RedactingLookup(self.vault, redactor) if self.vault else _NoVault()
+        policy = EgressPolicy(allow=routine.network_allow, secrets=live_secrets(lookup, placeholders))
+        ca = RunCA(directory / "ca")
+        proxy = EgressProxy(policy, ca=ca, on_event=on_event, resolver=self.resolver, upstream_ca=self.upstream_ca)
+        # AF_UNIX paths are capped at 108 bytes; run dirs can be deeper than that
+        socket_dir = Path(tempfile.mkdtemp(prefix="routines-egress-"))
+        socket = socket_dir / "sock"
+        try:
+            await proxy.start_unix(str(socket))
+            bundle = ca.bundle_path(self._trusted_roots(directory))
+        except BaseException:
+            await proxy.close()
+            for path in (directory, socket_dir):
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        sandbox = BwrapSandbox(max_output_bytes=self.max_output_bytes, proxy_socket=socket, ca_bundle=bundle)
+        return RunBoundary(sandbox, env=placeholders, denied=denied, _proxy=proxy, _dirs=(directory, socket_dir))
+
+    def _trusted_roots(self, directory: Path) -> Path | None:
+        system = system_bundle()
+        if self.upstream_ca_file is None:
+            return system
+        roots = directory / "roots.pem"
+        parts = [system.read_bytes()] if system else []
+        roots.write_bytes(b"\n".join([*parts, self.upstream_ca_file.read_bytes()]))
+        return roots
+
+    async def _placeholders(self, run_id: str, routine: Routine, redactor: Redacts) -> dict[str, str]:
+        if not routine.secrets:
+            return {}
+        if self.vault is None:
+            raise ConfigError(
+                f"routine {routine.name!r} uses secrets but ROUTINES_SECRET_KEY is not set; set it to the key "
+                "the secrets were stored with"
+            )
+        for name in routine.secrets:
+            redactor.add(name, (await self.vault.get(name)).value)
+        return await self.vault.placeholders(run_id, routine.secrets)
+
+
+class _NoVault:
+    async def get(self, name: str) -> Secret:
+        raise ConfigError(f"secret {name} cannot be read: no vault is configured")
