@@ -101,6 +101,7 @@ class Routine:
     model: str = "claude-sonnet-4-6"
     tools: tuple[str, ...] = ("bash", "edit")
     network_allow: tuple[str, ...] = ()
+    network_defaults: bool = True
     secrets: tuple[str, ...] = ()
     connectors: tuple[Connector, ...] = ()
     permissions: dict[str, str] = field(

@@ -62,7 +62,9 @@ def build_routine(r: Reader, root: yaml.Node, prompt: str, min_interval_s: float
     }
     for key, read in readers.items():
         if key in entries:
-            fields["network_allow" if key == "network" else key] = read(entries[key][1])
+            fields[key] = read(entries[key][1])
+    if "network" in fields:
+        fields["network_allow"], fields["network_defaults"] = fields.pop("network")
     outputs = fields.setdefault("outputs", {"pull_request": {"draft": True}})
     if "permissions" in entries:
         fields["permissions"] = _permissions(r, entries["permissions"][1], outputs)
@@ -120,10 +122,12 @@ def _choices(r: Reader, node: yaml.Node, where: str, known: tuple[str, ...], exa
     return [value for value, _ in items]
 
 
-def _network(r: Reader, node: yaml.Node) -> tuple[str, ...]:
-    entries = r.mapping(node, "network", ("allow",), "network: {allow: [sentry.io]}")
+def _network(r: Reader, node: yaml.Node) -> tuple[tuple[str, ...], bool]:
+    """`(allow, defaults)`: the hosts, and whether the package registries stay reachable too."""
+    entries = r.mapping(node, "network", ("allow", "defaults"), "network: {allow: [sentry.io]}")
+    defaults = r.boolean(entries["defaults"][1], "network.defaults") if "defaults" in entries else True
     if "allow" not in entries:
-        return ()
+        return (), defaults
     hosts = []
     for host, item in r.strings(entries["allow"][1], "network.allow", "allow: [sentry.io, '*.sentry.io']"):
         parts = urlsplit(host if "://" in host else f"//{host}")
@@ -136,7 +140,7 @@ def _network(r: Reader, node: yaml.Node) -> tuple[str, ...]:
                 item, f"network.allow entry {host!r} is not a host name — write e.g. sentry.io or *.sentry.io"
             )
         hosts.append(host.lower())
-    return tuple(hosts)
+    return tuple(hosts), defaults
 
 
 def _secret_name(r: Reader, node: yaml.Node, value: str, where: str) -> str:

@@ -232,7 +232,11 @@ def _policy_properties() -> dict[str, Any]:
                     "uniqueItems": True,
                     "items": {"type": "string", "pattern": HOST_PATTERN},
                     "description": "Host names the sandbox may reach; `*.example.com` for subdomains. No schemes.",
-                }
+                },
+                "defaults": {
+                    "type": "boolean",
+                    "description": "Also allow the package registries (PyPI, npm, Go, crates, …); default true.",
+                },
             },
         },
         "secrets": {

@@ -98,7 +98,9 @@ class Boundaries:
             await emit(kind, data)
 
         lookup: SecretLookup = _RedactingLookup(self.vault, redactor) if self.vault else _NoVault()
-        policy = EgressPolicy(allow=routine.network_allow, secrets=live_secrets(lookup, placeholders))
+        policy = EgressPolicy(
+            allow=routine.network_allow, defaults=routine.network_defaults, secrets=live_secrets(lookup, placeholders)
+        )
         ca = RunCA(directory / "ca")
         proxy = EgressProxy(policy, ca=ca, on_event=on_event, resolver=self.resolver, upstream_ca=self.upstream_ca)
         # AF_UNIX paths are capped at 108 bytes; run dirs can be deeper than that

@@ -119,6 +119,7 @@ def running_stack(
         anthropic = AnthropicState()
         web_port = free_port()
         model = stack.enter_context(serve_in_thread(anthropic_app(anthropic)))
+        defaults: dict[str, Any] = {"poll_delay_ms": 20, "command_timeout_s": 30}
         settings = Settings(
             redis_url=redis_url,
             github_api_url=gh.url,
@@ -130,9 +131,7 @@ def running_stack(
             data_dir=root / "data",
             api_token=API_TOKEN,
             public_url=f"http://127.0.0.1:{web_port}",
-            poll_delay_ms=20,
-            command_timeout_s=30,
-            **overrides,
+            **{**defaults, **overrides},
         )
         web = stack.enter_context(serve_in_thread(create_app(settings), port=web_port))
         if worker:

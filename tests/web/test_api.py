@@ -119,3 +119,21 @@ def test_dead_redis_answers_503_with_a_reason(tmp_path: Path) -> None:
         fired = httpx.post(f"{web.url}/api/routines/docs/fire", headers={"authorization": f"Bearer {API_TOKEN}"})
         assert fired.status_code == 503 and "Redis" in fired.json()["error"]
         assert fired.headers["retry-after"] == "5"
+
+
+def test_secrets_go_in_over_http_and_never_come_out(tmp_path: Path, redis_url: str) -> None:
+    folder = tmp_path / "routines"
+    folder.mkdir()
+    value = "xoxb-http-secret-value-0123456789"
+    with running_stack(tmp_path, redis_url, routines_dir=folder, worker=False, secret_key="k" * 40) as s:
+        url = f"{s.web_url}/api/secrets/SLACK_TOKEN"
+        headers = {"authorization": f"Bearer {API_TOKEN}"}
+        assert s.client.put(url, json={"value": value, "domains": ["slack.com"]}).status_code == 401
+        put = s.client.put(url, json={"value": value, "domains": ["slack.com"]}, headers=headers)
+        assert put.status_code == 200 and put.json()["domains"] == ["slack.com"]
+        bad = s.client.put(f"{s.web_url}/api/secrets/lower", json={"value": "x", "domains": ["a.com"]}, headers=headers)
+        assert bad.status_code == 422
+        listed = s.get("/api/secrets")
+        assert [i["name"] for i in listed.json()["secrets"]] == ["SLACK_TOKEN"] and value not in listed.text
+        assert s.client.delete(url, headers=headers).status_code == 204
+        assert s.client.delete(url, headers=headers).status_code == 404
