@@ -304,11 +304,23 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
 }
 
 
+def redact_logs(settings: Settings) -> None:
+    """Every log line passes through a redactor that knows this process's own secrets."""
+    from app.redact import Redactor, redacting_filter
+
+    redactor = Redactor()
+    for name, value in settings.own_secrets():
+        redactor.add(name, value)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redacting_filter(redactor))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
+        redact_logs(settings)
         return COMMANDS[args.command](settings, args)
     except RoutinesError as exc:
         print(f"routines: {exc}", file=sys.stderr)

@@ -135,6 +135,17 @@ class Settings:
             model_max_retries=int(number("ROUTINES_MODEL_MAX_RETRIES", cls.model_max_retries)),
         )
 
+    def own_secrets(self) -> list[tuple[str, str]]:
+        """(name, value) of every secret this process holds, for redaction."""
+        named = (
+            ("GITHUB_APP_PRIVATE_KEY", self.github_app_private_key),
+            ("ANTHROPIC_API_KEY", self.anthropic_api_key),
+            ("GITHUB_WEBHOOK_SECRET", self.github_webhook_secret),
+            ("ROUTINES_API_TOKEN", self.api_token),
+            ("ROUTINES_SECRET_KEY", self.secret_key),
+        )
+        return [(name, value) for name, value in named if value]
+
     def require_anthropic(self) -> str:
         if not self.anthropic_api_key:
             raise ConfigError(

@@ -91,16 +91,8 @@ class Services:
     def redactor(self) -> Redactor:
         """A fresh redactor that already knows this process's own secrets."""
         redactor = Redactor()
-        s = self.settings
-        for name, value in (
-            ("GITHUB_APP_PRIVATE_KEY", s.github_app_private_key),
-            ("ANTHROPIC_API_KEY", s.anthropic_api_key),
-            ("GITHUB_WEBHOOK_SECRET", s.github_webhook_secret),
-            ("ROUTINES_API_TOKEN", s.api_token),
-            ("ROUTINES_SECRET_KEY", s.secret_key),
-        ):
-            if value:
-                redactor.add(name, value)
+        for name, value in self.settings.own_secrets():
+            redactor.add(name, value)
         return redactor
 
     def check_sandbox(self) -> None:
