@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.errors import ConfigError
+from app.models.pricing import Price, parse_prices
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Settings:
     secret_key: str | None = field(default=None, repr=False)
     egress_hosts: dict[str, str] = field(default_factory=dict)
     egress_ca_file: Path | None = None
+    prices: dict[str, Price] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -111,6 +113,7 @@ class Settings:
             raise ConfigError(f"REDIS_URL={redis_url!r} is not a redis:// URL; e.g. redis://127.0.0.1:6379/0")
 
         return cls(
+            prices=parse_prices(text("ROUTINES_PRICES"), "ROUTINES_PRICES"),
             secret_key=text("ROUTINES_SECRET_KEY"),
             egress_hosts=_host_pins(text("ROUTINES_EGRESS_HOSTS")),
             egress_ca_file=Path(ca) if (ca := text("ROUTINES_EGRESS_CA_FILE")) else None,

@@ -209,7 +209,8 @@ class Event:
 
     `id` is the stream id given by the store ("" before it is appended).
     Types: run.state, model.request, model.turn, model.retry, tool.call, tool.result,
-    output.pull_request, output.branch, run.limit, run.error, log.
+    output.pull_request, output.branch, run.limit, run.error, context.cleared, context.compacted,
+    egress.allowed, egress.denied, sandbox.warning, log.
     """
 
     type: str

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.agent.connectors import SecretLookup, open_connectors
 from app.agent.loop import Agent, AgentOutcome
+from app.agent.memory import Memory, MemoryStore
 from app.agent.prompts import build_first_message, build_system
 from app.agent.tools import Toolbox
 from app.domain import JSON, Event, Routine, Run, RunState, run_branch
@@ -40,6 +42,8 @@ class RunnerDeps:
     price: Callable[[str, dict[str, int]], float]
     command_timeout_s: float = 600.0
     on_finished: Callable[[Run], Awaitable[None]] | None = None
+    memory_store: MemoryStore | None = None
+    connector_secret: SecretLookup | None = None
 
 
 class RunEvents:
@@ -133,21 +137,29 @@ async def _agent(ctx: _Context, deps: RunnerDeps) -> None:
             )
         shell = await boundary.sandbox.shell(ctx.checkout.path, {**SANDBOX_ENV, **boundary.env})
         try:
-            toolbox = Toolbox(
-                routine.tools, shell=shell, workspace=ctx.checkout.path, command_timeout_s=deps.command_timeout_s
-            )
-            agent = Agent(
-                deps.model,
-                toolbox,
-                ctx.events,
-                model_name=routine.model,
-                max_turns=routine.limits.max_turns,
-                max_minutes=routine.limits.max_minutes,
-                max_cost_usd=routine.limits.max_cost_usd,
-                price=deps.price,
-            )
-            system = build_system(routine, workspace=ctx.checkout.path)
-            ctx.outcome = await agent.run(system, build_first_message(ctx.run.trigger))
+            async with open_connectors(
+                routine.connectors, deps.connector_secret, redactor=ctx.events.redactor, emit=ctx.events.emit
+            ) as connectors:
+                toolbox = Toolbox(
+                    routine.tools,
+                    shell=shell,
+                    workspace=ctx.checkout.path,
+                    command_timeout_s=deps.command_timeout_s,
+                    memory=await _memory(ctx, deps, run_dir),
+                    connectors=connectors,
+                )
+                agent = Agent(
+                    deps.model,
+                    toolbox,
+                    ctx.events,
+                    model_name=routine.model,
+                    max_turns=routine.limits.max_turns,
+                    max_minutes=routine.limits.max_minutes,
+                    max_cost_usd=routine.limits.max_cost_usd,
+                    price=deps.price,
+                )
+                system = build_system(routine, workspace=ctx.checkout.path)
+                ctx.outcome = await agent.run(system, build_first_message(ctx.run.trigger))
         finally:
             await shell.close()
     finally:
@@ -157,6 +169,15 @@ async def _agent(ctx: _Context, deps: RunnerDeps) -> None:
     await deps.store.update(
         ctx.run.id, turns=outcome.turns, usage=outcome.usage, cost_usd=outcome.cost_usd, summary=outcome.summary
     )
+
+
+async def _memory(ctx: _Context, deps: RunnerDeps, run_dir: Path) -> Memory | None:
+    """The routine's memory folder for this run, restored from the store, when the routine uses `memory`."""
+    if "memory" not in ctx.routine.tools or deps.memory_store is None:
+        return None
+    memory = await Memory.restore(deps.memory_store, ctx.routine.name, run_dir / "memories")
+    await ctx.events.emit("memory.restored", memory.stats())
+    return memory
 
 
 async def _deliver_and_record(ctx: _Context, deps: RunnerDeps, error: str | None) -> Run:

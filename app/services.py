@@ -10,6 +10,7 @@ from pathlib import Path
 from arq.connections import ArqRedis
 
 from app import queue
+from app.agent.memory import RedisMemoryStore
 from app.catalog import RoutineCatalog
 from app.config import Settings
 from app.domain import Run
@@ -17,7 +18,7 @@ from app.errors import ConfigError, StoreError
 from app.forge.github import GitHubForge
 from app.forge.local import LocalForge
 from app.models.anthropic import AnthropicModel
-from app.models.pricing import cost_usd
+from app.models.pricing import Pricer
 from app.ports import Forge, ModelClient
 from app.redact import Redactor
 from app.runner import RunnerDeps
@@ -111,6 +112,7 @@ class Services:
         if not self._sandbox_checked:
             self.check_sandbox()
             self._sandbox_checked = True
+        vault = self.vault()
         return RunnerDeps(
             store=self.store,
             routine=self.catalog.get,
@@ -121,9 +123,11 @@ class Services:
             model=await self.model(),
             run_url=s.run_url,
             work_dir=s.data_dir / "runs",
-            price=cost_usd,
+            price=Pricer(s.prices),
             command_timeout_s=s.command_timeout_s,
             on_finished=self.on_run_finished,
+            memory_store=RedisMemoryStore(self.pool),
+            connector_secret=vault.get if vault is not None else None,
         )
 
     async def on_run_finished(self, run: Run) -> None:

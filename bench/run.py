@@ -22,6 +22,7 @@ BENCHES: dict[str, list[str]] = {
     "proxy_throughput": [],
     "webhook_ack": [],
     "scheduler_tick": [],
+    "agent_overhead": [],
 }
 
 

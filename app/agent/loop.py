@@ -1,8 +1,10 @@
 """The agent loop: run → step → query the model → execute tools → record events.
 
-A run ends when the model finishes (end_turn), stops (refusal, context window), or hits a limit
-(turns, minutes, cost). Completion and stops are exceptions caught in `run`, which always returns
-an `AgentOutcome`; only a `ModelError` (or a broken sandbox) escapes, for the runner to handle.
+A run ends when the model finishes (end_turn), stops (refusal), or hits a limit (turns, minutes,
+cost). Completion and stops are exceptions caught in `run`, which always returns an `AgentOutcome`;
+only a `ModelError` (or a broken sandbox) escapes, for the runner to handle. Before each request
+the conversation is kept inside the model's window (see app.agent.context): old tool results are
+cleared, or the conversation is compacted into a summary, and the run goes on.
 """
 
 from __future__ import annotations
@@ -11,13 +13,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from app.agent.tools import BASH, Toolbox
+from app.agent import context as ctx
+from app.agent.tools import BASH, Toolbox, server_tool_events
 from app.domain import JSON
 from app.errors import RunLimitReached, RunStopped
 from app.ports import EventSink, ModelClient, ModelResponse
 
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 CONTINUE = "Your reply was cut off by the output token limit. Continue exactly where you stopped."
+_NO_ROOM = (
+    "the conversation no longer fits the model's context window, even compacted; "
+    "give the routine a narrower task or use a model with a larger context window"
+)
 CUT_TOOL_CALL = (
     "Not run: your reply hit the output token limit, so this call may be incomplete. Send it again, smaller."
 )
@@ -25,7 +32,11 @@ CUT_TOOL_CALL = (
 
 @dataclass
 class AgentOutcome:
-    """How a run of the loop ended. `messages` is the whole conversation, for resuming later."""
+    """How a run of the loop ended.
+
+    `messages` is the conversation as last sent (compacted, if it was), for resuming later. `usage`
+    sums all four token counts of every request, compaction summaries included; `cost_usd` is their price.
+    """
 
     summary: str = ""
     turns: int = 0
@@ -59,6 +70,8 @@ class Agent:
         max_cost_usd: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         price: Callable[[str, dict[str, int]], float] | None = None,
+        context_window_tokens: int | None = None,
+        keep_tool_results: int = 3,
     ) -> None:
         self.model = model
         self.toolbox = toolbox
@@ -70,18 +83,24 @@ class Agent:
         self.max_cost_usd = max_cost_usd
         self.clock = clock
         self.price = price
+        window = context_window_tokens or ctx.context_window(model_name)
+        self.context = ctx.ContextWindow(window, keep_tool_results=keep_tool_results)
         self.system: list[JSON] = []
         self.outcome = AgentOutcome()
+        self._task: list[JSON] = []
         self._started = 0.0
         self._warned = False
         self._last_text = ""
+        self._just_compacted = False
 
     async def run(self, system: list[JSON], first_user_message: str | list[JSON]) -> AgentOutcome:
         """Run the conversation to its end; the outcome says whether it finished, stopped or hit a limit."""
         first = [_note(first_user_message)] if isinstance(first_user_message, str) else first_user_message
-        self.system = system
+        self.system, self._task = system, list(first)
         self.outcome = AgentOutcome(messages=[{"role": "user", "content": first}])
         self._started, self._warned, self._last_text = self.clock(), False, ""
+        self._just_compacted = False
+        self.context.start(self._fixed_tokens())
         try:
             while True:
                 await self.step()
@@ -94,43 +113,41 @@ class Agent:
         return self.outcome
 
     async def step(self) -> None:
-        """One turn: check the limits, query the model, act on its stop_reason."""
+        """One turn: check the limits, fit the context window, query the model, act on its stop_reason."""
         self.check_limits()
+        await self.fit_context()
         response = await self.query()
         await self.handle(response)
 
     def check_limits(self) -> None:
+        """Raise RunLimitReached naming the first budget used up (checked after every turn's tools ran)."""
+        done = f"after {self.outcome.turns} turns ({_usd(self.outcome.cost_usd)} spent)"
         if self.outcome.turns >= self.max_turns:
             raise RunLimitReached(
                 "max_turns",
-                f"the run used all {self.max_turns} turns before the model finished; "
+                f"max_turns ({self.max_turns}) reached {done} before the model finished; "
                 "raise limits.max_turns in the routine or give it a narrower task",
             )
         if self._minutes() >= self.max_minutes:
             raise RunLimitReached(
                 "max_minutes",
-                f"the run reached its limit of {self.max_minutes:g} minutes before the model finished; "
+                f"max_minutes ({self.max_minutes:g} minutes) reached {done} before the model finished; "
                 "raise limits.max_minutes in the routine or give it a narrower task",
             )
         if self.max_cost_usd is not None and self.outcome.cost_usd >= self.max_cost_usd:
             raise RunLimitReached(
                 "max_cost_usd",
-                f"the run spent ${self.outcome.cost_usd:.2f}, reaching its limit of ${self.max_cost_usd:g}; "
+                f"max_cost_usd (${self.max_cost_usd:g}) reached {done} before the model finished; "
                 "raise limits.max_cost_usd in the routine or give it a narrower task",
             )
 
     async def query(self) -> ModelResponse:
         turn = self.outcome.turns + 1
         await self.events.emit("model.request", {"turn": turn})
-        response = await self.model.create(
-            model=self.model_name,
-            system=self.system,
-            messages=list(self.outcome.messages),
-            tools=self.toolbox.definitions(),
-            max_tokens=self.max_tokens,
-        )
+        response = await self._create(self.outcome.messages)
         self.outcome.turns = turn
         self._account(response.usage)
+        self.context.observe(response.usage, len(self.outcome.messages))
         await self.events.emit(
             "model.turn",
             {
@@ -142,6 +159,8 @@ class Agent:
                 "id": response.id,
             },
         )
+        for kind, data in server_tool_events(response.content):
+            await self.events.emit(kind, data)
         return response
 
     async def handle(self, response: ModelResponse) -> None:
@@ -149,8 +168,11 @@ class Agent:
         content, reason = response.content, response.stop_reason
         text = _text(content)
         self._last_text = text or self._last_text
-        if content:
-            self.outcome.messages.append({"role": "assistant", "content": content})
+        messages = self.outcome.messages
+        if content and messages[-1]["role"] == "assistant":  # the continuation of a paused turn
+            messages[-1] = {"role": "assistant", "content": [*messages[-1]["content"], *content]}
+        elif content:
+            messages.append({"role": "assistant", "content": content})
         calls = [block for block in content if block.get("type") == "tool_use"]
         if reason in ("end_turn", "stop_sequence"):
             raise _Completed(self._last_text)
@@ -163,19 +185,81 @@ class Agent:
         elif reason == "refusal":
             raise RunStopped(f"the model refused: {text or 'it gave no reason'}")
         elif reason == "model_context_window_exceeded":
-            raise RunStopped(
-                "the conversation no longer fits the model's context window; "
-                "give the routine a narrower task or use a model with a larger context window"
-            )
+            if self._just_compacted:
+                raise RunStopped(_NO_ROOM)
+            await self.compact("window_exceeded")
+            return
         else:
             raise RunStopped(f"the model stopped with an unknown stop_reason {reason!r}")
+        self._just_compacted = False
+
+    async def fit_context(self) -> None:
+        """Before a request near the window: clear old tool results in one step, or compact if that is not enough."""
+        messages = self.outcome.messages
+        if not self.context.needs_shrinking(messages):
+            return
+        before = self.context.estimate(messages)
+        planned, after = self.context.clear(messages, apply=False)
+        if not planned.tool_use_ids or not self.context.clearing_is_enough(after):
+            await self.compact("near_window")
+            return
+        cleared, after = self.context.clear(messages, apply=True)
+        await self.events.emit(
+            "context.cleared",
+            {"tool_use_ids": cleared.tool_use_ids, "tokens_before": before, "tokens_after": after},
+        )
+
+    async def compact(self, reason: str) -> None:
+        """Replace the conversation by [task, the model's summary of it, "continue"]; emits context.compacted.
+
+        The summary request shares the conversation's cached prefix, except when the window was
+        already exceeded: then every tool output is cleared first so that the request fits.
+        """
+        before = self.context.estimate(self.outcome.messages)
+        request = ctx.summary_request(self.outcome.messages, clear=reason == "window_exceeded")
+        response = await self._create(request)
+        cost = self._account(response.usage)
+        summary = _text(response.content)
+        if not summary or response.stop_reason == "model_context_window_exceeded":
+            raise RunStopped(_NO_ROOM)
+        self.outcome.messages = ctx.compacted(self._task, summary)
+        self.context.start(self._fixed_tokens())
+        self._just_compacted = True
+        await self.events.emit(
+            "context.compacted",
+            {
+                "reason": reason,
+                "turn": self.outcome.turns,
+                "tokens_before": before,
+                "tokens_after": self.context.estimate(self.outcome.messages),
+                "summary": summary,
+                "messages": self.outcome.messages,
+                "usage": response.usage,
+                "cost_usd": cost,
+            },
+        )
+        self.check_limits()
+
+    async def _create(self, messages: list[JSON]) -> ModelResponse:
+        """One Messages request with the cache breakpoints placed (at most 4 in all)."""
+        tools = self.toolbox.definitions()
+        fixed = ctx.count_breakpoints(self.system) + ctx.count_breakpoints(tools)
+        moving = max(0, min(ctx.MOVING_BREAKPOINTS, ctx.MAX_BREAKPOINTS - fixed))
+        return await self.model.create(
+            model=self.model_name,
+            system=self.system,
+            messages=ctx.with_cache_breakpoints(messages, moving),
+            tools=tools,
+            max_tokens=self.max_tokens,
+        )
 
     async def execute(self, calls: list[JSON]) -> list[JSON]:
         """Run every tool call of a turn in order; returns their tool_result blocks."""
         results: list[JSON] = []
         for call in calls:
             name, params = call.get("name"), call.get("input")
-            await self.events.emit("tool.call", {"id": call.get("id"), "name": name, "input": params})
+            via = {"connector": c} if (c := self.toolbox.connector_of(str(name))) else {}
+            await self.events.emit("tool.call", {"id": call.get("id"), "name": name, "input": params, **via})
             if name == BASH and isinstance(params, dict) and isinstance(params.get("command"), str):
                 self.outcome.commands.append(params["command"])
             out = await self.toolbox.execute(call)
@@ -187,6 +271,7 @@ class Agent:
                     "output": out.output,
                     "is_error": out.is_error,
                     "exit_code": out.exit_code,
+                    **via,
                 },
             )
             results.append(out.result)
@@ -217,22 +302,30 @@ class Agent:
         """A note telling the model to finish, sent once when 2 turns remain or 80% of a budget is used."""
         turns_left = self.max_turns - self.outcome.turns
         minutes_left = self.max_minutes - self._minutes()
-        near_cost = self.max_cost_usd is not None and self.outcome.cost_usd >= 0.8 * self.max_cost_usd
+        cost, max_cost = self.outcome.cost_usd, self.max_cost_usd
+        near_cost = max_cost is not None and cost >= 0.8 * max_cost
         if self._warned or (turns_left > 2 and minutes_left > 0.2 * self.max_minutes and not near_cost):
             return None
         self._warned = True
+        budget = f"{turns_left} turns and about {max(minutes_left, 0):.0f} minutes left"
+        if max_cost is not None:
+            budget += f", {_usd(cost)} of {_usd(max_cost)} spent"
         return _note(
-            f"[Note from the runner: the run is close to its limits ({turns_left} turns and about "
-            f"{max(minutes_left, 0):.0f} minutes left). Wrap up now: leave the working tree in a consistent "
-            "state and reply with your summary.]"
+            f"[Note from the runner: the run is close to its limits ({budget}). Wrap up now: leave the "
+            "working tree in a consistent state and reply with your summary.]"
         )
 
-    def _account(self, usage: dict[str, int]) -> None:
+    def _account(self, usage: dict[str, int]) -> float:
+        """Add a response's usage (all four token counts) and its cost to the outcome; returns the cost."""
         turn = {key: int(usage.get(key) or 0) for key in USAGE_KEYS}
         for key, value in turn.items():
             self.outcome.usage[key] += value
-        if self.price is not None:
-            self.outcome.cost_usd += self.price(self.model_name, turn)
+        cost = self.price(self.model_name, turn) if self.price is not None else 0.0
+        self.outcome.cost_usd += cost
+        return cost
+
+    def _fixed_tokens(self) -> int:
+        return ctx.approx_tokens(self.system) + ctx.approx_tokens(self.toolbox.definitions())
 
     def _minutes(self) -> float:
         return (self.clock() - self._started) / 60
@@ -244,3 +337,7 @@ def _text(content: list[JSON]) -> str:
 
 def _note(text: str) -> JSON:
     return {"type": "text", "text": text}
+
+
+def _usd(amount: float) -> str:
+    return f"${amount:.2f}" if amount >= 1 else f"${amount:.4f}"

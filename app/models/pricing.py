@@ -1,11 +1,22 @@
-"""What model usage costs: a per-model price table (USD per million tokens) and `cost_usd`."""
+"""What model usage costs: a per-model price table (USD per million tokens) and `cost_usd`.
+
+The table is configurable: `parse_prices` reads overrides such as the `ROUTINES_PRICES` setting,
+`{"claude-sonnet-4-6": {"input": 3, "output": 15}, "my-gateway-model": {"input": 1, "output": 2,
+"cache_write": 1.5, "cache_read": 0.1}}`, and `Pricer` prices a response's usage with them.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from app.errors import ConfigError
 
 FALLBACK_PREFIX = "claude-sonnet-4"
+PRICE_FIELDS = ("input", "output", "cache_write", "cache_read")
 
 
 @dataclass(frozen=True)
@@ -70,3 +81,58 @@ def cost_usd(model: str, usage: Mapping[str, int], overrides: Mapping[str, Price
         + (usage.get("cache_read_input_tokens") or 0) * price.cache_read
     )
     return total / 1_000_000
+
+
+class Pricer:
+    """`pricer(model, usage)` is the USD cost of one response's usage under the default table plus `overrides`."""
+
+    def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
+        self.overrides = dict(overrides or {})
+
+    def __call__(self, model: str, usage: Mapping[str, int]) -> float:
+        return cost_usd(model, usage, self.overrides)
+
+
+def parse_prices(raw: str | None, source: str = "ROUTINES_PRICES") -> dict[str, Price]:
+    """Price overrides from JSON: model-name prefix → {input, output[, cache_write, cache_read]} in USD per MTok.
+
+    Missing cache prices follow Anthropic's multipliers (writes 1.25×, reads 0.1× of input). Raises
+    ConfigError naming `source` and the fix when the text is not such a mapping.
+    """
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{source} is not valid JSON ({exc}); {_EXAMPLE}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a JSON object of model prefix → prices; {_EXAMPLE}")
+    return {str(prefix): _price(entry, f"{source}[{prefix!r}]") for prefix, entry in data.items()}
+
+
+_EXAMPLE = 'e.g. {"claude-sonnet-4-6": {"input": 3, "output": 15}}'
+
+
+def _price(entry: Any, where: str) -> Price:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be an object with input and output USD per million tokens; {_EXAMPLE}")
+    unknown = sorted(set(entry) - set(PRICE_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {unknown}; use {', '.join(PRICE_FIELDS)}")
+    values: dict[str, float] = {}
+    for name in PRICE_FIELDS:
+        value = entry.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or not math.isfinite(value):
+            raise ConfigError(f"{where}.{name}={value!r} is not a price; give USD per million tokens, ≥ 0")
+        values[name] = float(value)
+    if "input" not in values or "output" not in values:
+        raise ConfigError(f"{where} needs both input and output prices; {_EXAMPLE}")
+    base = Price.of(values["input"], values["output"])
+    return Price(
+        values["input"],
+        values["output"],
+        values.get("cache_write", base.cache_write),
+        values.get("cache_read", base.cache_read),
+    )

@@ -256,7 +256,13 @@ def _usage(state: AnthropicState, body: JSON) -> dict[str, int]:
 
 def _message(state: AnthropicState, body: JSON, turn: Turn) -> JSON:
     content = play(turn, lambda: state.next_id("toolu_"))
-    usage = {**_usage(state, body), "output_tokens": estimate_tokens(content)}
+    usage: JSON = {**_usage(state, body), "output_tokens": estimate_tokens(content)}
+    served = [str(b.get("name")) for b in content if b.get("type") == "server_tool_use"]
+    if served:
+        usage["server_tool_use"] = {
+            "web_search_requests": served.count("web_search"),
+            "web_fetch_requests": served.count("web_fetch"),
+        }
     return {
         "id": state.next_id("msg_"),
         "type": "message",
@@ -288,7 +294,7 @@ def _block_events(index: int, block: JSON) -> Iterator[tuple[str, JSON]]:
     if kind == "text":
         deltas = [{"type": "text_delta", "text": piece} for piece in _chunks(block["text"])]
         start: JSON = {"type": "text", "text": ""}
-    elif kind == "tool_use":
+    elif kind in ("tool_use", "server_tool_use"):
         raw = json.dumps(block["input"], ensure_ascii=False)
         deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in ["", *_chunks(raw)]]
         start = {**block, "input": {}}

@@ -18,7 +18,9 @@ Script files (YAML or JSON) hold one script, a list of scripts, or `{scripts: [.
         stop_reason: tool_use                     # default: tool_use if a tool_use block, else end_turn
 
 Block shorthands: `{text: s}`, `{bash: cmd}`, `{tool_use: {name, input}}`, `{edit: {command, path, ...}}`,
-or a full block with `type`.
+`{memory: {command, path, ...}}`, or a full block with `type`. A use of a tool Anthropic runs is two
+blocks, `server_tool_use` and its result: `{web_search: {query, results: [{url, title}]}}` or
+`{web_fetch: {url, text}}`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from app.domain import JSON
 from app.errors import ConfigError
 
 EDIT_TOOL = "str_replace_based_edit_tool"
+MEMORY_TOOL = "memory"
 
 
 def text(s: str) -> JSON:
@@ -74,6 +77,35 @@ def edit_str_replace(path: str, old: str, new: str) -> JSON:
 def edit_insert(path: str, line: int, text: str) -> JSON:
     """An `insert` command of the text editor tool: `text` goes after line `line` (0 = top)."""
     return tool_use(EDIT_TOOL, {"command": "insert", "path": path, "insert_line": line, "insert_text": text})
+
+
+def memory(command: str, **params: Any) -> JSON:
+    """A call of the memory tool (memory_20250818), e.g. `memory("view", path="/memories")`."""
+    return tool_use(MEMORY_TOOL, {"command": command, **params})
+
+
+def web_search(query: str, results: list[tuple[str, str]] | None = None, *, id: str | None = None) -> list[JSON]:
+    """A web search Anthropic ran within the turn: `server_tool_use` + `web_search_tool_result` (url, title) pairs."""
+    found = [
+        {"type": "web_search_result", "url": url, "title": title, "encrypted_content": "Eqg", "page_age": None}
+        for url, title in results or []
+    ]
+    return _server_use("web_search", {"query": query}, "web_search_tool_result", found, id)
+
+
+def web_fetch(url: str, text: str, *, id: str | None = None) -> list[JSON]:
+    """A page Anthropic fetched within the turn: `server_tool_use` + `web_fetch_tool_result` with its text."""
+    document = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
+    fetched = {"type": "web_fetch_result", "url": url, "content": document, "retrieved_at": "2025-01-01T00:00:00Z"}
+    return _server_use("web_fetch", {"url": url}, "web_fetch_tool_result", fetched, id)
+
+
+def _server_use(name: str, input: JSON, result_type: str, content: Any, id: str | None) -> list[JSON]:
+    use: JSON = {"type": "server_tool_use", "name": name, "input": input}
+    result: JSON = {"type": result_type, "content": content}
+    if id is not None:
+        use["id"] = result["tool_use_id"] = id
+    return [use, result]
 
 
 @dataclass
@@ -155,12 +187,21 @@ def estimate_tokens(value: Any) -> int:
 
 
 def play(turn: Turn, next_id: Any) -> list[JSON]:
-    """The turn's content with ids assigned to tool_use blocks (`next_id()` makes one)."""
+    """The turn's content with ids assigned to tool_use and server_tool_use blocks (`next_id()` makes one).
+
+    A server tool result without `tool_use_id` answers the server_tool_use block before it.
+    """
     content: list[JSON] = []
+    server_id = ""
     for block in turn.content:
         block = json.loads(json.dumps(block))
-        if block.get("type") == "tool_use" and not block.get("id"):
+        kind = str(block.get("type"))
+        if kind == "tool_use" and not block.get("id"):
             block = {"type": "tool_use", "id": str(next_id()), "name": block["name"], "input": block["input"]}
+        elif kind == "server_tool_use":
+            server_id = block["id"] = block.get("id") or f"srv{next_id()}"
+        elif kind.endswith("_tool_result") and kind != "tool_result" and not block.get("tool_use_id"):
+            block = {"type": kind, "tool_use_id": server_id, **block}
         content.append(block)
     return content
 
@@ -256,14 +297,26 @@ def _turn(item: Any, where: str) -> Turn:
     if isinstance(item, str):
         return Turn([text(item)])
     if isinstance(item, list):
-        return Turn([_block(b, where) for b in item])
+        return Turn([block for b in item for block in _blocks(b, where)])
     if not isinstance(item, dict) or not isinstance(item.get("content"), list):
         raise ConfigError(f"{where}: a turn is a string, a list of blocks, or a mapping with a list `content`")
     faults = item.get("faults") or []
     if not all(isinstance(f, int) and 400 <= f <= 599 for f in faults):
         raise ConfigError(f"{where}: faults must be HTTP error statuses such as [529, 429]")
-    content = [_block(b, where) for b in item["content"]]
+    content = [block for b in item["content"] for block in _blocks(b, where)]
     return Turn(content, item.get("stop_reason"), list(faults), int(item.get("delay_ms", 0)))
+
+
+def _blocks(item: Any, where: str) -> list[JSON]:
+    """One shorthand as blocks: most are one block, a server tool use is two."""
+    if isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), dict):
+        ((key, value),) = item.items()
+        if key == "web_search":
+            pairs = [(str(r.get("url", "")), str(r.get("title", ""))) for r in value.get("results") or []]
+            return web_search(str(value.get("query", "")), pairs)
+        if key == "web_fetch":
+            return web_fetch(str(value.get("url", "")), str(value.get("text", "")))
+    return [_block(item, where)]
 
 
 def _block(item: Any, where: str) -> JSON:
@@ -281,6 +334,9 @@ def _block(item: Any, where: str) -> JSON:
             return tool_use(str(value["name"]), dict(value.get("input") or {}))
         if key == "edit" and isinstance(value, dict):
             return tool_use(EDIT_TOOL, dict(value))
+        if key == "memory" and isinstance(value, dict):
+            return tool_use(MEMORY_TOOL, dict(value))
     raise ConfigError(
-        f"{where}: block {item!r} is not understood; use text, bash, tool_use, edit, or a block with type"
+        f"{where}: block {item!r} is not understood; use text, bash, tool_use, edit, memory, web_search, web_fetch, "
+        "or a block with type"
     )

@@ -12,6 +12,7 @@ from app.agent.loop import Agent, AgentOutcome
 from app.agent.tools import Toolbox
 from app.domain import JSON
 from app.errors import ModelError
+from app.models.pricing import Price, Pricer
 from app.ports import ModelResponse
 from app.sandbox.local import LocalSandbox, LocalShell
 
@@ -108,8 +109,15 @@ async def test_tool_use_then_end_turn(shell: LocalShell, tmp_path: Path) -> None
     second = model.requests[1]["messages"]
     assert [m["role"] for m in second] == ["user", "assistant", "user"]
     assert second[2]["content"] == [
-        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "fixed\n", "is_error": False}
+        {
+            "type": "tool_result",
+            "tool_use_id": "toolu_1",
+            "content": "fixed\n",
+            "is_error": False,
+            "cache_control": {"type": "ephemeral"},
+        }
     ]
+    assert outcome.messages[2]["content"][0].get("cache_control") is None
     assert model.requests[0]["tools"][0] == {"type": "bash_20250124", "name": "bash"}
     assert outcome.turns == 2
     assert outcome.commands == ["echo fixed > f.txt && cat f.txt"]
@@ -172,9 +180,59 @@ async def test_refusal_stops_with_an_error(shell: LocalShell, tmp_path: Path) ->
     assert outcome.limit is None and outcome.turns == 1
 
 
-async def test_context_window_exceeded_stops_with_an_error(shell: LocalShell, tmp_path: Path) -> None:
-    outcome, _ = await run(CannedModel(says("", stop="model_context_window_exceeded")), shell, tmp_path)
-    assert outcome.error is not None and "context window" in outcome.error
+async def test_context_window_exceeded_twice_in_a_row_stops_with_an_error(shell: LocalShell, tmp_path: Path) -> None:
+    exceeded = says("", stop="model_context_window_exceeded")
+    model = CannedModel(exceeded, says("Summary: nothing done yet."), exceeded)
+    outcome, events = await run(model, shell, tmp_path)
+    assert outcome.error is not None and "context window" in outcome.error and "compacted" in outcome.error
+    assert events.types.count("context.compacted") == 1 and outcome.turns == 2
+
+
+async def test_max_cost_usd_warns_at_80_percent_then_stops_naming_the_limit(shell: LocalShell, tmp_path: Path) -> None:
+    model = CannedModel(bash("echo again"))
+    # each turn: 100 input tokens → $0.10, 50 cache reads → $0.005 under the test price
+    outcome, _ = await run(model, shell, tmp_path, max_cost_usd=0.5)
+
+    assert outcome.limit == "max_cost_usd" and outcome.turns == 5 and len(model.requests) == 5
+    assert outcome.cost_usd == pytest.approx(0.525)
+    assert outcome.error is not None
+    assert outcome.error.startswith("max_cost_usd ($0.5) reached after 5 turns ($0.5250 spent)")
+    assert "raise limits.max_cost_usd" in outcome.error
+    told = [
+        b["text"]
+        for m in model.requests[-1]["messages"]
+        if m["role"] == "user"
+        for b in m["content"]
+        if b["type"] == "text" and "Wrap up now" in b["text"]
+    ]
+    assert len(told) == 1 and "$0.4200 of $0.5000 spent" in told[0]
+    assert "Wrap up now" in str(model.requests[4]["messages"][-1]["content"])
+    assert "Wrap up now" not in str(model.requests[3]["messages"][-1]["content"])
+
+
+async def test_usage_sums_all_four_counts_and_each_is_priced(shell: LocalShell, tmp_path: Path) -> None:
+    usage = {
+        "input_tokens": 1000,
+        "output_tokens": 200,
+        "cache_creation_input_tokens": 3000,
+        "cache_read_input_tokens": 40_000,
+    }
+    model = CannedModel(
+        ModelResponse(bash("true").content, "tool_use", usage),
+        ModelResponse([{"type": "text", "text": "Done."}], "end_turn", usage),
+    )
+    agent = Agent(
+        model,
+        Toolbox(["bash"], shell=shell, workspace=tmp_path),
+        Recorder(),
+        model_name="claude-sonnet-4-6",
+        max_turns=5,
+        max_minutes=5,
+        price=Pricer({"claude-sonnet-4-6": Price(3, 15, 3.75, 0.3)}),
+    )
+    outcome = await agent.run([], "go")
+    assert outcome.usage == {key: 2 * value for key, value in usage.items()}
+    assert outcome.cost_usd == pytest.approx(2 * (1000 * 3 + 200 * 15 + 3000 * 3.75 + 40_000 * 0.3) / 1e6)
 
 
 async def test_pause_turn_sends_the_content_back_as_is(shell: LocalShell, tmp_path: Path) -> None:

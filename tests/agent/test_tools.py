@@ -1,4 +1,4 @@
-"""The bash and editor tools, as the model calls them, against a real workspace and a real shell."""
+"""The toolbox as the model calls it: bash and the editor against a real workspace and shell, and server tools."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ from typing import Any
 
 import pytest
 
-from app.agent.tools import Toolbox
+from app.agent.loop import Agent
+from app.agent.tools import Toolbox, server_tool_events
+from app.models.anthropic import AnthropicModel
 from app.sandbox.local import LocalSandbox, LocalShell
+from app.testing.anthropic_server import AnthropicState, Script, Turn, bash, create_app, text
+from app.testing.scripts import load_scripts, play, web_fetch, web_search
+from app.testing.serve import serve_in_thread
 
 
 @pytest.fixture
@@ -51,6 +56,7 @@ def test_definitions_list_only_known_enabled_tools(toolbox: Toolbox, workspace: 
     assert toolbox.definitions() == [
         {"type": "bash_20250124", "name": "bash"},
         {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+        {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 10},
     ]
     only_edit = Toolbox(["edit"], shell=shell, workspace=workspace, max_view_characters=500)
     assert only_edit.definitions() == [
@@ -121,7 +127,9 @@ async def test_editor_errors_go_back_to_the_model(toolbox: Toolbox) -> None:
     text, is_error = await edit(toolbox, command="undo_edit", path="README.md")
     assert is_error and "unknown command 'undo_edit'" in text
     text, is_error = await call(toolbox, "web_fetch", url="https://example.com")
-    assert is_error and "not available" in text
+    assert is_error and "runs on Anthropic's side" in text
+    text, is_error = await call(toolbox, "frobnicate", x=1)
+    assert is_error and "not available" in text and "web_fetch" in text
 
 
 @pytest.mark.parametrize("path", ["../outside.txt", "/etc/passwd", "/repo/../outside.txt", "link/x", ".git/config"])
@@ -142,3 +150,103 @@ async def test_paths_outside_the_workspace_or_into_git_are_refused(
     assert (outside / "x").read_text() == "secret"
     assert (workspace / ".git" / "config").read_text() == "[core]\n"
     assert not (workspace.parent / "outside.txt").exists()
+
+
+def test_server_tools_are_offered_only_when_listed(workspace: Path, shell: LocalShell) -> None:
+    assert Toolbox(["bash", "edit"], shell=shell, workspace=workspace).names == ["bash", "str_replace_based_edit_tool"]
+    both = Toolbox(["web_fetch", "web_search"], shell=shell, workspace=workspace, server_tool_max_uses=3)
+    assert both.definitions() == [
+        {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
+        {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 3},
+    ]
+
+
+def test_server_tool_uses_in_a_turn_become_events() -> None:
+    content = [
+        text("Searching."),
+        *web_search("bwrap seccomp", [("https://a.example/1", "One"), ("https://b.example/2", "Two")], id="srv_1"),
+        {
+            "type": "web_fetch_tool_result",
+            "tool_use_id": "srv_2",
+            "content": {"type": "x", "error_code": "url_not_allowed"},
+        },
+        bash("ls"),
+    ]
+    assert server_tool_events(content) == [
+        ("server_tool.call", {"id": "srv_1", "name": "web_search", "input": {"query": "bwrap seccomp"}}),
+        (
+            "server_tool.result",
+            {
+                "tool_use_id": "srv_1",
+                "type": "web_search_tool_result",
+                "error": None,
+                "urls": ["https://a.example/1", "https://b.example/2"],
+            },
+        ),
+        (
+            "server_tool.result",
+            {"tool_use_id": "srv_2", "type": "web_fetch_tool_result", "error": "url_not_allowed", "urls": []},
+        ),
+    ]
+
+
+async def test_server_tool_blocks_round_trip_through_the_sdk_and_the_test_server(
+    workspace: Path, shell: LocalShell
+) -> None:
+    state = AnthropicState()
+    state.add_script(
+        Script(
+            [
+                Turn(
+                    [
+                        text("Looking it up."),
+                        *web_search("routines", [("https://docs.example/r", "Routines")]),
+                        bash("true"),
+                    ]
+                ),
+                Turn([*web_fetch("https://docs.example/r", "Routines run prompts."), text("Done.")]),
+            ]
+        )
+    )
+    events: list[tuple[str, Any]] = []
+
+    class Sink:
+        async def emit(self, type: str, data: Any) -> None:
+            events.append((type, data))
+
+    toolbox = Toolbox(["bash", "web_search", "web_fetch"], shell=shell, workspace=workspace)
+    with serve_in_thread(create_app(state)) as served:
+        async with AnthropicModel("test-key", served.url, max_retries=0) as model:
+            agent = Agent(model, toolbox, Sink(), model_name="claude-sonnet-4-6", max_turns=4, max_minutes=1)
+            outcome = await agent.run([text("Research.")], "Go.")
+    assert outcome.error is None and outcome.summary == "Done."
+    sent = state.requests[0].body["tools"]
+    assert [t["type"] for t in sent] == ["bash_20250124", "web_search_20250305", "web_fetch_20250910"]
+    turns = [data["content"] for kind, data in events if kind == "model.turn"]
+    found = [e for content in turns for e in server_tool_events(content)]
+    assert [(kind, data.get("name") or data.get("urls")) for kind, data in found] == [
+        ("server_tool.call", "web_search"),
+        ("server_tool.result", ["https://docs.example/r"]),
+        ("server_tool.call", "web_fetch"),
+        ("server_tool.result", ["https://docs.example/r"]),
+    ]
+    echoed = state.requests[1].body["messages"][1]["content"]
+    assert [b["type"] for b in echoed] == ["text", "server_tool_use", "web_search_tool_result", "tool_use"]
+    assert echoed[2]["tool_use_id"] == echoed[1]["id"] and echoed[1]["id"].startswith("srvtoolu_")
+
+
+def test_script_files_can_hold_memory_calls_and_server_tool_uses(tmp_path: Path) -> None:
+    path = tmp_path / "session.yml"
+    path.write_text(
+        "turns:\n"
+        "  - - {web_search: {query: q, results: [{url: 'https://a.example', title: A}]}}\n"
+        "    - {memory: {command: view, path: /memories}}\n"
+        "  - content: [{web_fetch: {url: 'https://a.example', text: page}}, {text: done}]\n"
+    )
+    (script,) = load_scripts(path)
+    first = play(script.turns[0], iter(["toolu_1", "toolu_2"]).__next__)
+    assert [b["type"] for b in first] == ["server_tool_use", "web_search_tool_result", "tool_use"]
+    assert first[1]["tool_use_id"] == first[0]["id"] == "srvtoolu_1" and first[2]["id"] == "toolu_2"
+    assert first[2]["input"] == {"command": "view", "path": "/memories"}
+    assert script.turns[0].final_stop_reason == "tool_use" and script.turns[1].final_stop_reason == "end_turn"
+    assert script.turns[1].content[1]["content"]["content"]["source"]["data"] == "page"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.models.pricing import Price, cost_usd, price_for
+from app.errors import ConfigError
+from app.models.pricing import Price, Pricer, cost_usd, parse_prices, price_for
 
 MILLION = {"input_tokens": 1_000_000}
 
@@ -40,3 +41,35 @@ def test_prices_can_be_overridden() -> None:
     assert cost_usd("claude-sonnet-4-6", MILLION, overrides) == pytest.approx(6)
     assert cost_usd("claude-sonnet-4-5", MILLION, overrides) == pytest.approx(3)
     assert price_for("my-proxy-model-v2", overrides) == Price(1, 1, 1, 1)
+
+
+def test_a_price_table_from_json_fills_in_cache_prices() -> None:
+    raw = (
+        '{"my-gateway": {"input": 2, "output": 8}, "claude-sonnet-4-6": {"input": 3, "output": 15, "cache_read": 0.5}}'
+    )
+    prices = parse_prices(raw)
+    assert prices["my-gateway"] == Price(2, 8, 2.5, 0.2)
+    assert prices["claude-sonnet-4-6"] == Price(3, 15, 3.75, 0.5)
+    pricer = Pricer(prices)
+    usage = {"input_tokens": 10, "output_tokens": 20, "cache_creation_input_tokens": 30, "cache_read_input_tokens": 40}
+    assert pricer("my-gateway-v2", usage) == pytest.approx((10 * 2 + 20 * 8 + 30 * 2.5 + 40 * 0.2) / 1e6)
+    assert pricer("claude-haiku-4-5", usage) == cost_usd("claude-haiku-4-5", usage)
+    assert parse_prices(None) == {} and parse_prices("  ") == {}
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object of model prefix"),
+        ('{"m": 3}', "must be an object with input and output"),
+        ('{"m": {"input": 3}}', "needs both input and output"),
+        ('{"m": {"input": 3, "output": -1}}', "output=-1 is not a price"),
+        ('{"m": {"input": true, "output": 1}}', "input=True is not a price"),
+        ('{"m": {"input": 3, "output": 1, "cached": 1}}', "unknown keys ['cached']"),
+    ],
+)
+def test_a_bad_price_table_names_the_setting_and_the_fix(raw: str, says: str) -> None:
+    with pytest.raises(ConfigError, match="ROUTINES_PRICES") as caught:
+        parse_prices(raw)
+    assert says in str(caught.value)
