@@ -13,6 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app.testing.github_diff import FileDiff, pull_diff
 from app.testing.github_repos import branch_sha, commits_between
 from app.testing.github_shapes import comment_json, iso, pull_json, reaction_json, review_json
 from app.testing.github_state import ApiError, GitHubState, Repo
@@ -20,6 +21,8 @@ from app.testing.github_state import ApiError, GitHubState, Repo
 JSON = dict[str, Any]
 REACTIONS = ("+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes")
 REVIEW_STATES = {"APPROVE": "APPROVED", "REQUEST_CHANGES": "CHANGES_REQUESTED", "COMMENT": "COMMENTED"}
+NOT_IN_DIFF = "Pull request review thread line must be part of the diff"
+PATH_NOT_IN_DIFF = "Path could not be resolved"
 
 
 def bearer(request: Request) -> str | None:
@@ -93,7 +96,31 @@ class PullsApi:
 
     async def get_pull(self, request: Request) -> Response:
         repo = self._repo(request, "pull_requests", "read")
-        return JSONResponse(self._pull(repo, request.path_params["number"]))
+        return JSONResponse(self._current(repo, request.path_params["number"]))
+
+    def _current(self, repo: Repo, number: int) -> JSON:
+        """The pull request with `head.sha` following its branch, as pushes move it on GitHub."""
+        pull = self._pull(repo, number)
+        sha = branch_sha(repo.path, pull["head"]["ref"]) if pull["state"] == "open" else None
+        if sha is not None and sha != pull["head"]["sha"]:
+            pull["head"]["sha"] = sha
+            pull["commits"] = commits_between(repo.path, pull["base"]["sha"], sha)
+        return pull
+
+    def _diff(self, repo: Repo, pull: JSON) -> list[FileDiff]:
+        base = branch_sha(repo.path, pull["base"]["ref"]) or pull["base"]["sha"]
+        api = f"{self.state.base_url}/repos/{repo.full_name}"
+        html = f"{self.state.base_url}/{repo.full_name}"
+        return pull_diff(repo.path, base, pull["head"]["sha"], html, api)
+
+    async def list_files(self, request: Request) -> Response:
+        """`GET /pulls/{n}/files`: the changed files with their patches, paginated (at most 3000 files)."""
+        repo = self._repo(request, "pull_requests", "read")
+        pull = self._current(repo, request.path_params["number"])
+        per_page = min(int(request.query_params.get("per_page", "30")), 100)
+        page = max(int(request.query_params.get("page", "1")), 1)
+        entries = [found.entry for found in self._diff(repo, pull)][:3000]
+        return JSONResponse(entries[(page - 1) * per_page : page * per_page])
 
     async def create_pull(self, request: Request) -> Response:
         repo = self._repo(request, "pull_requests", "write")
@@ -160,7 +187,7 @@ class PullsApi:
     async def create_review(self, request: Request) -> Response:
         repo = self._repo(request, "pull_requests", "write")
         number = request.path_params["number"]
-        pull = self._pull(repo, number)
+        self._pull(repo, number)
         body = await read_json(request)
         event = body.get("event")
         if event is not None and event not in REVIEW_STATES:
@@ -173,6 +200,9 @@ class PullsApi:
                 raise invalid("PullRequestReviewComment", "line", "missing_field")
         if event in ("REQUEST_CHANGES", "COMMENT") and not body.get("body") and not comments:
             raise ApiError(422, "Unprocessable Entity", [_custom(f"Review body is required for {event}")])
+        pull = self._current(repo, number)
+        if comments:
+            _check_lines(comments, {found.entry["filename"]: found for found in self._diff(repo, pull)})
         fields = {
             "body": body.get("body") or "",
             "state": REVIEW_STATES.get(event or "", "PENDING"),
@@ -215,6 +245,21 @@ class PullsApi:
         reaction = reaction_json(self.state, self.state.new_id(), content)
         reactions.append({"comment_id": comment_id, "reaction": reaction})
         return JSONResponse(reaction, status_code=201)
+
+
+def _check_lines(comments: list[JSON], files: dict[str, FileDiff]) -> None:
+    """422 as GitHub answers when an inline comment targets a file or line outside the pull request's diff."""
+    for comment in comments:
+        if "line" not in comment:
+            continue
+        found = files.get(comment["path"])
+        if found is None:
+            raise ApiError(422, "Unprocessable Entity", [PATH_NOT_IN_DIFF])
+        side = comment.get("side", "RIGHT")
+        lines = found.left if side == "LEFT" else found.right
+        wanted = [comment["line"]] + ([comment["start_line"]] if "start_line" in comment else [])
+        if side not in ("LEFT", "RIGHT") or not all(isinstance(n, int) and n in lines for n in wanted):
+            raise ApiError(422, "Unprocessable Entity", [NOT_IN_DIFF])
 
 
 def _custom(message: str) -> JSON:

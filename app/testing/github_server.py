@@ -23,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.testing.git_http import git_endpoint
 from app.testing.github_hooks import HooksApi
+from app.testing.github_issues import IssuesApi
+from app.testing.github_manifest import manifest_routes
 from app.testing.github_pulls import PullsApi, bearer, read_json
 from app.testing.github_shapes import app_json, error_json, installation_json, iso, repo_json
 from app.testing.github_state import LEVELS, ApiError, GitHubState, LoggedRequest, generate_app_key
@@ -38,6 +40,7 @@ def create_app(state: GitHubState) -> Starlette:
     apps = _AppsApi(state)
     pulls = PullsApi(state)
     hooks = HooksApi(state)
+    issues = IssuesApi(state)
     routes = [
         Route("/app", apps.get_app),
         Route("/app/hook/deliveries", hooks.list_deliveries, methods=["GET"]),
@@ -48,7 +51,12 @@ def create_app(state: GitHubState) -> Starlette:
         Route("/repos/{owner}/{repo}/pulls", pulls.list_pulls, methods=["GET"]),
         Route("/repos/{owner}/{repo}/pulls", pulls.create_pull, methods=["POST"]),
         Route("/repos/{owner}/{repo}/pulls/{number:int}", pulls.get_pull),
+        Route("/repos/{owner}/{repo}/pulls/{number:int}/files", pulls.list_files, methods=["GET"]),
         Route("/repos/{owner}/{repo}/pulls/{number:int}/reviews", pulls.create_review, methods=["POST"]),
+        Route("/repos/{owner}/{repo}/issues", issues.list_issues, methods=["GET"]),
+        Route("/repos/{owner}/{repo}/issues", issues.create_issue, methods=["POST"]),
+        Route("/repos/{owner}/{repo}/issues/{number:int}", issues.get_issue, methods=["GET"]),
+        Route("/repos/{owner}/{repo}/issues/{number:int}", issues.update_issue, methods=["PATCH"]),
         Route("/repos/{owner}/{repo}/issues/{number:int}/comments", pulls.create_comment, methods=["POST"]),
         Route("/repos/{owner}/{repo}/issues/comments/{comment_id:int}", pulls.update_comment, methods=["PATCH"]),
         Route("/repos/{owner}/{repo}/issues/{number:int}/reactions", pulls.create_reaction, methods=["POST"]),
@@ -57,6 +65,7 @@ def create_app(state: GitHubState) -> Starlette:
             pulls.create_comment_reaction,
             methods=["POST"],
         ),
+        *manifest_routes(state),
         Route("/{owner}/{name}.git/{path:path}", git_endpoint(state), methods=["GET", "POST"]),
     ]
     app = Starlette(

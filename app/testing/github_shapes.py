@@ -309,8 +309,57 @@ def reaction_json(state: GitHubState, reaction_id: int, content: str) -> JSON:
     }
 
 
-def error_json(message: str, status: int, errors: list[JSON] | None = None) -> JSON:
+def error_json(message: str, status: int, errors: list[Any] | None = None) -> JSON:
     body: JSON = {"message": message, "documentation_url": DOCS, "status": str(status)}
     if errors is not None:
         body["errors"] = errors
     return body
+
+
+def label_json(state: GitHubState, repo: Repo, name: str) -> JSON:
+    label_id = zlib.crc32(f"{repo.full_name}:{name}".encode())
+    return {
+        "id": label_id,
+        "node_id": f"LA_{label_id}",
+        "url": f"{state.base_url}/repos/{repo.full_name}/labels/{name}",
+        "name": name,
+        "description": None,
+        "color": "ededed",
+        "default": False,
+    }
+
+
+def issue_json(state: GitHubState, repo: Repo, record: JSON) -> JSON:
+    """An issue from its stored `record` (number, title, body, state, labels, user, timestamps)."""
+    number = record["number"]
+    api = f"{state.base_url}/repos/{repo.full_name}"
+    author = record.get("user") or "octocat"
+    user = bot_json(state) if author.endswith("[bot]") else user_json(state, author, zlib.crc32(author.encode()))
+    closed = record.get("closed_at")
+    return {
+        "id": repo.id * 100_000 + number,
+        "node_id": f"I_{repo.id}_{number}",
+        "url": f"{api}/issues/{number}",
+        "repository_url": api,
+        "labels_url": f"{api}/issues/{number}/labels{{/name}}",
+        "comments_url": f"{api}/issues/{number}/comments",
+        "events_url": f"{api}/issues/{number}/events",
+        "html_url": f"{state.base_url}/{repo.full_name}/issues/{number}",
+        "number": number,
+        "state": record.get("state", "open"),
+        "state_reason": None,
+        "title": record["title"],
+        "body": record.get("body"),
+        "user": user,
+        "labels": [label_json(state, repo, name) for name in record.get("labels", [])],
+        "assignee": None,
+        "assignees": [],
+        "milestone": None,
+        "locked": False,
+        "active_lock_reason": None,
+        "comments": sum(1 for c in state.comments(repo.full_name) if c["issue_url"].endswith(f"/issues/{number}")),
+        "closed_at": iso(closed) if closed else None,
+        "created_at": iso(record.get("created_at")),
+        "updated_at": iso(record.get("updated_at")),
+        "author_association": "NONE",
+    }

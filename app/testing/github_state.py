@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pygit2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -36,9 +37,9 @@ def generate_app_key() -> str:
 
 
 class ApiError(Exception):
-    """A refused request: `status`, `message` and `errors` are what GitHub answers."""
+    """A refused request: `status`, `message` and `errors` (objects, or plain strings) are what GitHub answers."""
 
-    def __init__(self, status: int, message: str, errors: list[JSON] | None = None) -> None:
+    def __init__(self, status: int, message: str, errors: list[Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -154,13 +155,52 @@ class GitHubState:
             self.installations[installation_id].repositories.append(full_name)
         return path
 
-    def add_issue(self, full_name: str, title: str, body: str = "") -> int:
-        """Open a plain issue and return its number (shared numbering with pull requests)."""
+    def add_issue(self, full_name: str, title: str, body: str | None = "", labels: list[str] | None = None) -> int:
+        """Open a plain issue and return its number (shared numbering with pull requests).
+
+        `repo.issues[number]` holds title, body, state, labels (names), the author's login and
+        timestamps; the issues API shapes it as GitHub does.
+        """
         repo = self.repos[full_name]
         number = repo.next_number
         repo.next_number += 1
-        repo.issues[number] = {"number": number, "title": title, "body": body}
+        now = time.time()
+        repo.issues[number] = {
+            "number": number,
+            "title": title,
+            "body": body,
+            "state": "open",
+            "labels": list(labels or []),
+            "user": "octocat",
+            "created_at": now,
+            "updated_at": now,
+            "closed_at": None,
+        }
         return number
+
+    def issues(self, full_name: str) -> list[JSON]:
+        """The repository's issues (not pull requests), oldest first, as stored."""
+        return list(self.repos[full_name].issues.values())
+
+    def commit_files(self, full_name: str, branch: str, files: dict[str, str | None], message: str = "change") -> str:
+        """Commit `files` (path → text, None deletes) on `branch`, created from the default branch when new.
+
+        Stands in for someone pushing to the repository; returns the new commit id.
+        """
+        repo = self.repos[full_name]
+        git = pygit2.Repository(str(repo.path))
+        ref = git.references.get(f"refs/heads/{branch}") or git.references[f"refs/heads/{repo.default_branch}"]
+        parent = ref.peel(pygit2.Commit)
+        index = pygit2.Index()
+        index.read_tree(parent.tree)
+        for path, text in files.items():
+            if text is None:
+                index.remove(path)
+            else:
+                index.add(pygit2.IndexEntry(path, git.create_blob(text.encode()), pygit2.enums.FileMode.BLOB))
+        tree = index.write_tree(git)
+        who = pygit2.Signature("octocat", "octocat@example.invalid")
+        return str(git.create_commit(f"refs/heads/{branch}", who, who, message, tree, [parent.id]))
 
     def add_comment(self, full_name: str, number: int, body: str, login: str = "octocat") -> JSON:
         """A comment written by user `login` on issue or pull request `number` (as a webhook would carry it)."""
