@@ -8,6 +8,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 RUN pip install --no-cache-dir .
 COPY routines ./routines
+COPY app.yml ./
 RUN useradd --create-home --uid 10001 routines && mkdir -p /data && chown routines /data
 USER routines
 ENV ROUTINES_DATA_DIR=/data ROUTINES_DIR=/srv/routines/routines HOST=0.0.0.0 PORT=8000

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app import embedded_redis
+from app import cli_lifecycle, embedded_redis
 from app.cli_secrets import add_secrets_parser
 from app.config import Settings
 from app.domain import Event, Run, RunState, Trigger
@@ -288,6 +288,7 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="follow a live run")
     logs.add_argument("--json", action="store_true")
     add_secrets_parser(sub)
+    cli_lifecycle.add_parsers(sub)
     return p
 
 
@@ -302,6 +303,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "logs": cmd_logs,
     "secrets": cmd_secrets,
 }
+COMMANDS.update(cli_lifecycle.COMMANDS)
 
 
 def redact_logs(settings: Settings) -> None:

@@ -39,6 +39,9 @@ class Settings:
     egress_hosts: dict[str, str] = field(default_factory=dict)
     egress_ca_file: Path | None = None
     prices: dict[str, Price] = field(default_factory=dict)
+    max_runs_per_day: int | None = None
+    schedule_tick_s: float = 5.0
+    delivery_sweep_s: float = 300.0
 
     @property
     def base_url(self) -> str:
@@ -112,7 +115,11 @@ class Settings:
         if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"REDIS_URL={redis_url!r} is not a redis:// URL; e.g. redis://127.0.0.1:6379/0")
 
+        cap = text("ROUTINES_MAX_RUNS_PER_DAY")
         return cls(
+            max_runs_per_day=int(number("ROUTINES_MAX_RUNS_PER_DAY", 0, minimum=1)) if cap else None,
+            schedule_tick_s=number("ROUTINES_SCHEDULE_TICK_S", cls.schedule_tick_s, integer=False, minimum=0.1),
+            delivery_sweep_s=number("ROUTINES_DELIVERY_SWEEP_S", cls.delivery_sweep_s, integer=False, minimum=10),
             prices=parse_prices(text("ROUTINES_PRICES"), "ROUTINES_PRICES"),
             secret_key=text("ROUTINES_SECRET_KEY"),
             egress_hosts=_host_pins(text("ROUTINES_EGRESS_HOSTS")),

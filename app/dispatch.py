@@ -1,22 +1,137 @@
-"""A trigger becomes a run: record it as queued, then enqueue its job (once, by its id)."""
+"""A trigger becomes a run: record it, apply the routine's state and limits, then enqueue its job once.
+
+Order: the run record is created first (so a refusal is visible as a cancelled run with a `run.refused`
+event), then paused/archived and the daily quotas are checked, then the run joins its concurrency group
+(it starts at once, or waits for the run holding the group), and only a run that may start is enqueued.
+"""
 
 from __future__ import annotations
 
 from arq.connections import ArqRedis
 
 from app import queue
-from app.domain import Routine, Run, Trigger, new_run_id
-from app.errors import ConfigError
+from app.domain import Event, Routine, Run, RunState, Trigger, new_run_id
+from app.errors import ConfigError, InvalidTransition, RunNotFound
+from app.lifecycle import Lifecycle, Refused
+from app.routines import render_group
 from app.store import RedisStore
 
 
-async def fire(store: RedisStore, pool: ArqRedis, routine: Routine, trigger: Trigger, repo: str | None = None) -> Run:
-    """Create the run record before the job, so a worker never picks up a job without a run."""
+async def fire(
+    store: RedisStore,
+    pool: ArqRedis,
+    routine: Routine,
+    trigger: Trigger,
+    repo: str | None = None,
+    *,
+    run_id: str | None = None,
+    max_runs_per_day: int | None = None,
+) -> Run:
+    """Like `fire_checked`, but a refused run is returned (state cancelled, `error` naming the limit)."""
+    try:
+        return await fire_checked(store, pool, routine, trigger, repo, run_id=run_id, max_runs_per_day=max_runs_per_day)
+    except Refused as exc:
+        if exc.run is None:
+            raise
+        return exc.run
+
+
+async def fire_checked(
+    store: RedisStore,
+    pool: ArqRedis,
+    routine: Routine,
+    trigger: Trigger,
+    repo: str | None = None,
+    *,
+    run_id: str | None = None,
+    max_runs_per_day: int | None = None,
+) -> Run:
+    """Create and start (or queue) a run; raise Refused (`.run` set, recorded as cancelled) when the routine
+    is paused or archived or a daily quota is used up. `max_runs_per_day` is the global cap
+    (ROUTINES_MAX_RUNS_PER_DAY). Given a `run_id` that exists already (a retried job), the run is only
+    started if it was not yet, never created twice.
+    """
     target = repo or _single_repo(routine)
-    run = Run(id=new_run_id(), routine=routine.name, repo=target, trigger=trigger)
+    lifecycle = Lifecycle(store.redis, store.prefix)
+    if run_id is not None:
+        existing = await _existing(store, run_id)
+        if existing is not None:
+            if existing.state is RunState.QUEUED:
+                await _start(store, pool, lifecycle, routine, existing, retry=True)
+            return existing
+    run = Run(id=run_id or new_run_id(), routine=routine.name, repo=target, trigger=trigger)
     await store.create_run(run)
-    await queue.enqueue_run(pool, run.id)
+    try:
+        await lifecycle.check_active(routine)
+        await lifecycle.take_quota(routine, max_runs_per_day)
+    except Refused as exc:
+        await store.append_event(run.id, Event("run.refused", {"limit": exc.limit, "reason": str(exc)}))
+        exc.run = await store.transition(run.id, RunState.CANCELLED, error=str(exc))
+        raise
+    await _start(store, pool, lifecycle, routine, run)
     return run
+
+
+async def release(store: RedisStore, pool: ArqRedis, run_id: str) -> str | None:
+    """The run ended: hand its concurrency group to the next waiting run and enqueue it (its id, or None)."""
+    nxt = await Lifecycle(store.redis, store.prefix).release(run_id)
+    if nxt is not None:
+        await queue.enqueue_run(pool, nxt)
+    return nxt
+
+
+def group_of(routine: Routine, repo: str) -> str | None:
+    """The run's concurrency group (`concurrency.group` rendered for this repo), or None."""
+    template = routine.concurrency.group
+    return render_group(template, routine, repo) if template else None
+
+
+async def _start(
+    store: RedisStore, pool: ArqRedis, lifecycle: Lifecycle, routine: Routine, run: Run, *, retry: bool = False
+) -> None:
+    group = group_of(routine, run.repo)
+    if group is None:
+        await queue.enqueue_run(pool, run.id)
+        return
+    if retry:
+        members = await lifecycle.members(group)
+        if run.id in members:
+            if members[0] == run.id:
+                await queue.enqueue_run(pool, run.id)
+            return
+    if routine.concurrency.cancel_in_progress:
+        await _cancel_group(store, lifecycle, group, by=run.id)
+    admission = await lifecycle.admit(run.id, group)
+    if admission.behind is not None:
+        await store.append_event(run.id, Event("run.waiting", {"group": group, "behind": admission.behind}))
+    if admission.start is not None:
+        await queue.enqueue_run(pool, admission.start)
+
+
+async def _cancel_group(store: RedisStore, lifecycle: Lifecycle, group: str, *, by: str) -> None:
+    """cancel_in_progress: queued runs of the group end now; a running one is asked to stop."""
+    reason = f"superseded by run {by}: concurrency group {group!r} cancels runs in progress"
+    for member in await lifecycle.members(group):
+        try:
+            older = await store.get_run(member)
+        except RunNotFound:
+            continue
+        if older.state.terminal:
+            continue
+        await lifecycle.request_cancel(member)
+        await store.append_event(member, Event("run.cancel_requested", {"by": by, "group": group}))
+        if older.state is RunState.QUEUED:
+            try:
+                await store.transition(member, RunState.CANCELLED, error=reason)
+            except InvalidTransition:
+                continue
+
+
+async def _existing(store: RedisStore, run_id: str) -> Run | None:
+    try:
+        return await store.get_run(run_id)
+    except RunNotFound:
+        return None
 
 
 def _single_repo(routine: Routine) -> str:

@@ -1,26 +1,139 @@
-"""The arq worker: runs jobs, owns its resources from startup to shutdown."""
+"""The arq worker: runs jobs and periodic tasks (the schedule tick), owns its resources from startup to shutdown.
+
+Schedules fire exactly once however many workers run: every worker ticks, reads the shared last-tick
+time from Redis, asks the scheduler for the slots due in (last, now], and enqueues one `fire_slot` job
+per slot with the job id `<routine>:<slot_ms>`. arq refuses a job id that is queued, running or has a
+kept result, atomically, so a slot seen by several workers is enqueued once; the kept result
+(`SLOT_KEEP_S`) outlives any window that can cover the slot again, because the last-tick time only
+moves forward. The run ids travel in the job, so a retried `fire_slot` never creates a second run.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from arq import Worker
+from arq.connections import ArqRedis
 from arq.worker import func
 
 from app import queue
 from app.config import Settings
-from app.domain import Event, RunState
-from app.errors import RoutinesError
+from app.deliveries import DELIVERY_JOB, handle_delivery
+from app.dispatch import fire, release
+from app.domain import Event, Routine, RunState, Trigger, new_run_id
+from app.errors import RoutineNotFound, RoutinesError
+from app.lifecycle import Lifecycle
+from app.recovery import recovery_sweep
 from app.runner import execute
+from app.scheduler import Scheduler, Slot
 from app.services import Services, build
 
 log = logging.getLogger(__name__)
 
+FIRE_SLOT_JOB = "fire_slot"
+DEFAULT_TICK_S = 5.0
+SLOT_KEEP_S = 7 * 86400
+# Moves the shared last-tick time forward only, so no window ever reaches back over a fired slot.
+_ADVANCE = "local c = tonumber(redis.call('GET', KEYS[1]) or '0') if c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end"  # noqa: E501
+
+
+@dataclass(frozen=True)
+class Periodic:
+    """A task every worker runs every `every_s` seconds; it must be safe when several workers run it at once."""
+
+    name: str
+    every_s: float
+    run: Callable[[Services], Awaitable[object]]
+
+
+class ScheduleTicker:
+    """One worker's schedule tick. `clock` gives epoch seconds (injectable for tests); `ticks` counts ticks."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, max_runs_per_day: int | None = None) -> None:
+        self.clock = clock
+        self.max_runs_per_day = max_runs_per_day
+        self.scheduler = Scheduler()
+        self.ticks = 0
+
+    async def tick(self, services: Services) -> list[Slot]:
+        """Enqueue the slots due since the last tick of any worker; the first tick ever only sets the time."""
+        now = self.clock()
+        key = services.store.prefix + "scheduler:last"
+        last = await services.store.redis.get(key)
+        slots: list[Slot] = []
+        if last is not None:
+            paused = await Lifecycle(services.store.redis, services.store.prefix).states()
+            routines = {n: r for n, r in services.catalog.all().items() if r.on.schedule and n not in paused}
+            slots = self.scheduler.due(routines.values(), float(last), now)
+            for slot in slots:
+                await enqueue_slot(services.pool, routines[slot.routine], slot)
+        await services.store.redis.eval(_ADVANCE, 1, key, repr(now))  # type: ignore[misc]
+        self.ticks += 1
+        return slots
+
+
+async def enqueue_slot(pool: ArqRedis, routine: Routine, slot: Slot) -> bool:
+    """Enqueue the slot's fire job once (False: another worker did). A routine on `*` has no repo to run on."""
+    if "*" in routine.repos:
+        log.warning("routine %s: a schedule needs repo: owner/name or a list, not '*'; slot skipped", routine.name)
+        return False
+    runs = [[repo, new_run_id()] for repo in routine.repos]
+    job = await pool.enqueue_job(
+        FIRE_SLOT_JOB, routine.name, slot.ms, slot.cron, slot.timezone, runs, _job_id=slot.job_id
+    )
+    return job is not None
+
+
+async def fire_slot(
+    ctx: dict[str, Any], name: str, slot_ms: int, cron: str, timezone: str, runs: list[list[str]]
+) -> list[str]:
+    """The job of one schedule slot: fire the routine once per repository, with the run ids chosen at the tick."""
+    services: Services = ctx["services"]
+    try:
+        routine = services.catalog.get(name)
+    except RoutineNotFound:
+        log.warning("schedule slot %s:%s: routine %s is gone; nothing fired", name, slot_ms, name)
+        return []
+    slot = datetime.fromtimestamp(slot_ms / 1000, UTC).isoformat()
+    trigger = Trigger(
+        "schedule", actor="schedule", data={"slot": slot, "slot_ms": slot_ms, "cron": cron, "timezone": timezone}
+    )
+    fired = []
+    for repo, run_id in runs:
+        run = await fire(
+            services.store,
+            services.pool,
+            routine,
+            trigger,
+            repo,
+            run_id=run_id,
+            max_runs_per_day=ctx["max_runs_per_day"],
+        )
+        fired.append(run.id)
+    return fired
+
 
 async def run_routine(ctx: dict[str, Any], run_id: str) -> str:
-    """The job boundary: whatever happens, the run ends in a terminal state with a reason."""
+    """The job boundary: whatever happens, the run ends in a terminal state with a reason, and its
+    concurrency group passes to the next waiting run."""
     services: Services = ctx["services"]
+    try:
+        return await _execute(services, run_id)
+    finally:
+        try:
+            await release(services.store, services.pool, run_id)
+        except RoutinesError:
+            log.exception("could not release the concurrency group of run %s", run_id)
+
+
+async def _execute(services: Services, run_id: str) -> str:
     try:
         run = await execute(run_id, await services.runner_deps())
         return run.state.value
@@ -37,21 +150,59 @@ async def run_routine(ctx: dict[str, Any], run_id: str) -> str:
         return RunState.FAILED.value
 
 
-def create_worker(settings: Settings, *, handle_signals: bool = True, burst: bool = False) -> Worker:
-    """An arq Worker whose startup builds the Services and whose shutdown closes them."""
+async def _repeat(task: Periodic, services: Services, stop: asyncio.Event) -> None:
+    # Ends on `stop`, not only on cancellation: redis-py can turn a cancellation into a ConnectionError.
+    while not stop.is_set():
+        try:
+            await task.run(services)
+        except Exception:
+            log.exception("periodic task %s failed; it runs again in %g s", task.name, task.every_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), task.every_s)
+
+
+def create_worker(
+    settings: Settings,
+    *,
+    handle_signals: bool = True,
+    burst: bool = False,
+    clock: Callable[[], float] = time.time,
+    tick_s: float | None = None,
+    periodic: Sequence[Periodic] = (),
+) -> Worker:
+    """An arq Worker whose startup builds the Services and starts the periodic tasks — the schedule tick
+    every `tick_s` (default: settings.schedule_tick_s), then `periodic` — and whose shutdown stops them
+    and closes the Services."""
     if settings.redis_url is None:
         raise ValueError("create_worker needs settings.redis_url")
+    ticker = ScheduleTicker(clock, settings.max_runs_per_day)
+    every_s = tick_s if tick_s is not None else settings.schedule_tick_s
+    sweep = Periodic("delivery-recovery", settings.delivery_sweep_s, _recover_deliveries)
+    tasks = [Periodic("schedule", every_s, ticker.tick), sweep, *periodic]
 
     async def startup(ctx: dict[str, Any]) -> None:
-        ctx["services"] = await build(settings)
+        services = ctx["services"] = await build(settings)
+        ctx["ticker"], ctx["max_runs_per_day"] = ticker, ticker.max_runs_per_day
+        ctx["stop"] = stop = asyncio.Event()
+        ctx["periodic"] = [asyncio.create_task(_repeat(t, services, stop), name=f"periodic:{t.name}") for t in tasks]
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        running: list[asyncio.Task[None]] = ctx.pop("periodic", [])
+        if "stop" in ctx:
+            ctx["stop"].set()
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         services: Services | None = ctx.get("services")
         if services is not None:
             await services.close()
 
     return Worker(
-        functions=[func(run_routine, name=queue.RUN_JOB, max_tries=1)],
+        functions=[
+            func(run_routine, name=queue.RUN_JOB, max_tries=1),
+            func(fire_slot, name=FIRE_SLOT_JOB, max_tries=3, keep_result=SLOT_KEEP_S),
+            func(handle_delivery, name=DELIVERY_JOB, max_tries=5),
+        ],
         redis_settings=queue.redis_settings(settings.redis_url),
         on_startup=startup,
         on_shutdown=shutdown,
@@ -64,3 +215,8 @@ def create_worker(settings: Settings, *, handle_signals: bool = True, burst: boo
         handle_signals=handle_signals,
         burst=burst,
     )
+
+
+async def _recover_deliveries(services: Services) -> object:
+    """GitHub never redelivers on its own: ask it again for deliveries that never got a 2xx from us."""
+    return await recovery_sweep({"services": services})

@@ -12,9 +12,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.dispatch import fire
+from app.dispatch import fire_checked
 from app.domain import Event, Routine, Run, RunState, Trigger
 from app.errors import ConfigError, RoutineNotFound, RunNotFound, StoreError
+from app.lifecycle import Lifecycle, Refused
 from app.services import Services
 
 MAX_FIRE_BODY_BYTES = 64 * 1024
@@ -88,7 +89,16 @@ async def fire_routine(request: Request) -> Response:
         return payload
     trigger = Trigger(kind="api", text=payload.get("text"), actor="api")
     try:
-        run = await fire(services.store, services.pool, routine, trigger, repo=payload.get("repo"))
+        run = await fire_checked(
+            services.store,
+            services.pool,
+            routine,
+            trigger,
+            repo=payload.get("repo"),
+            max_runs_per_day=services.settings.max_runs_per_day,
+        )
+    except Refused as exc:
+        return error(exc.status, str(exc), limit=exc.limit, **({"run_id": exc.run.id} if exc.run else {}))
     except ConfigError as exc:
         return error(422, str(exc))
     return JSONResponse(
@@ -122,9 +132,11 @@ async def list_routines(request: Request) -> Response:
         return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
     services = _services(request)
     routines = services.catalog.all()
+    lifecycle = Lifecycle(services.store.redis, services.store.prefix)
+    fields = await lifecycle.describe(routines.values(), services.settings.max_runs_per_day)
     return JSONResponse(
         {
-            "routines": [routine_json(r) for r in routines.values()],
+            "routines": [{**routine_json(r), **fields.get(r.name, {})} for r in routines.values()],
             "errors": [str(e) for e in services.catalog.errors],
         }
     )

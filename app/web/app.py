@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from app.config import Settings
 from app.errors import StoreError
 from app.services import Services, build
-from app.web import api, pages, secrets_api, webhooks
+from app.web import api, pages, routines_api, secrets_api, setup, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         return JSONResponse({"error": detail}, status_code=status)
 
     return Starlette(
-        routes=[*api.routes, *secrets_api.routes, *pages.routes, *webhooks.routes],
+        routes=[*api.routes, *routines_api.routes, *secrets_api.routes, *setup.routes, *pages.routes, *webhooks.routes],
         lifespan=lifespan,
         exception_handlers={StoreError: store_down, RedisError: store_down, HTTPException: http_error},
     )
