@@ -164,6 +164,7 @@ class Run:
     error: str | None = None
     summary: str | None = None
     incomplete: bool = False
+    outputs: JSON = field(default_factory=dict)
 
     def to_json(self) -> JSON:
         data = asdict(self)
@@ -190,6 +191,7 @@ class Run:
             error=data.get("error"),
             summary=data.get("summary"),
             incomplete=bool(data.get("incomplete")),
+            outputs=dict(data.get("outputs") or {}),
         )
 
 

@@ -13,15 +13,18 @@ from app import queue
 from app.agent.memory import RedisMemoryStore
 from app.catalog import RoutineCatalog
 from app.config import Settings
-from app.domain import Run
+from app.domain import JSON, Routine, Run
 from app.errors import ConfigError, StoreError
 from app.forge.github import GitHubForge
+from app.forge.github_outputs import GitHubOutputs
 from app.forge.local import LocalForge
+from app.lifecycle import Lifecycle
 from app.models.anthropic import AnthropicModel
 from app.models.pricing import Pricer
+from app.notify import notify, outcome_text
 from app.ports import Forge, ModelClient
 from app.redact import Redactor
-from app.runner import RunnerDeps
+from app.run_context import RunnerDeps
 from app.sandbox.boundary import Boundaries
 from app.sandbox.bwrap import sandbox_available
 from app.sandbox.egress_policy import SystemResolver
@@ -128,7 +131,25 @@ class Services:
             on_finished=self.on_run_finished,
             memory_store=RedisMemoryStore(self.pool),
             connector_secret=vault.get if vault is not None else None,
+            outputs_for=lambda forge: GitHubOutputs(forge) if isinstance(forge, GitHubForge) else None,
+            notify=self.notify,
+            cancel_check=Lifecycle(self.store.redis, self.store.prefix).cancel_check,
         )
+
+    async def notify(self, routine: Routine, run: Run, links: list[tuple[str, str]]) -> list[JSON]:
+        """Post the run's outcome to the routine's `outputs.notify` webhooks (URLs are vault secrets)."""
+        vault = self.vault()
+
+        async def secret(name: str) -> str:
+            if vault is None:
+                raise ConfigError(f"notifications need the vault for {name}; set ROUTINES_SECRET_KEY")
+            return (await vault.get(name)).value
+
+        text = outcome_text(run, self.settings.run_url(run.id), links)
+        results = await notify(
+            routine.outputs.get("notify") or [], text, secret, timeout_s=self.settings.http_timeout_s
+        )
+        return [{"target": r.target, "ok": r.ok, "reason": r.reason} for r in results]
 
     async def on_run_finished(self, run: Run) -> None:
         """Tell the people who triggered the run how it ended (the tracking comment, if there is one)."""

@@ -37,7 +37,7 @@ from app.models.pricing import cost_usd
 from app.models.scripted import ScriptedModel
 from app.ports import CommandResult, EventSink, ModelResponse
 from app.redact import Redactor
-from app.runner import RunEvents
+from app.run_context import RunEvents
 from app.store import RedisStore
 from app.testing.anthropic_server import AnthropicState, Script, Turn, bash, create_app, text
 from app.testing.serve import serve_in_thread

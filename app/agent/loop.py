@@ -10,7 +10,7 @@ cleared, or the conversation is compacted into a summary, and the run goes on.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from app.agent import context as ctx
@@ -72,6 +72,7 @@ class Agent:
         price: Callable[[str, dict[str, int]], float] | None = None,
         context_window_tokens: int | None = None,
         keep_tool_results: int = 3,
+        cancelled: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.model = model
         self.toolbox = toolbox
@@ -83,6 +84,7 @@ class Agent:
         self.max_cost_usd = max_cost_usd
         self.clock = clock
         self.price = price
+        self.cancelled = cancelled
         window = context_window_tokens or ctx.context_window(model_name)
         self.context = ctx.ContextWindow(window, keep_tool_results=keep_tool_results)
         self.system: list[JSON] = []
@@ -115,6 +117,8 @@ class Agent:
     async def step(self) -> None:
         """One turn: check the limits, fit the context window, query the model, act on its stop_reason."""
         self.check_limits()
+        if self.cancelled is not None and await self.cancelled():
+            raise RunLimitReached("cancelled", f"the run was cancelled after {self.outcome.turns} turns")
         await self.fit_context()
         response = await self.query()
         await self.handle(response)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app.domain import JSON, Routine, Trigger
+from app.outputs import REVIEW_INSTRUCTIONS
 
 INSTRUCTION_FILES = ("CLAUDE.md", "AGENTS.md")
 _FENCE_END = re.compile(r"</\s*untrusted-data", re.IGNORECASE)
@@ -59,6 +60,8 @@ def build_system(
         max_turns=routine.limits.max_turns,
         max_minutes=routine.limits.max_minutes,
     )
+    if routine.outputs.get("review"):
+        rules = rules[: rules.index("When you are done")] + REVIEW_INSTRUCTIONS
     task = f"# The routine: {routine.name}\n"
     if routine.description:
         task += f"{routine.description}\n"
