@@ -251,6 +251,43 @@ def _with_store(settings: Settings, fn: Callable[[Services], Awaitable[int]]) ->
         return asyncio.run(main())
 
 
+def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    """Stop a run: a queued one now, a running one before its next model turn."""
+    from app.dispatch import release
+    from app.lifecycle import Lifecycle
+
+    async def cancel(services: Services) -> int:
+        run = await services.store.get_run(args.run)
+        if run.state.terminal:
+            print(f"run {run.id} already ended ({run.state.value})", file=sys.stderr)
+            return 1
+        if run.state is RunState.QUEUED:
+            await services.store.transition(run.id, RunState.CANCELLED, error="cancelled before it started")
+            await release(services.store, services.pool, run.id)
+        else:
+            await Lifecycle(services.store.redis, services.store.prefix).request_cancel(run.id)
+            await services.store.append_event(run.id, Event("run.cancel_requested", {}))
+        print(f"run {run.id}: cancel requested")
+        return 0
+
+    return _with_store(settings, cancel)
+
+
+def cmd_message(settings: Settings, args: argparse.Namespace) -> int:
+    """Send a message the model of a live run sees at its next turn."""
+
+    async def send(services: Services) -> int:
+        run = await services.store.get_run(args.run)
+        if run.state.terminal:
+            print(f"run {run.id} already ended ({run.state.value})", file=sys.stderr)
+            return 1
+        await services.store.push_message(run.id, args.text)
+        await services.store.append_event(run.id, Event("run.message", {"text": args.text}))
+        return 0
+
+    return _with_store(settings, send)
+
+
 def cmd_secrets(settings: Settings, args: argparse.Namespace) -> int:
     from app.cli_secrets import secrets_command
     from app.vault import Vault, secret_key
@@ -287,6 +324,11 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("run")
     logs.add_argument("-f", "--follow", action="store_true", help="follow a live run")
     logs.add_argument("--json", action="store_true")
+    cancel = sub.add_parser("cancel", help="stop a run (partial work is delivered as an incomplete draft)")
+    cancel.add_argument("run")
+    message = sub.add_parser("message", help="send a message the run's model sees at its next turn")
+    message.add_argument("run")
+    message.add_argument("text")
     add_secrets_parser(sub)
     cli_lifecycle.add_parsers(sub)
     return p
@@ -302,6 +344,8 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "runs": cmd_runs,
     "logs": cmd_logs,
     "secrets": cmd_secrets,
+    "cancel": cmd_cancel,
+    "message": cmd_message,
 }
 COMMANDS.update(cli_lifecycle.COMMANDS)
 

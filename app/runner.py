@@ -132,6 +132,7 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
                     max_cost_usd=routine.limits.max_cost_usd,
                     price=deps.price,
                     cancelled=deps.cancel_check(ctx.run.id) if deps.cancel_check else None,
+                    inbox=lambda: deps.store.take_messages(ctx.run.id),
                 )
                 system = build_system(routine, workspace=ctx.checkout.path)
                 first = build_first_message(ctx.run.trigger)

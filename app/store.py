@@ -158,6 +158,19 @@ class RedisStore:
             if not reply and (await self.get_run(run_id)).state.terminal:
                 return
 
+    async def push_message(self, run_id: str, text: str) -> None:
+        """Queue a message for a live run; the agent sees it at its next turn."""
+        await self.redis.rpush(self._key("inbox", run_id), text)  # type: ignore[misc]
+        await self.redis.expire(self._key("inbox", run_id), 7 * 86400)
+
+    async def take_messages(self, run_id: str) -> list[str]:
+        """Every queued message of the run, oldest first, removed from the queue."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(self._key("inbox", run_id), 0, -1)
+            pipe.delete(self._key("inbox", run_id))
+            raw, _ = await pipe.execute()
+        return [m.decode() for m in raw]
+
     async def new_routine_token(self, routine: str) -> str:
         """Create (or rotate) the routine's API token; only its hash is kept."""
         token = f"rt_{secrets.token_urlsafe(32)}"

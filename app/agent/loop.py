@@ -73,6 +73,7 @@ class Agent:
         context_window_tokens: int | None = None,
         keep_tool_results: int = 3,
         cancelled: Callable[[], Awaitable[bool]] | None = None,
+        inbox: Callable[[], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.model = model
         self.toolbox = toolbox
@@ -85,6 +86,7 @@ class Agent:
         self.clock = clock
         self.price = price
         self.cancelled = cancelled
+        self.inbox = inbox
         window = context_window_tokens or ctx.context_window(model_name)
         self.context = ctx.ContextWindow(window, keep_tool_results=keep_tool_results)
         self.system: list[JSON] = []
@@ -119,6 +121,7 @@ class Agent:
         self.check_limits()
         if self.cancelled is not None and await self.cancelled():
             raise RunLimitReached("cancelled", f"the run was cancelled after {self.outcome.turns} turns")
+        await self.read_inbox()
         await self.fit_context()
         response = await self.query()
         await self.handle(response)
@@ -291,6 +294,14 @@ class Agent:
                 {"type": "tool_result", "tool_use_id": call.get("id", ""), "content": CUT_TOOL_CALL, "is_error": True}
             )
         return results
+
+    async def read_inbox(self) -> None:
+        """Messages sent to the run since the last turn (POST /api/runs/{id}/messages) join the next request."""
+        if self.inbox is None:
+            return
+        for text in await self.inbox():
+            await self.events.emit("run.message.delivered", {"turn": self.outcome.turns + 1, "text": text})
+            self._add_user([_note(f"A message from the people running this routine arrived:\n{text}")])
 
     def _add_user(self, blocks: list[JSON]) -> None:
         note = self._wrap_up_note()

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.dispatch import fire_checked
+from app.dispatch import fire_checked, release
 from app.domain import Event, Routine, Run, RunState, Trigger
 from app.errors import ConfigError, RoutineNotFound, RunNotFound, StoreError
 from app.lifecycle import Lifecycle, Refused
@@ -223,4 +223,55 @@ routes = [
     Route("/api/runs", list_runs),
     Route("/api/runs/{run_id}", get_run),
     Route("/api/runs/{run_id}/events", run_events),
+]
+
+
+async def _live_run(request: Request) -> Run | Response:
+    services = _services(request)
+    if not _is_admin(services, _bearer(request)):
+        return error(401, "steering a run needs ROUTINES_API_TOKEN as a bearer token")
+    try:
+        run = await services.store.get_run(request.path_params["run_id"])
+    except RunNotFound as exc:
+        return error(404, str(exc))
+    if run.state.terminal:
+        return error(409, f"run {run.id} already ended ({run.state.value})")
+    return run
+
+
+async def message_run(request: Request) -> Response:
+    """Add a message the model sees at its next turn."""
+    run = await _live_run(request)
+    if isinstance(run, Response):
+        return run
+    payload = await _fire_payload(request)
+    if isinstance(payload, Response):
+        return payload
+    text = payload.get("text")
+    if not text:
+        return error(422, 'send {"text": "..."}: the message for the model')
+    services = _services(request)
+    await services.store.push_message(run.id, text)
+    await services.store.append_event(run.id, Event("run.message", {"text": text}))
+    return JSONResponse({"run_id": run.id, "state": run.state.value, "queued": True}, status_code=202)
+
+
+async def cancel_run(request: Request) -> Response:
+    """Stop a run: a queued one ends now, a running one before its next model turn (partial work delivered)."""
+    run = await _live_run(request)
+    if isinstance(run, Response):
+        return run
+    services = _services(request)
+    if run.state is RunState.QUEUED:
+        run = await services.store.transition(run.id, RunState.CANCELLED, error="cancelled before it started")
+        await release(services.store, services.pool, run.id)
+    else:
+        await Lifecycle(services.store.redis, services.store.prefix).request_cancel(run.id)
+        await services.store.append_event(run.id, Event("run.cancel_requested", {}))
+    return JSONResponse({"run_id": run.id, "state": run.state.value}, status_code=202)
+
+
+routes += [
+    Route("/api/runs/{run_id}/messages", message_run, methods=["POST"]),
+    Route("/api/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
 ]
