@@ -1,9 +1,8 @@
-"""A review routine's run on the test GitHub, phase by phase as the runner will do it.
+"""A review routine's outputs on the test GitHub, phase by phase (tests/test_runner_review_stack.py runs it whole).
 
-The runner does not call these outputs yet; this test drives the phases it will run, with the
-real parts: the PR read from the test GitHub,
-its head checked out from a mirror, the final message a model writes, the review with inline
-comments, the routine's report issue and a notification to a Slack-compatible receiver.
+The real parts: the PR read from the test GitHub, its head checked out from a mirror, the final
+message a model writes, the review with inline comments, the routine's report issue and a
+notification to a Slack-compatible receiver.
 """
 
 from __future__ import annotations
