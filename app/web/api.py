@@ -26,26 +26,26 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
-def _services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services = request.state.services
     return services
 
 
-def _bearer(request: Request) -> str | None:
+def bearer_token(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _is_admin(services: Services, token: str | None) -> bool:
+def is_admin(services: Services, token: str | None) -> bool:
     expected = services.settings.api_token
     return bool(token and expected and hmac.compare_digest(token.encode(), expected.encode()))
 
 
 def _may_read(request: Request) -> bool:
     """Reads are open when no ROUTINES_API_TOKEN is set (local use), else they need it."""
-    services = _services(request)
-    return services.settings.api_token is None or _is_admin(services, _bearer(request))
+    services = services_of(request)
+    return services.settings.api_token is None or is_admin(services, bearer_token(request))
 
 
 def run_json(services: Services, run: Run) -> dict[str, Any]:
@@ -71,16 +71,16 @@ def routine_json(routine: Routine) -> dict[str, Any]:
 
 
 async def fire_routine(request: Request) -> Response:
-    services = _services(request)
+    services = services_of(request)
     name = request.path_params["name"]
-    token = _bearer(request)
+    token = bearer_token(request)
     if token is None:
         return error(401, "missing bearer token; send `Authorization: Bearer <token>` (see `routines token NAME`)")
     try:
         routine = services.catalog.get(name)
     except RoutineNotFound as exc:
-        return error(404, str(exc)) if _is_admin(services, token) else error(401, "invalid token")
-    if not (_is_admin(services, token) or await services.store.check_routine_token(name, token)):
+        return error(404, str(exc)) if is_admin(services, token) else error(401, "invalid token")
+    if not (is_admin(services, token) or await services.store.check_routine_token(name, token)):
         return error(401, f"invalid token for routine {name!r}; create one with `routines token {name}`")
     if not routine.on.api:
         return error(422, f"routine {name!r} has no api trigger; add `api: true` under `on:` in {routine.source}")
@@ -130,7 +130,7 @@ async def _fire_payload(request: Request) -> dict[str, Any] | Response:
 async def list_routines(request: Request) -> Response:
     if not _may_read(request):
         return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
-    services = _services(request)
+    services = services_of(request)
     routines = services.catalog.all()
     lifecycle = Lifecycle(services.store.redis, services.store.prefix)
     fields = await lifecycle.describe(routines.values(), services.settings.max_runs_per_day)
@@ -145,7 +145,7 @@ async def list_routines(request: Request) -> Response:
 async def list_runs(request: Request) -> Response:
     if not _may_read(request):
         return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
-    services = _services(request)
+    services = services_of(request)
     q = request.query_params
     state = q.get("state")
     if state is not None and state not in {s.value for s in RunState}:
@@ -170,7 +170,7 @@ def _query(params: Any, **override: str) -> str:
 async def get_run(request: Request) -> Response:
     if not _may_read(request):
         return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
-    services = _services(request)
+    services = services_of(request)
     try:
         run = await services.store.get_run(request.path_params["run_id"])
     except RunNotFound as exc:
@@ -181,7 +181,7 @@ async def get_run(request: Request) -> Response:
 async def run_events(request: Request) -> Response:
     if not _may_read(request):
         return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
-    services = _services(request)
+    services = services_of(request)
     run_id = request.path_params["run_id"]
     try:
         await services.store.get_run(run_id)
@@ -208,7 +208,7 @@ async def _sse(services: Services, run_id: str, after: str) -> AsyncIterator[byt
 
 
 async def healthz(request: Request) -> Response:
-    services = _services(request)
+    services = services_of(request)
     try:
         await services.store.ping()
     except StoreError as exc:
@@ -227,8 +227,8 @@ routes = [
 
 
 async def _live_run(request: Request) -> Run | Response:
-    services = _services(request)
-    if not _is_admin(services, _bearer(request)):
+    services = services_of(request)
+    if not is_admin(services, bearer_token(request)):
         return error(401, "steering a run needs ROUTINES_API_TOKEN as a bearer token")
     try:
         run = await services.store.get_run(request.path_params["run_id"])
@@ -250,7 +250,7 @@ async def message_run(request: Request) -> Response:
     text = payload.get("text")
     if not text:
         return error(422, 'send {"text": "..."}: the message for the model')
-    services = _services(request)
+    services = services_of(request)
     await services.store.push_message(run.id, text)
     await services.store.append_event(run.id, Event("run.message", {"text": text}))
     return JSONResponse({"run_id": run.id, "state": run.state.value, "queued": True}, status_code=202)
@@ -261,7 +261,7 @@ async def cancel_run(request: Request) -> Response:
     run = await _live_run(request)
     if isinstance(run, Response):
         return run
-    services = _services(request)
+    services = services_of(request)
     if run.state is RunState.QUEUED:
         run = await services.store.transition(run.id, RunState.CANCELLED, error="cancelled before it started")
         await release(services.store, services.pool, run.id)

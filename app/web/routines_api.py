@@ -13,7 +13,7 @@ from app.domain import Routine
 from app.errors import RoutineNotFound
 from app.lifecycle import ACTIVE, ARCHIVED, PAUSED, Lifecycle, Refused
 from app.services import Services
-from app.web.api import _bearer, _is_admin, _services, error
+from app.web.api import bearer_token, error, is_admin, services_of
 
 _STATES = {"pause": PAUSED, "resume": ACTIVE, "archive": ARCHIVED}
 
@@ -38,10 +38,10 @@ def refusal(exc: Refused) -> JSONResponse:
 
 async def change_state(request: Request, action: str) -> Response:
     """POST /api/routines/{name}/{pause|resume|archive} with `Authorization: Bearer <ROUTINES_API_TOKEN>`."""
-    services = _services(request)
+    services = services_of(request)
     if services.settings.api_token is None:
         return error(403, "set ROUTINES_API_TOKEN to pause, resume or archive routines over the API")
-    if not _is_admin(services, _bearer(request)):
+    if not is_admin(services, bearer_token(request)):
         return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
     name = request.path_params["name"]
     try:

@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.vault import SecretInfo, SecretNotFound, Vault, VaultError
-from app.web.api import _bearer, _is_admin, _services, error
+from app.web.api import bearer_token, error, is_admin, services_of
 
 MAX_SECRET_BODY_BYTES = 64 * 1024
 
@@ -19,10 +19,10 @@ def _info(info: SecretInfo) -> dict[str, object]:
 
 
 def _vault(request: Request) -> Vault | Response:
-    services = _services(request)
+    services = services_of(request)
     if services.settings.api_token is None:
         return error(403, "set ROUTINES_API_TOKEN to manage secrets over HTTP (or use `routines secrets`)")
-    if not _is_admin(services, _bearer(request)):
+    if not is_admin(services, bearer_token(request)):
         return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
     vault = services.vault()
     if vault is None:

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from app.config import Settings
 from app.services import Services
-from app.web.api import _services
+from app.web.api import services_of
 
 STATE_TTL_S = 3600
 APP_FILE = "github-app.json"
@@ -83,7 +83,7 @@ def _already(services: Services) -> HTMLResponse | None:
 
 async def start(request: Request) -> Response:
     """GET /setup[?org=NAME]: the form that sends the manifest to GitHub."""
-    services = _services(request)
+    services = services_of(request)
     if (done := _already(services)) is not None:
         return done
     source = _manifest_file(services.settings)
@@ -108,7 +108,7 @@ async def start(request: Request) -> Response:
 
 async def done(request: Request) -> Response:
     """GET /setup/done?code=…&state=…: exchange the code and store the App's credentials."""
-    services = _services(request)
+    services = services_of(request)
     if (already := _already(services)) is not None:
         return already
     code, state = request.query_params.get("code", ""), request.query_params.get("state", "")
