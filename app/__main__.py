@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app import cli_lifecycle, embedded_redis
+from app import cli_lifecycle
 from app.cli_secrets import add_secrets_parser
+from app.cli_support import redis_for, with_services
 from app.config import Settings
 from app.domain import Event, Run, RunState, Trigger
 from app.errors import RoutinesError
@@ -24,21 +23,6 @@ if TYPE_CHECKING:
     from app.services import Services
 
 log = logging.getLogger("routines")
-
-
-@contextmanager
-def redis_for(settings: Settings, *, say: Callable[[str], None]) -> Iterator[Settings]:
-    """Settings with a Redis: REDIS_URL, else the embedded server of this data dir (started if needed)."""
-    if settings.redis_url:
-        yield settings
-        return
-    server = embedded_redis.attach_or_start(settings.data_dir)
-    if server.process is not None:
-        say(f"REDIS_URL is not set: started embedded {server.binary} at {server.url} (data in {server.data_dir})")
-    try:
-        yield dataclasses.replace(settings, redis_url=server.url)
-    finally:
-        server.stop()
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -209,7 +193,7 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_runs(settings: Settings, args: argparse.Namespace) -> int:
-    return _with_store(settings, lambda services: _list_runs(services, args))
+    return with_services(settings, lambda services: _list_runs(services, args))
 
 
 async def _list_runs(services: Services, args: argparse.Namespace) -> int:
@@ -228,27 +212,12 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
         await _print_events(source, args.json)
         return 0
 
-    return _with_store(settings, show)
+    return with_services(settings, show)
 
 
 async def _aiter(items: list[Event]) -> AsyncIterator[Event]:
     for item in items:
         yield item
-
-
-def _with_store(settings: Settings, fn: Callable[[Services], Awaitable[int]]) -> int:
-    from app.services import build
-
-    with redis_for(settings, say=lambda m: print(m, file=sys.stderr)) as s:
-
-        async def main() -> int:
-            services = await build(s)
-            try:
-                return await fn(services)
-            finally:
-                await services.close()
-
-        return asyncio.run(main())
 
 
 def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
@@ -270,7 +239,7 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
         print(f"run {run.id}: cancel requested")
         return 0
 
-    return _with_store(settings, cancel)
+    return with_services(settings, cancel)
 
 
 def cmd_message(settings: Settings, args: argparse.Namespace) -> int:
@@ -285,7 +254,7 @@ def cmd_message(settings: Settings, args: argparse.Namespace) -> int:
         await services.store.append_event(run.id, Event("run.message", {"text": args.text}))
         return 0
 
-    return _with_store(settings, send)
+    return with_services(settings, send)
 
 
 def cmd_secrets(settings: Settings, args: argparse.Namespace) -> int:
@@ -297,7 +266,7 @@ def cmd_secrets(settings: Settings, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         return await secrets_command(Vault(services.pool, key), args)
 
-    return _with_store(settings, run)
+    return with_services(settings, run)
 
 
 def parser() -> argparse.ArgumentParser:

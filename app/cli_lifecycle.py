@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
+from app.cli_support import with_services
 from app.config import Settings
 from app.dispatch import fire_checked
 from app.domain import Trigger
 from app.lifecycle import ACTIVE, ARCHIVED, PAUSED, Lifecycle, Refused
-from app.services import Services, build
+from app.services import Services
 
 _STATES = {"pause": PAUSED, "resume": ACTIVE, "archive": ARCHIVED}
 
@@ -39,7 +39,7 @@ def cmd_state(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{args.name}: {state.state}")
         return 0
 
-    return _with_services(settings, change)
+    return with_services(settings, change)
 
 
 def cmd_fire(settings: Settings, args: argparse.Namespace) -> int:
@@ -55,22 +55,7 @@ def cmd_fire(settings: Settings, args: argparse.Namespace) -> int:
         print(f"run {run.id} queued — {settings.run_url(run.id)}")
         return 0
 
-    return _with_services(settings, start)
-
-
-def _with_services(settings: Settings, fn: Callable[[Services], Awaitable[int]]) -> int:
-    from app.__main__ import redis_for  # the embedded Redis of `routines dev` when REDIS_URL is unset
-
-    with redis_for(settings, say=lambda m: print(m, file=sys.stderr)) as s:
-
-        async def main() -> int:
-            services = await build(s)
-            try:
-                return await fn(services)
-            finally:
-                await services.close()
-
-        return asyncio.run(main())
+    return with_services(settings, start)
 
 
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {

@@ -84,7 +84,7 @@ class GitHubForge:
 
     async def resolve(self, repo: str) -> RepoInfo:
         """The repository `owner/name` as the App's installation sees it."""
-        owner, name = _split(repo)
+        owner, name = split_repo(repo)
         rest = self._github.rest
         installation = await self._call(
             "find the App installation", repo, rest.apps.async_get_repo_installation(owner, name, headers=self._app())
@@ -109,7 +109,7 @@ class GitHubForge:
 
     async def find_pull_request(self, repo: RepoInfo, head: str, creds: Credentials | None) -> PullRequest | None:
         """The open pull request whose head is branch `head` of this repository, if any."""
-        owner, name = _split(repo.full_name)
+        owner, name = split_repo(repo.full_name)
         headers = await self._auth(repo, creds, "read")
         pulls = await self._call(
             f"list pull requests for {head}",
@@ -130,7 +130,7 @@ class GitHubForge:
         creds: Credentials | None,
     ) -> PullRequest:
         """Open a pull request from `head` into `base`; GitHub refuses a second open one for the same head."""
-        owner, name = _split(repo.full_name)
+        owner, name = split_repo(repo.full_name)
         headers = await self._auth(repo, creds, "write")
         pull = await self._call(
             f"open a pull request from {head} into {base}",
@@ -143,7 +143,7 @@ class GitHubForge:
 
     async def comment(self, repo: RepoInfo, number: int, body: str, creds: Credentials | None) -> int:
         """Comment on issue or pull request `number`; returns the comment id."""
-        owner, name = _split(repo.full_name)
+        owner, name = split_repo(repo.full_name)
         headers = await self._auth(repo, creds, "write", permission="issues")
         created = await self._call(
             f"comment on #{number}",
@@ -154,7 +154,7 @@ class GitHubForge:
 
     async def update_comment(self, repo: RepoInfo, comment_id: int, body: str, creds: Credentials | None) -> None:
         """Replace the body of comment `comment_id`."""
-        owner, name = _split(repo.full_name)
+        owner, name = split_repo(repo.full_name)
         headers = await self._auth(repo, creds, "write", permission="issues")
         await self._call(
             f"update comment {comment_id}",
@@ -166,7 +166,7 @@ class GitHubForge:
         return {"Authorization": f"Bearer {self.app_jwt()}"}
 
     async def _mint(self, installation_id: int, full_name: str, permissions: dict[str, str]) -> str:
-        _owner, name = _split(full_name)
+        _owner, name = split_repo(full_name)
         minted = await self._call(
             "create an installation token",
             full_name,
@@ -194,7 +194,7 @@ class GitHubForge:
             response = await request
             return response.parsed_data
         except RequestFailed as exc:
-            message = describe_failure(action, repo, exc.response.status_code, _body(exc), **context)
+            message = describe_failure(action, repo, exc.response.status_code, error_body(exc), **context)
         except RequestTimeout:
             message = (
                 f"GitHub did not answer within {self.timeout_s:g} s while trying to {action} on {repo}; retry later"
@@ -225,7 +225,7 @@ class _SharedTransport(httpx.AsyncBaseTransport):
         return None
 
 
-def _split(repo: str) -> tuple[str, str]:
+def split_repo(repo: str) -> tuple[str, str]:
     owner, _, name = repo.partition("/")
     if not owner or not name or "/" in name:
         raise ForgeError(f"repository {repo!r} is not owner/name; write it like acme/api")
@@ -236,7 +236,7 @@ def _token(token: str) -> dict[str, str]:
     return {"Authorization": f"token {token}"}
 
 
-def _body(exc: RequestFailed) -> dict[str, Any]:
+def error_body(exc: RequestFailed) -> dict[str, Any]:
     try:
         body = exc.response.json()
     except ValueError:

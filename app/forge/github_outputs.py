@@ -16,7 +16,7 @@ from githubkit import GitHub, UnauthAuthStrategy
 from githubkit.exception import GitHubException, RequestFailed, RequestTimeout
 
 from app.errors import ForgeError
-from app.forge.github import GitHubForge
+from app.forge.github import GitHubForge, error_body, split_repo
 from app.forge.github_errors import describe_failure, redact
 from app.outputs import CommentsRefused, InlineComment, IssueRef, PullFile, PullInfo
 from app.ports import Credentials, RepoInfo
@@ -41,7 +41,7 @@ class GitHubOutputs:
 
     async def read_pull(self, repo: RepoInfo, number: int, creds: Credentials | None) -> PullInfo:
         """Pull request `number`: its head and base commits and the files it changes, with their patches."""
-        owner, name = _split(repo.full_name)
+        owner, name = split_repo(repo.full_name)
         headers = await self._auth(repo, creds, "pull_requests", "read")
         rest = self._github.rest.pulls
         pull = await self._call(
@@ -78,7 +78,7 @@ class GitHubOutputs:
         creds: Credentials | None,
     ) -> tuple[int, str]:
         """Post a COMMENT review on commit `commit_id`; CommentsRefused when GitHub refuses an inline comment."""
-        owner, name = _split(repo.full_name)
+        owner, name = split_repo(repo.full_name)
         headers = await self._auth(repo, creds, "pull_requests", "write")
         request = self._github.rest.pulls.async_create_review(
             owner,
@@ -95,7 +95,7 @@ class GitHubOutputs:
 
     async def find_issue(self, repo: RepoInfo, label: str, marker: str, creds: Credentials | None) -> IssueRef | None:
         """The open issue labelled `label` whose body holds `marker` (pull requests are skipped)."""
-        owner, name = _split(repo.full_name)
+        owner, name = split_repo(repo.full_name)
         headers = await self._auth(repo, creds, "issues", "read")
         for page in range(1, MAX_ISSUE_PAGES + 1):
             listed = await self._call(
@@ -116,7 +116,7 @@ class GitHubOutputs:
         self, repo: RepoInfo, *, title: str, body: str, labels: Sequence[str], creds: Credentials | None
     ) -> IssueRef:
         """Open an issue; returns it with `created=True`."""
-        owner, name = _split(repo.full_name)
+        owner, name = split_repo(repo.full_name)
         headers = await self._auth(repo, creds, "issues", "write")
         request = self._github.rest.issues.async_create(
             owner, name, title=title, body=body, labels=list(labels), headers=headers
@@ -128,7 +128,7 @@ class GitHubOutputs:
         self, repo: RepoInfo, number: int, *, title: str, body: str, creds: Credentials | None
     ) -> IssueRef:
         """Replace the title and body of issue `number`."""
-        owner, name = _split(repo.full_name)
+        owner, name = split_repo(repo.full_name)
         headers = await self._auth(repo, creds, "issues", "write")
         request = self._github.rest.issues.async_update(owner, name, number, title=title, body=body, headers=headers)
         issue = await self._call(f"update issue #{number}", repo, request)
@@ -147,7 +147,7 @@ class GitHubOutputs:
             return response.json()
         except RequestFailed as exc:
             status = exc.response.status_code
-            message = describe_failure(action, where, status, _body(exc))
+            message = describe_failure(action, where, status, error_body(exc))
             if refused_comments and status == 422:
                 raise CommentsRefused(redact(f"{message}; an inline comment is not on a line of the diff")) from None
         except RequestTimeout:
@@ -166,18 +166,3 @@ def _inline(comment: InlineComment) -> dict[str, Any]:
     if comment.start_line is not None:
         data.update(start_line=comment.start_line, start_side=comment.side)
     return data
-
-
-def _split(repo: str) -> tuple[str, str]:
-    owner, _, name = repo.partition("/")
-    if not owner or not name or "/" in name:
-        raise ForgeError(f"repository {repo!r} is not owner/name; write it like acme/api")
-    return owner, name
-
-
-def _body(exc: RequestFailed) -> dict[str, Any]:
-    try:
-        body = exc.response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
