@@ -42,6 +42,9 @@ class Settings:
     max_runs_per_day: int | None = None
     schedule_tick_s: float = 5.0
     delivery_sweep_s: float = 300.0
+    lease_s: float = 15.0
+    reaper_s: float = 5.0
+    max_resumes: int = 3
 
     @property
     def base_url(self) -> str:
@@ -120,6 +123,9 @@ class Settings:
             max_runs_per_day=int(number("ROUTINES_MAX_RUNS_PER_DAY", 0, minimum=1)) if cap else None,
             schedule_tick_s=number("ROUTINES_SCHEDULE_TICK_S", cls.schedule_tick_s, integer=False, minimum=0.1),
             delivery_sweep_s=number("ROUTINES_DELIVERY_SWEEP_S", cls.delivery_sweep_s, integer=False, minimum=10),
+            lease_s=number("ROUTINES_LEASE_S", cls.lease_s, integer=False, minimum=0.3),
+            reaper_s=number("ROUTINES_REAPER_S", cls.reaper_s, integer=False, minimum=0.1),
+            max_resumes=int(number("ROUTINES_MAX_RESUMES", cls.max_resumes)),
             prices=parse_prices(text("ROUTINES_PRICES"), "ROUTINES_PRICES"),
             secret_key=text("ROUTINES_SECRET_KEY"),
             egress_hosts=_host_pins(text("ROUTINES_EGRESS_HOSTS")),

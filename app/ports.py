@@ -147,6 +147,7 @@ class Checkout(Protocol):
     """A run's working tree. The runner, never the agent, commits and pushes it."""
 
     path: Path
+    base_commit: str
 
     def changed_files(self) -> list[str]: ...
 
@@ -158,6 +159,14 @@ class Checkout(Protocol):
 
     def cleanup(self) -> None: ...
 
+    async def checkpoint(self, ref: str) -> str | None:
+        """Snapshot the tree onto `ref` in the mirror (None: nothing changed since the last one)."""
+        ...
+
+    async def restore(self, commit: str | None, patch: str) -> str:
+        """Bring back a checkpoint: its commit if the mirror has it, else the patch; says which."""
+        ...
+
 
 class Workspaces(Protocol):
     """Per-repository mirrors and fresh checkouts made from them."""
@@ -165,6 +174,10 @@ class Workspaces(Protocol):
     async def ensure(self, url: str, creds: Credentials | None) -> Path: ...
 
     async def checkout(self, mirror: Path, base: str, dest: Path) -> Checkout: ...
+
+    def discard(self, dest: Path) -> None:
+        """Remove what a dead worker left of a checkout at `dest` on this machine."""
+        ...
 
 
 class Redacts(Protocol):

@@ -64,3 +64,5 @@ class RunContext:
     denied: list[JSON] = field(default_factory=list)
     pull: PullInfo | None = None
     links: list[tuple[str, str]] = field(default_factory=list)
+    history: list[Event] | None = None
+    """The event log before this attempt, when the run is being resumed after its worker died."""

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
 
 from app.agent.connectors import open_connectors
-from app.agent.loop import Agent
+from app.agent.loop import Agent, AgentOutcome
 from app.agent.memory import Memory
 from app.agent.prompts import build_first_message, build_system, fence
 from app.agent.tools import Toolbox
 from app.delivery import deliver_and_record
-from app.domain import Run, RunState
+from app.domain import JSON, Event, Run, RunState
 from app.errors import ConfigError, RoutinesError
 from app.outputs import review_context
+from app.resume import INTERRUPTED, rebuild, restart_note
 from app.run_context import RunContext, RunEvents, RunnerDeps
 
 log = logging.getLogger(__name__)
@@ -25,20 +27,31 @@ SANDBOX_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
 
 
 async def execute(run_id: str, deps: RunnerDeps) -> Run:
-    """Carry one queued run to a terminal state; never raises for a failure of the run itself."""
+    """Carry one queued run to a terminal state; never raises for a failure of the run itself.
+
+    A run found in a live state lost its worker: it is resumed from its event log (see app.resume):
+    the phases run again, the workspace is restored from the last checkpoint, and the conversation
+    goes on after the last recorded turn, without repeating a turn or a tool call that has a result.
+    """
     run = await deps.store.get_run(run_id)
     if run.state.terminal:
         return run
     events = RunEvents(deps.store, run_id, deps.redactor())
     ctx = RunContext(run=run, routine=deps.routine(run.routine), events=events)
     try:
-        await deps.store.transition(run_id, RunState.PREPARING)
+        if run.state is RunState.QUEUED:
+            await deps.store.transition(run_id, RunState.PREPARING)
+        else:
+            await _resuming(ctx, deps)
         await _resolve(ctx, deps)
         await _token(ctx, deps)
         await _workspace(ctx, deps)
-        await deps.store.transition(run_id, RunState.RUNNING)
-        await _agent(ctx, deps)
-        await deps.store.transition(run_id, RunState.FINISHING)
+        if run.state is not RunState.FINISHING:
+            await deps.store.transition(run_id, RunState.RUNNING)
+            await _agent(ctx, deps)
+            await deps.store.transition(run_id, RunState.FINISHING)
+        else:
+            ctx.outcome = rebuild(ctx.history or [], [], lambda usage: deps.price(ctx.routine.model, usage)).outcome
         return await deliver_and_record(ctx, deps, error=None)
     except RoutinesError as exc:
         log.info("run %s failed: %s", run_id, exc)
@@ -74,8 +87,49 @@ async def _workspace(ctx: RunContext, deps: RunnerDeps) -> None:
     base = base or ctx.routine.base or ctx.repo.default_branch
     mirror = await deps.workspaces.ensure(ctx.repo.clone_url, ctx.creds)
     dest = deps.work_dir / ctx.run.id / "repo"
+    if ctx.history is not None:
+        base = _recorded_base(ctx.history) or base
+        await asyncio.to_thread(deps.workspaces.discard, dest)
     ctx.checkout = await deps.workspaces.checkout(mirror, base, dest)
-    await ctx.events.emit("workspace.ready", {"base": base, "seconds": round(time.monotonic() - started, 3)})
+    ready: JSON = {"base": base, "commit": ctx.checkout.base_commit, "seconds": round(time.monotonic() - started, 3)}
+    await ctx.events.emit("workspace.ready", ready)
+    if ctx.history is not None:
+        await _restore(ctx)
+
+
+async def _resuming(ctx: RunContext, deps: RunnerDeps) -> None:
+    """Read the log of a run whose worker died and say that it resumes."""
+    ctx.history = await deps.store.events(ctx.run.id)
+    done = rebuild(ctx.history, [], lambda usage: 0.0)
+    data = {"attempt": done.resumes + 1, "from_turn": done.outcome.turns, "state": ctx.run.state.value}
+    await ctx.events.emit("run.resumed", data)
+
+
+def _recorded_base(history: list[Event]) -> str | None:
+    """The base commit the interrupted attempt checked out (the branch may have moved since)."""
+    for event in history:
+        if event.type == "workspace.ready" and isinstance(event.data.get("commit"), str):
+            return str(event.data["commit"])
+    return None
+
+
+async def _restore(ctx: RunContext) -> None:
+    checkpoint = rebuild(ctx.history or [], [], lambda usage: 0.0).checkpoint
+    if checkpoint is None or ctx.checkout is None:
+        return
+    commit = checkpoint.get("commit")
+    how = await ctx.checkout.restore(commit if isinstance(commit, str) else None, str(checkpoint.get("patch") or ""))
+    await ctx.events.emit("workspace.restored", {"turn": checkpoint.get("turn"), "commit": commit, "from": how})
+
+
+async def _checkpoint(ctx: RunContext, turn: int) -> None:
+    """After a turn whose tools ran: snapshot the tree if it changed (commit in the mirror + patch in the log)."""
+    if ctx.checkout is None:
+        return
+    sha = await ctx.checkout.checkpoint(f"refs/routines/checkpoints/{ctx.run.id}")
+    if sha is not None:
+        patch = await asyncio.to_thread(ctx.checkout.diff)
+        await ctx.events.emit("workspace.checkpoint", {"turn": turn, "commit": sha, "patch": patch})
 
 
 async def _pull_to_review(ctx: RunContext, deps: RunnerDeps) -> str:
@@ -133,12 +187,13 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
                     price=deps.price,
                     cancelled=deps.cancel_check(ctx.run.id) if deps.cancel_check else None,
                     inbox=lambda: deps.store.take_messages(ctx.run.id),
+                    after_tools=lambda turn: _checkpoint(ctx, turn),
                 )
                 system = build_system(routine, workspace=ctx.checkout.path)
                 first = build_first_message(ctx.run.trigger)
                 if ctx.pull is not None:
                     first += "\n\n" + fence(review_context(ctx.pull), "pull_request")
-                ctx.outcome = await agent.run(system, first)
+                ctx.outcome = await _converse(ctx, deps, agent, system, first)
         finally:
             await shell.close()
     finally:
@@ -148,6 +203,33 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
     await deps.store.update(
         ctx.run.id, turns=outcome.turns, usage=outcome.usage, cost_usd=outcome.cost_usd, summary=outcome.summary
     )
+
+
+async def _converse(ctx: RunContext, deps: RunnerDeps, agent: Agent, system: list[JSON], first: str) -> AgentOutcome:
+    """Run the conversation, or go on with the interrupted one rebuilt from the log."""
+    if ctx.history is None:
+        return await agent.run(system, first)
+    task: list[JSON] = [{"type": "text", "text": first}]
+    done = rebuild(ctx.history, task, lambda usage: deps.price(ctx.routine.model, usage))
+    if done.finished:
+        return done.outcome
+    for call in done.interrupted:
+        result = {"id": call.get("id"), "name": call.get("name"), "output": INTERRUPTED, "is_error": True}
+        await ctx.events.emit("tool.result", {**result, "exit_code": None, "interrupted": True})
+    turn = done.checkpoint.get("turn") if done.checkpoint else None
+    messages = done.outcome.messages
+    note = restart_note(done.outcome.turns, turn if isinstance(turn, int) else None)
+    if messages[-1]["role"] == "user":
+        messages[-1] = {"role": "user", "content": [*messages[-1]["content"], note]}
+    else:
+        messages.append({"role": "user", "content": [note]})
+    return await agent.resume(system, messages, done.outcome, task=task, elapsed_s=_elapsed(ctx.history))
+
+
+def _elapsed(history: list[Event]) -> float:
+    """Seconds the interrupted attempts spent conversing (the downtime does not count against max_minutes)."""
+    requests = [e.ts for e in history if e.type == "model.request"]
+    return max(history[-1].ts - requests[0], 0.0) if requests else 0.0
 
 
 async def _memory(ctx: RunContext, deps: RunnerDeps, run_dir: Path) -> Memory | None:

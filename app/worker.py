@@ -29,6 +29,7 @@ from app.deliveries import DELIVERY_JOB, handle_delivery
 from app.dispatch import fire, release
 from app.domain import Event, Routine, RunState, Trigger, new_run_id
 from app.errors import RoutineNotFound, RoutinesError
+from app.lease import Leases, new_worker_id, reap
 from app.lifecycle import Lifecycle
 from app.recovery import recovery_sweep
 from app.runner import execute
@@ -124,13 +125,18 @@ async def run_routine(ctx: dict[str, Any], run_id: str) -> str:
     """The job boundary: whatever happens, the run ends in a terminal state with a reason, and its
     concurrency group passes to the next waiting run."""
     services: Services = ctx["services"]
-    try:
-        return await _execute(services, run_id)
-    finally:
+    leases: Leases = ctx["leases"]
+    async with leases.held(run_id, ctx["worker_id"]) as held:
+        if not held:
+            log.info("run %s is held by another worker; this job (%s) does nothing", run_id, ctx.get("job_id"))
+            return "held elsewhere"
         try:
-            await release(services.store, services.pool, run_id)
-        except RoutinesError:
-            log.exception("could not release the concurrency group of run %s", run_id)
+            return await _execute(services, run_id)
+        finally:
+            try:
+                await release(services.store, services.pool, run_id)
+            except RoutinesError:
+                log.exception("could not release the concurrency group of run %s", run_id)
 
 
 async def _execute(services: Services, run_id: str) -> str:
@@ -178,11 +184,26 @@ def create_worker(
     ticker = ScheduleTicker(clock, settings.max_runs_per_day)
     every_s = tick_s if tick_s is not None else settings.schedule_tick_s
     sweep = Periodic("delivery-recovery", settings.delivery_sweep_s, _recover_deliveries)
-    tasks = [Periodic("schedule", every_s, ticker.tick), sweep, *periodic]
+    worker_id = new_worker_id()
+
+    async def reaper(services: Services) -> object:
+        leases = Leases(services.store.redis, services.store.prefix, settings.lease_s)
+        return await reap(services.store, services.pool, leases, max_resumes=settings.max_resumes)
+
+    tasks = [
+        Periodic("schedule", every_s, ticker.tick),
+        sweep,
+        Periodic("reaper", settings.reaper_s, reaper),
+        *periodic,
+    ]
 
     async def startup(ctx: dict[str, Any]) -> None:
         services = ctx["services"] = await build(settings)
         ctx["ticker"], ctx["max_runs_per_day"] = ticker, ticker.max_runs_per_day
+        ctx["worker_id"], ctx["leases"] = (
+            worker_id,
+            Leases(services.store.redis, services.store.prefix, settings.lease_s),
+        )
         ctx["stop"] = stop = asyncio.Event()
         ctx["periodic"] = [asyncio.create_task(_repeat(t, services, stop), name=f"periodic:{t.name}") for t in tasks]
 

@@ -19,7 +19,6 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,6 +26,7 @@ import pygit2
 from pygit2.enums import CheckoutStrategy, FetchPrune
 
 from app.errors import WorkspaceError
+from app.gitremote import Callbacks, display_url, git_failure, is_local, locked, repo_name
 from app.ports import Credentials
 from app.worktree import write_tree
 
@@ -34,71 +34,6 @@ logger = logging.getLogger(__name__)
 
 MIRROR_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 _GITLINK = 0o160000
-
-
-def display_url(url: str) -> str:
-    """`url` without user name or password: the only form that may reach a log or a message."""
-    parts = urlsplit(url)
-    if parts.scheme and parts.netloc and "@" in parts.netloc:
-        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-    return url
-
-
-def repo_name(url: str) -> str:
-    """How messages name a repository: `owner/name` for a URL, the path for a local repository."""
-    if is_local(url):
-        return url.removeprefix("file://")
-    path = urlsplit(display_url(url)).path.strip("/").removesuffix(".git")
-    return path or display_url(url)
-
-
-def is_local(url: str) -> bool:
-    return url.startswith(("/", "file://"))
-
-
-class _Callbacks(pygit2.RemoteCallbacks):
-    """Hands libgit2 the credentials once (it would retry a refused token many times) and collects refusals."""
-
-    def __init__(self, url: str, creds: Credentials | None) -> None:
-        super().__init__()
-        self._url = display_url(url)
-        self._creds = creds
-        self._asked = 0
-        self.rejected: list[str] = []
-
-    def credentials(self, url: str, username_from_url: str | None, allowed_types: int) -> pygit2.UserPass:
-        self._asked += 1
-        if self._creds is None:
-            raise WorkspaceError(
-                f"the git server at {self._url} asks for credentials and none were given; "
-                "check that the forge hands out a token for this repository"
-            )
-        if self._asked > 1:
-            raise WorkspaceError(
-                f"the git server refused the credentials for {self._url}; the token may have expired "
-                "or lack access to this repository: check the app installation and the routine's permissions"
-            )
-        return pygit2.UserPass(self._creds.username, self._creds.password)
-
-    def push_update_reference(self, refname: str, message: str | None) -> None:
-        if message:
-            self.rejected.append(f"{refname}: {message}")
-
-
-def _git_failure(action: str, url: str, exc: Exception) -> WorkspaceError:
-    text = str(exc).replace(url, display_url(url))
-    return WorkspaceError(f"could not {action} {display_url(url)}: {text}")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock shared by every process (and machine) that sees `path`."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Mirrors:
@@ -128,7 +63,7 @@ class Mirrors:
     def _ensure(self, url: str, creds: Credentials | None) -> Path:
         path = self.path_for(url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(path.with_suffix(".lock")):
+        with locked(path.with_suffix(".lock")):
             if (path / "HEAD").exists():
                 repo = pygit2.Repository(str(path))
                 if repo.remotes["origin"].url != url:
@@ -165,15 +100,22 @@ class Mirrors:
         if not task.cancelled() and task.exception() is not None:
             logger.warning("could not make a spare work tree: %s", task.exception())
 
+    def discard(self, dest: Path) -> None:
+        """Remove what a dead worker left of a checkout at `dest`: after a crash the checkpoint is the truth."""
+        if (dest.parent / f"{dest.name}.gitdir" / "routines-base").is_file():
+            Workspace.open(dest).cleanup()
+        elif dest.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+
     async def settle(self) -> None:
         """Wait until the spare work trees being made are ready (before shutdown, or in a benchmark)."""
         await asyncio.gather(*self._refills, return_exceptions=True)
 
     def _fetch(self, repo: pygit2.Repository, url: str, creds: Credentials | None) -> None:
         try:
-            repo.remotes["origin"].fetch(callbacks=_Callbacks(url, creds), prune=FetchPrune.PRUNE)
+            repo.remotes["origin"].fetch(callbacks=Callbacks(url, creds), prune=FetchPrune.PRUNE)
         except pygit2.GitError as exc:
-            raise _git_failure("fetch", url, exc) from None
+            raise git_failure("fetch", url, exc) from None
 
 
 async def checkout(mirror: Path, base: str, dest: Path) -> Workspace:
@@ -317,6 +259,49 @@ class Workspace:
         except (OSError, pygit2.GitError) as exc:
             raise WorkspaceError(f"could not commit in {self.path}: {exc}") from None
 
+    async def checkpoint(self, ref: str) -> str | None:
+        """Snapshot the work tree as a commit on `ref` (e.g. refs/routines/checkpoints/<run>) of the private
+        git directory and of the mirror it borrows from, so a workspace on this machine can be restored
+        from it; None when nothing changed since the last checkpoint (or the base). HEAD does not move."""
+        return await asyncio.to_thread(self._checkpoint, ref)
+
+    def _checkpoint(self, ref: str) -> str | None:
+        try:
+            repo, index = self._stage()
+            tree = index.write_tree()
+            parent = repo.references[ref].peel(pygit2.Commit) if ref in repo.references else repo[self.base_commit]
+            if tree == parent.peel(pygit2.Tree).id:
+                return None
+            author = pygit2.Signature("routines", "routines@localhost")
+            oid = repo.create_commit(ref, author, author, f"checkpoint {ref}", tree, [parent.id])
+            mirror = pygit2.Repository(str(self._mirror()), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+            _copy_objects(repo, mirror, oid)
+            mirror.references.create(ref, oid, force=True)
+            return str(oid)
+        except (OSError, pygit2.GitError) as exc:
+            raise WorkspaceError(f"could not checkpoint {self.path} on {ref}: {exc}") from None
+
+    def _mirror(self) -> Path:
+        alternates = (self._gitdir / "objects" / "info" / "alternates").read_text().strip().splitlines()
+        return Path(alternates[0]).parent
+
+    async def restore(self, commit: str | None, patch: str) -> str:
+        """Bring the fresh work tree to a checkpoint: to `commit`'s tree when this machine's mirror has it,
+        else by applying `patch` (the diff from the base) to the work tree. Returns "commit" or "patch"."""
+        return await asyncio.to_thread(self._restore, commit, patch)
+
+    def _restore(self, commit: str | None, patch: str) -> str:
+        repo = self._repo()
+        try:
+            if commit is not None and pygit2.Oid(hex=commit) in repo.odb:
+                repo.checkout_tree(repo[commit].peel(pygit2.Tree), strategy=CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
+                return "commit"
+            if patch.strip():
+                repo.apply(pygit2.Diff.parse_diff(patch), pygit2.enums.ApplyLocation.WORKDIR)
+            return "patch"
+        except (OSError, ValueError, pygit2.GitError) as exc:
+            raise WorkspaceError(f"could not restore the checkpoint into {self.path}: {exc}") from None
+
     async def push(self, url: str, branch: str, creds: Credentials | None = None) -> None:
         """Push the last commit to `refs/heads/<branch>` of `url` (forced); only `routines/…` branches."""
         if not branch.startswith("routines/") or not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
@@ -331,11 +316,11 @@ class Workspace:
             return
         ref = f"refs/heads/{branch}"
         repo.references.create(ref, head, force=True)
-        callbacks = _Callbacks(url, creds)
+        callbacks = Callbacks(url, creds)
         try:
             repo.remotes.create_anonymous(url).push([f"+{ref}:{ref}"], callbacks=callbacks)
         except pygit2.GitError as exc:
-            raise _git_failure(f"push {branch} to", url, exc) from None
+            raise git_failure(f"push {branch} to", url, exc) from None
         if callbacks.rejected:
             raise WorkspaceError(f"{display_url(url)} refused the push of {branch}: {'; '.join(callbacks.rejected)}")
 
@@ -365,6 +350,12 @@ def _push_local(repo: pygit2.Repository, target: Path, branch: str, head: pygit2
     ref = f"refs/heads/{branch}"
     if not dest.is_bare and dest.references["HEAD"].raw_target == ref.encode():
         raise WorkspaceError(f"{branch} is checked out in {target}; switch that repository to another branch")
+    _copy_objects(repo, dest, head)
+    dest.references.create(ref, head, force=True)
+
+
+def _copy_objects(repo: pygit2.Repository, dest: pygit2.Repository, head: pygit2.Oid) -> None:
+    """Write into `dest` every object reachable from commit `head` that it lacks."""
     missing: list[pygit2.Oid] = []
     pending = [head]
     while pending:
@@ -380,7 +371,6 @@ def _push_local(repo: pygit2.Repository, target: Path, branch: str, head: pygit2
     for oid in reversed(missing):
         kind, data = repo.odb.read(oid)
         dest.odb.write(kind, data)
-    dest.references.create(ref, head, force=True)
 
 
 def _spares_dir(mirror: Path) -> Path:

@@ -74,6 +74,7 @@ class Agent:
         keep_tool_results: int = 3,
         cancelled: Callable[[], Awaitable[bool]] | None = None,
         inbox: Callable[[], Awaitable[list[str]]] | None = None,
+        after_tools: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.model = model
         self.toolbox = toolbox
@@ -87,6 +88,7 @@ class Agent:
         self.price = price
         self.cancelled = cancelled
         self.inbox = inbox
+        self.after_tools = after_tools
         window = context_window_tokens or ctx.context_window(model_name)
         self.context = ctx.ContextWindow(window, keep_tool_results=keep_tool_results)
         self.system: list[JSON] = []
@@ -100,9 +102,24 @@ class Agent:
     async def run(self, system: list[JSON], first_user_message: str | list[JSON]) -> AgentOutcome:
         """Run the conversation to its end; the outcome says whether it finished, stopped or hit a limit."""
         first = [_note(first_user_message)] if isinstance(first_user_message, str) else first_user_message
-        self.system, self._task = system, list(first)
-        self.outcome = AgentOutcome(messages=[{"role": "user", "content": first}])
-        self._started, self._warned, self._last_text = self.clock(), False, ""
+        return await self.resume(system, [{"role": "user", "content": first}], AgentOutcome())
+
+    async def resume(
+        self,
+        system: list[JSON],
+        messages: list[JSON],
+        outcome: AgentOutcome,
+        *,
+        task: list[JSON] | None = None,
+        elapsed_s: float = 0.0,
+    ) -> AgentOutcome:
+        """Go on with a conversation (ending with a user turn) whose turns, usage and cost so far are in
+        `outcome`; `task` (default: the first message) is what a compaction keeps, `elapsed_s` of
+        `max_minutes` count as spent. `run` is `resume` from the first message."""
+        self.system, self._task = system, list(task if task is not None else messages[0]["content"])
+        self.outcome = outcome
+        self.outcome.messages = messages
+        self._started, self._warned, self._last_text = self.clock() - elapsed_s, False, ""
         self._just_compacted = False
         self.context.start(self._fixed_tokens())
         try:
@@ -185,6 +202,8 @@ class Agent:
             raise _Completed(self._last_text)
         if reason == "tool_use":
             self._add_user(await self.execute(calls) if calls else [_note("Continue, or finish with your summary.")])
+            if calls and self.after_tools is not None:
+                await self.after_tools(self.outcome.turns)
         elif reason == "max_tokens":
             self._add_user(await self.refuse_cut_calls(calls) if calls else [_note(CONTINUE)])
         elif reason == "pause_turn":
@@ -278,6 +297,7 @@ class Agent:
                     "output": out.output,
                     "is_error": out.is_error,
                     "exit_code": out.exit_code,
+                    **({"sent": out.result.get("content")} if out.result.get("content") != out.output else {}),
                     **via,
                 },
             )

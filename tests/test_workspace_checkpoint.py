@@ -1,0 +1,60 @@
+"""Checkpoints of a workspace: a commit in the mirror (same machine) or a patch (another machine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pygit2
+import pytest
+
+from app.workspace import Mirrors, Workspace
+from tests.test_workspace import commit_file, git
+
+REF = "refs/routines/checkpoints/run1"
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    repo = tmp_path / "origin"
+    git("init", "-q", "-b", "main", str(repo))
+    commit_file(repo, "keep.txt", "keep\n")
+    commit_file(repo, "gone.txt", "soon gone\n")
+    commit_file(repo, "edit.txt", "old\n")
+    return repo
+
+
+def change(work: Path) -> None:
+    (work / "gone.txt").unlink()
+    (work / "edit.txt").write_text("new\n")
+    (work / "sub").mkdir()
+    (work / "sub" / "added.txt").write_text("added\n")
+
+
+def state(work: Path) -> dict[str, str]:
+    files = sorted(p for p in work.rglob("*") if p.is_file() and ".git" not in p.relative_to(work).parts)
+    return {str(p.relative_to(work)): p.read_text() for p in files}
+
+
+@pytest.mark.parametrize("source", ["commit", "patch"])
+async def test_a_checkpoint_restores_into_a_fresh_workspace(tmp_path: Path, origin: Path, source: str) -> None:
+    mirrors = Mirrors(tmp_path / "data", spares=False)
+    mirror = await mirrors.ensure(str(origin))
+    first = await mirrors.checkout(mirror, "main", tmp_path / "a" / "repo")
+    assert await first.checkpoint(REF) is None, "nothing changed yet"
+    change(first.path)
+    sha = await first.checkpoint(REF)
+    assert sha is not None and await first.checkpoint(REF) is None
+    patch, expected, changed = first.diff(), state(first.path), first.changed_files()
+    assert str(pygit2.Repository(str(mirror)).references[REF].target) == sha
+    first.cleanup()
+
+    second = await mirrors.checkout(mirror, "main", tmp_path / "b" / "repo")
+    how = await second.restore(sha if source == "commit" else "0" * 40, patch)
+
+    assert how == source
+    assert state(second.path) == expected and second.changed_files() == changed == [
+        "edit.txt",
+        "gone.txt",
+        "sub/added.txt",
+    ]
+    assert Workspace.open(second.path).diff() == patch
