@@ -28,6 +28,7 @@ from app import queue
 from app.dispatch import fire
 from app.domain import Routine, Run, RunState, Trigger, new_run_id
 from app.errors import StoreError
+from app.followup import follow_up, follow_up_trigger
 from app.matching import Match, check, github_trigger
 from app.store import RedisStore
 from app.tracking import Acknowledger
@@ -169,6 +170,13 @@ async def process_delivery(deps: DeliveryDeps, guid: str) -> list[Run]:
     event = event_raw.decode()
     payload = json.loads(body)
     routines = list(deps.routines())
+    wanted = follow_up(event, payload, {r.name: r for r in routines})
+    if wanted is not None:
+        trigger = follow_up_trigger(github_trigger(event, payload, guid), wanted)
+        run = await _fire_once(deps, guid, Match(wanted.routine, wanted.repo, ("follow-up",)), trigger)
+        if deps.ack is not None:
+            await deps.ack.acknowledge(trigger, [run] if run.state is not RunState.CANCELLED else [], [])
+        return [run]
     matches = []
     for routine in routines:
         result = check(routine, event, payload)

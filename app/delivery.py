@@ -123,7 +123,8 @@ async def _deliver(ctx: RunContext, deps: RunnerDeps, *, incomplete: bool, error
     sha = await ctx.checkout.commit(f"{title}\n\nRun: {deps.run_url(run.id)}", *AUTHOR)
     if sha is None:
         return None
-    branch = run_branch(routine.name, run.id)
+    follow_up = run.trigger.data.get("branch") if run.trigger.data.get("follow_up") else None
+    branch = follow_up if isinstance(follow_up, str) else run_branch(routine.name, run.id)
     await ctx.checkout.push(ctx.repo.clone_url, branch, ctx.creds)
     await ctx.events.emit("output.branch", {"branch": branch, "commit": sha, "files": changed[:200]})
     result: dict[str, Any] = {"branch": branch}

@@ -84,7 +84,8 @@ async def _workspace(ctx: RunContext, deps: RunnerDeps) -> None:
         return
     started = time.monotonic()
     base = await _pull_to_review(ctx, deps) if ctx.routine.outputs.get("review") else None
-    base = base or ctx.routine.base or ctx.repo.default_branch
+    follow_up_branch = ctx.run.trigger.data.get("branch") if ctx.run.trigger.data.get("follow_up") else None
+    base = base or follow_up_branch or ctx.routine.base or ctx.repo.default_branch
     mirror = await deps.workspaces.ensure(ctx.repo.clone_url, ctx.creds)
     dest = deps.work_dir / ctx.run.id / "repo"
     if ctx.history is not None:
@@ -208,6 +209,9 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
 async def _converse(ctx: RunContext, deps: RunnerDeps, agent: Agent, system: list[JSON], first: str) -> AgentOutcome:
     """Run the conversation, or go on with the interrupted one rebuilt from the log."""
     if ctx.history is None:
+        parent = ctx.run.trigger.data.get("parent_run") if ctx.run.trigger.data.get("follow_up") else None
+        if isinstance(parent, str):
+            return await _follow_up(ctx, deps, agent, system, first, parent)
         return await agent.run(system, first)
     task: list[JSON] = [{"type": "text", "text": first}]
     done = rebuild(ctx.history, task, lambda usage: deps.price(ctx.routine.model, usage))
@@ -224,6 +228,27 @@ async def _converse(ctx: RunContext, deps: RunnerDeps, agent: Agent, system: lis
     else:
         messages.append({"role": "user", "content": [note]})
     return await agent.resume(system, messages, done.outcome, task=task, elapsed_s=_elapsed(ctx.history))
+
+
+async def _follow_up(
+    ctx: RunContext, deps: RunnerDeps, agent: Agent, system: list[JSON], feedback: str, parent_id: str
+) -> AgentOutcome:
+    """Go on with the conversation of the run that opened the PR, with the reviewers' feedback as the next turn."""
+    parent = await deps.store.get_run(parent_id)
+    task: list[JSON] = [{"type": "text", "text": build_first_message(parent.trigger)}]
+    done = rebuild(await deps.store.events(parent_id), task, lambda usage: 0.0)
+    messages = done.outcome.messages
+    note: JSON = {
+        "type": "text",
+        "text": "Reviewers commented on the draft pull request you opened. Address their feedback on the same "
+        "branch (it is checked out, with any commits pushed since), then summarise what you changed.\n\n" + feedback,
+    }
+    if messages[-1]["role"] == "user":
+        messages[-1] = {"role": "user", "content": [*messages[-1]["content"], note]}
+    else:
+        messages.append({"role": "user", "content": [note]})
+    await ctx.events.emit("run.follow_up", {"parent_run": parent_id, "parent_turns": done.outcome.turns})
+    return await agent.resume(system, messages, AgentOutcome(), task=task)
 
 
 def _elapsed(history: list[Event]) -> float:

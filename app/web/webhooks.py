@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.deliveries import DeliveryBatcher
 from app.errors import StoreError
+from app.followup import EVENTS as FOLLOW_UP_EVENTS
 
 if TYPE_CHECKING:
     from app.services import Services
@@ -104,7 +105,8 @@ class GitHubWebhook:
         """The events some routine listens to; the catalog (a stat per file) is read at most once per TTL."""
         now = time.monotonic()
         if now - self._events_at > self.catalog_ttl_s or self._catalog is not services.catalog:
-            self._events = frozenset(e for r in services.catalog.all().values() for e in r.on.github)
+            listened = {e for r in services.catalog.all().values() for e in r.on.github}
+            self._events = frozenset(listened | FOLLOW_UP_EVENTS.keys())  # feedback on our own draft PRs
             self._events_at, self._catalog = now, services.catalog
         return self._events
 
