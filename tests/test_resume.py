@@ -134,7 +134,9 @@ def test_worker_killed_at_turn_5_is_resumed_by_another_worker(stack: Stack, tmp_
     states = [e["data"]["state"] for e in events if e["type"] == "run.state"]
     assert states == ["queued", "preparing", "running", "finishing", "succeeded"]
     seen = [turn_index(r.body["messages"]) for r in stack.anthropic.requests if _is(r.body, drill_script)]
-    assert seen == [0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9], "only the turn in flight at the kill is asked again"
+    # The kill lands while turn 6's request is in flight (asked again after the resume) or before its body
+    # reached the server (asked once); either way no other turn is ever asked twice.
+    assert seen in ([0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9], list(range(10))), "only the turn in flight is asked again"
     restart = str(stack.anthropic.requests[-1].body["messages"])
     assert "The machine running you restarted" in restart and "end of turn 5" in restart
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -125,10 +125,14 @@ def create_app(state: AnthropicState) -> Starlette:
 
     async def messages(request: Request) -> Response:
         headers = {k: v for k, v in request.headers.items() if k in RECORDED_HEADERS}
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # the client died mid-body: the real API never saw a request either
+            return Response(status_code=499)
         record = RecordedRequest({}, headers, time.time(), api_key=_api_key(request))
         state.requests.append(record)
         try:
-            record.body = json.loads(await request.body())
+            record.body = json.loads(raw)
         except ValueError:
             return _error(record, 400, "There was an error parsing the body of your request: it is not JSON")
         response = await _answer(state, request, record)
