@@ -8,9 +8,11 @@ optional, must all pass:
 - `branches`: the base branch for `pull_request*`, the pushed branch for `push` (tags never
   match), the head branch for `check_suite`/`workflow_run`. Actions' globs: `*` stays inside a
   path segment, `**` crosses `/`.
-- `paths`: `push` only knows its files (commits' added/modified/removed). A pull request's
-  payload does not list files, so for `pull_request*` the filter is not applied and the match
-  carries a note saying so (fetching the file list is left to the run).
+- `paths`: for `push`, the commits' added/modified/removed files. A pull request's payload does
+  not list its files: the match carries the patterns (`Match.paths`) and the worker applies them
+  to the files GitHub lists for the pull request (`paths_match`), before firing.
+- In `branches` and `paths`, a pattern starting with `!` excludes what it matches; later patterns
+  win over earlier ones, as in Actions (`[docs/**, "!docs/internal/**"]`).
 - `draft`: only draft (true) or only ready (false) pull requests.
 - `forks`: pull requests from forks (head repository != base repository) fire only with
   `forks: true`.
@@ -51,6 +53,7 @@ class Match:
     routine: Routine
     repo: str
     notes: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()  # still to apply to the pull request's changed files
 
 
 def github_trigger(event: str, payload: JSON, delivery: str) -> Trigger:
@@ -113,13 +116,35 @@ def check(routine: Routine, event: str, payload: JSON) -> Match | str:
     if refused:
         return refused
     notes: tuple[str, ...] = ()
-    if filters.get("paths"):
-        if event == "push":
-            if not any(_glob(p).fullmatch(f) for p in filters["paths"] for f in _pushed_files(payload)):
-                return "no pushed file matches paths"
-        else:
-            notes = (f"paths filter not applied to {event}: the payload does not list the changed files",)
+    paths = tuple(str(p) for p in filters.get("paths") or ())
+    if paths and event == "push":
+        if not paths_match(paths, _pushed_files(payload)):
+            return "no pushed file matches paths"
+    elif paths and pull_number(event, payload) is not None:
+        return Match(routine, repo, paths=paths)
+    elif paths:
+        notes = (f"paths filter not applied to {event}: the event carries no list of changed files",)
     return Match(routine, repo, notes)
+
+
+def pull_number(event: str, payload: JSON) -> int | None:
+    """The pull request a `pull_request*` event is about, or None."""
+    number = (payload.get("pull_request") or {}).get("number") if event in _PULL_EVENTS else None
+    return number if isinstance(number, int) else None
+
+
+def paths_match(patterns: Iterable[str], files: Iterable[str]) -> bool:
+    """Whether a file is selected by `patterns` (Actions' globs; `!` excludes, the last match wins)."""
+    return any(_selected(patterns, name) for name in files)
+
+
+def _selected(patterns: Iterable[str], name: str) -> bool:
+    selected = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        if _glob(pattern[1:] if negated else pattern).fullmatch(name):
+            selected = not negated
+    return selected
 
 
 def _repo_allowed(routine: Routine, repo: str) -> bool:
@@ -189,7 +214,7 @@ def _branches(event: str, filters: JSON, payload: JSON) -> str | None:
     if not wanted:
         return None
     branch = event_branch(event, payload)
-    if branch is not None and any(_glob(pattern).fullmatch(branch) for pattern in wanted):
+    if branch is not None and _selected(wanted, branch):
         return None
     return f"branch {branch!r} does not match {', '.join(wanted)}"
 

@@ -11,7 +11,7 @@ import pytest
 
 from app.domain import Routine
 from app.event_text import clean, render
-from app.matching import Match, check, github_trigger, match
+from app.matching import Match, check, github_trigger, match, paths_match
 from app.routines import parse_routine
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -94,13 +94,25 @@ def test_branch_globs_and_push_tags() -> None:
     assert not fires(routine("push: {branches: ['**']}"), "push", tag)
 
 
-def test_paths_match_pushed_files_and_are_noted_not_applied_for_pull_requests() -> None:
+def test_paths_match_pushed_files_and_are_left_to_the_worker_for_pull_requests() -> None:
     push = payload("push")
     assert fires(routine("push: {paths: ['README.md']}"), "push", push)
     assert "no pushed file" in str(check(routine("push: {paths: ['src/**']}"), "push", push))
     result = check(routine("pull_request: {paths: ['src/**']}"), "pull_request", payload("pull_request.opened"))
-    assert isinstance(result, Match)
-    assert "does not list the changed files" in result.notes[0]
+    assert isinstance(result, Match) and result.paths == ("src/**",) and not result.notes
+
+
+def test_a_bang_pattern_excludes_and_the_last_matching_pattern_wins() -> None:
+    patterns = ["docs/**", "!docs/internal/**", "docs/internal/public.md"]
+    assert paths_match(patterns, ["docs/guide.md"])
+    assert not paths_match(patterns, ["docs/internal/secret.md", "src/app.py"])
+    assert paths_match(patterns, ["docs/internal/public.md"])
+    assert not paths_match(["!**/*.md"], ["README.md"]), "only negative patterns select nothing"
+    push = payload("push")
+    push["ref"] = "refs/heads/release/1.2"
+    assert fires(routine("push: {branches: ['release/**', '!release/0.*']}"), "push", push)
+    push["ref"] = "refs/heads/release/0.9"
+    assert "does not match" in str(check(routine("push: {branches: ['release/**', '!release/0.*']}"), "push", push))
 
 
 def test_draft_and_forks() -> None:

@@ -93,6 +93,24 @@ class GitHubApp:
         info = RepoInfo(full_name=repo, clone_url="", default_branch="", installation_id=installation_id)
         return (await self.forge.credentials(info, permissions)).password
 
+    async def pull_files(self, repo: str, number: int, token: str) -> list[str]:
+        """The names of the files pull request `number` changes (GitHub lists at most 3000)."""
+        names: list[str] = []
+        for page in range(1, 31):
+            listed = await self._request(
+                f"list the files of pull request #{number}",
+                repo,
+                "GET",
+                f"/repos/{repo}/pulls/{number}/files",
+                token,
+                params={"per_page": 100, "page": page},
+            )
+            names += [str(f["filename"]) for f in listed or []]
+            names += [str(f["previous_filename"]) for f in listed or [] if f.get("previous_filename")]
+            if len(listed or []) < 100:
+                break
+        return names
+
     async def react(self, repo: str, path: str, token: str, content: str = "eyes") -> None:
         """React with `content` to `path` in the repository: `issues/12`, `issues/comments/5`, `pulls/comments/7`."""
         await self._request(
