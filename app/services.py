@@ -13,6 +13,7 @@ from app import queue
 from app.agent.memory import RedisMemoryStore
 from app.catalog import RoutineCatalog
 from app.config import Settings
+from app.deliveries import DeliveryBatcher
 from app.domain import JSON, Routine, Run
 from app.errors import ConfigError, StoreError
 from app.forge.github import GitHubForge
@@ -52,6 +53,7 @@ class Services:
     github: GitHubForge | None = None
     _model: ModelClient | None = None
     _sandbox_checked: bool = False
+    _deliveries: DeliveryBatcher | None = None
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     def forge_for(self, repo: str) -> Forge:
@@ -63,6 +65,13 @@ class Services:
                 "GITHUB_APP_PRIVATE_KEY (or give the routine a local path as `repo:`)"
             )
         return self.github
+
+    def deliveries(self) -> DeliveryBatcher:
+        """The web process's batched delivery enqueue, with connections of its own (closed with these)."""
+        if self._deliveries is None:
+            self._deliveries = DeliveryBatcher(self.store.redis)
+            self._stack.push_async_callback(self._deliveries.close)
+        return self._deliveries
 
     async def model(self) -> ModelClient:
         if self._model is None:

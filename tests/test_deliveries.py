@@ -12,9 +12,17 @@ from typing import Any
 import pytest
 from redis import asyncio as aioredis
 
-from app import queue
-from app.deliveries import DELIVERY_JOB, DeliveryDeps, claim_key, enqueue_delivery, process_delivery
+from app import deliveries, queue
+from app.deliveries import (
+    DELIVERY_JOB,
+    DeliveryBatcher,
+    DeliveryDeps,
+    claim_key,
+    enqueue_delivery,
+    process_delivery,
+)
 from app.domain import PullRequest, Run, RunState
+from app.errors import StoreError
 from app.forge.github import GitHubForge
 from app.routines import parse_routine
 from app.store import RedisStore
@@ -66,6 +74,55 @@ async def test_a_delivery_is_claimed_stored_and_queued_once(aredis: aioredis.Red
     assert await aredis.zrange("arq:queue", 0, -1) == [b"delivery:g-1"]
     await aredis.delete("arq:job:delivery:g-1", "arq:queue")  # handled, and arq's result expired after an hour
     assert await enqueue_delivery(aredis, "g-1", "issues", body) is False, "the claim outlives arq's job and result"
+
+
+async def test_concurrent_deliveries_go_in_one_call_each_queued_once(aredis: aioredis.Redis) -> None:
+    batcher = DeliveryBatcher(aredis)
+    guids = [f"g-{i % 30}" for i in range(40)]  # ten GUIDs arrive twice in the same batch
+    queued = await asyncio.gather(
+        *(batcher.enqueue(g, "issues", f'{{"n": {i}}}'.encode()) for i, g in enumerate(guids))
+    )
+    assert sum(queued) == 30 and all(queued[:30]) and not any(queued[30:])
+    assert await aredis.zcard("arq:queue") == 30
+    assert await aredis.get(claim_key("g-3") + ":payload") == b'{"n": 3}', "the first copy is kept"
+    await aredis.script_flush()  # Redis restarted: its script cache is gone
+    assert await batcher.enqueue("g-new", "issues", b"{}") is True
+    assert await batcher.enqueue("g-new", "issues", b"{}") is False
+
+
+async def test_a_batch_is_split_by_size(aredis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deliveries, "_BATCH_BYTES", 1000)
+    calls: list[int] = []
+    real = deliveries._run_script
+
+    async def counted(redis: Any, sha: Any, batch: Any) -> Any:
+        calls.append(len(batch))
+        return await real(redis, sha, batch)
+
+    monkeypatch.setattr(deliveries, "_run_script", counted)
+    batcher = DeliveryBatcher(aredis)
+    body = b"{" + b" " * 400 + b"}"
+    assert all(await asyncio.gather(*(batcher.enqueue(f"s-{i}", "issues", body) for i in range(5))))
+    assert calls == [2, 2, 1] and await aredis.zcard("arq:queue") == 5
+
+
+async def test_a_kept_connection_broken_by_a_redis_restart_is_replaced_not_answered_503(aredis: aioredis.Redis) -> None:
+    batcher = DeliveryBatcher(aredis)
+    assert await batcher.enqueue("r-1", "issues", b"{}") is True
+    await aredis.client_kill_filter(_type="normal", skipme=True)  # what a Redis restart does to open connections
+    assert await batcher.enqueue("r-2", "issues", b"{}") is True
+    assert await batcher.enqueue("r-1", "issues", b"{}") is False
+    await batcher.close()
+
+
+async def test_a_dead_redis_fails_every_delivery_of_the_batch_and_claims_nothing() -> None:
+    dead = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+    batcher = DeliveryBatcher(dead)
+    results = await asyncio.gather(
+        *(batcher.enqueue(f"d-{i}", "issues", b"{}") for i in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, StoreError) and "Redis failed" in str(r) for r in results)
+    await dead.aclose()
 
 
 def test_a_comment_fires_each_matching_routine_with_its_own_tracking_comment(hooks: HookStack) -> None:
@@ -142,3 +199,35 @@ def test_the_tracking_comment_is_edited_with_the_outcome(
     assert expected in comment["body"] and hooks.settings.run_url(run.id) in comment["body"]
     others = [c for c in hooks.github.comments("acme/api") if c["user"]["type"] == "Bot" and c is not comment]
     assert all(expected not in c["body"] for c in others), "the other run's comment is untouched"
+
+
+def test_a_pull_request_paths_filter_is_applied_to_the_files_github_lists(tmp_path: Path, redis_url: str) -> None:
+    routines = tmp_path / "routines"
+    routines.mkdir()
+    (routines / "docs.md").write_text(routine_text("docs", "pull_request: {paths: ['docs/**', '!docs/drafts/**']}"))
+    with webhook_stack(tmp_path, redis_url, routines_dir=routines) as hooks:
+        hooks.github.add_repo("acme/api", hooks.installation)
+        hooks.github.commit_files("acme/api", "drafts", {"docs/drafts/idea.md": "maybe\n"})
+        hooks.github.commit_files("acme/api", "guide", {"docs/guide.md": "how\n", "src/app.py": "x = 1\n"})
+        for head in ("drafts", "guide"):
+            data = payload("pull_request.opened")
+            data["repository"]["full_name"] = "acme/api"
+            data["installation"] = {"id": hooks.installation}
+            data["pull_request"]["number"] = asyncio.run(open_pull(hooks, head))
+            data["pull_request"]["author_association"] = "MEMBER"
+            hooks.send("pull_request", data)
+        runs = hooks.drain()
+    assert [(r.routine, r.trigger.data["number"]) for r in runs] == [("docs", data["pull_request"]["number"])]
+
+
+def payload(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((PAYLOADS / f"{name}.json").read_text())
+    return loaded
+
+
+async def open_pull(hooks: HookStack, head: str) -> int:
+    state = hooks.github
+    async with GitHubForge(state.base_url, str(state.app_id), state.private_key) as forge:
+        repo = await forge.resolve("acme/api")
+        pull = await forge.open_pull_request(repo, head=head, base="main", title=head, body="", draft=False, creds=None)
+    return pull.number
