@@ -1,8 +1,8 @@
 """GitHub deliveries: claimed once by their `X-GitHub-Delivery` GUID, kept raw, handled by the worker.
 
 Keys (under `routines:`): `delivery:<guid>` the claim (value: the event name; kept 4 days, longer
-than GitHub lets anyone redeliver), `delivery:<guid>:payload` the raw body (3 days),
-`delivery:<guid>:fired` routine → run id of the runs this delivery started.
+than GitHub lets anyone redeliver), `delivery:<guid>:payload` the raw body (until the worker has
+handled it, 3 days at most), `delivery:<guid>:fired` routine → run id of the runs it started.
 
 `enqueue_delivery` claims, stores and queues in one Lua call: one round trip, all or nothing,
 so a delivery is either fully queued (the web answers 202) or not at all (503, GitHub marks it
@@ -284,7 +284,15 @@ class DeliveryDeps:
 
 
 async def process_delivery(deps: DeliveryDeps, guid: str) -> list[Run]:
-    """Match the stored delivery against the routines, fire each match once, acknowledge on GitHub."""
+    """Match the stored delivery against the routines, fire each match once, acknowledge on GitHub, then
+    drop the raw payload (the runs keep what they need; the claim stays, so a redelivery is still refused).
+    A failure before the end keeps it, so the retried job finds it."""
+    runs = await _process(deps, guid)
+    await deps.store.redis.delete(claim_key(guid) + ":payload")
+    return runs
+
+
+async def _process(deps: DeliveryDeps, guid: str) -> list[Run]:
     redis = deps.store.redis
     event_raw, body = await redis.mget([claim_key(guid), claim_key(guid) + ":payload"])
     if event_raw is None or body is None:
@@ -367,6 +375,7 @@ async def _fire_once(deps: DeliveryDeps, guid: str, found: Match, trigger: Trigg
 async def handle_delivery(ctx: dict[str, Any], delivery_id: str) -> list[str]:
     """The arq job `handle_delivery` (job id `delivery:<guid>`): returns the ids of the runs it started."""
     services: Services = ctx["services"]
+    await services.refresh_routines()
     github = services.github
     ack = Acknowledger(github, services.store, services.settings.run_url) if github else None
     deps = DeliveryDeps(services.store, services.pool, lambda: services.catalog.all().values(), ack)

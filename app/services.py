@@ -11,7 +11,7 @@ from arq.connections import ArqRedis
 
 from app import queue
 from app.agent.memory import RedisMemoryStore
-from app.catalog import RoutineCatalog
+from app.catalog import ApiRoutines, RoutineCatalog
 from app.config import Settings
 from app.deliveries import DeliveryBatcher
 from app.domain import JSON, Routine, Run
@@ -54,6 +54,7 @@ class Services:
     _model: ModelClient | None = None
     _sandbox_checked: bool = False
     _deliveries: DeliveryBatcher | None = None
+    _api_routines: ApiRoutines | None = None
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     def forge_for(self, repo: str) -> Forge:
@@ -65,6 +66,16 @@ class Services:
                 "GITHUB_APP_PRIVATE_KEY (or give the routine a local path as `repo:`)"
             )
         return self.github
+
+    @property
+    def api_routines(self) -> ApiRoutines:
+        if self._api_routines is None:
+            self._api_routines = ApiRoutines(self.store.redis, self.store.prefix)
+        return self._api_routines
+
+    async def refresh_routines(self) -> None:
+        """Bring in the routines created, changed or deleted through the API (by any process)."""
+        await self.api_routines.refresh(self.catalog)
 
     def deliveries(self) -> DeliveryBatcher:
         """The web process's batched delivery enqueue, with connections of its own (closed with these)."""

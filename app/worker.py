@@ -71,6 +71,7 @@ class ScheduleTicker:
         slots: list[Slot] = []
         if last is not None:
             paused = await Lifecycle(services.store.redis, services.store.prefix).states()
+            await services.refresh_routines()
             routines = {n: r for n, r in services.catalog.all().items() if r.on.schedule and n not in paused}
             slots = self.scheduler.due(routines.values(), float(last), now)
             for slot in slots:
@@ -97,6 +98,7 @@ async def fire_slot(
 ) -> list[str]:
     """The job of one schedule slot: fire the routine once per repository, with the run ids chosen at the tick."""
     services: Services = ctx["services"]
+    await services.refresh_routines()
     try:
         routine = services.catalog.get(name)
     except RoutineNotFound:
@@ -126,6 +128,7 @@ async def run_routine(ctx: dict[str, Any], run_id: str) -> str:
     concurrency group passes to the next waiting run."""
     services: Services = ctx["services"]
     leases: Leases = ctx["leases"]
+    await services.refresh_routines()
     async with leases.held(run_id, ctx["worker_id"]) as held:
         if not held:
             log.info("run %s is held by another worker; this job (%s) does nothing", run_id, ctx.get("job_id"))

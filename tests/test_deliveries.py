@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from redis import asyncio as aioredis
 
 from app import deliveries, queue
@@ -127,9 +128,12 @@ async def test_a_dead_redis_fails_every_delivery_of_the_batch_and_claims_nothing
 
 def test_a_comment_fires_each_matching_routine_with_its_own_tracking_comment(hooks: HookStack) -> None:
     data = comment_event(hooks, "@routines please fix this")
-    hooks.send("issue_comment", data)
+    guid = hooks.send("issue_comment", data)
     runs = hooks.drain()
     assert sorted(r.routine for r in runs) == ["review", "triage"]
+    with redis.Redis.from_url(hooks.settings.redis_url or "") as sync:
+        kept = sorted(k.decode() for k in sync.keys(claim_key(guid) + "*"))
+    assert kept == [claim_key(guid), claim_key(guid) + ":fired"], "the payload is dropped once handled"
     comments = [c for c in hooks.github.comments("acme/api") if c["user"]["type"] == "Bot"]
     assert len(comments) == 2
     for run in runs:
@@ -141,7 +145,11 @@ def test_a_comment_fires_each_matching_routine_with_its_own_tracking_comment(hoo
 
 def test_a_retried_job_starts_no_second_run_and_posts_no_second_comment(hooks: HookStack) -> None:
     guid = hooks.send("issue_comment", comment_event(hooks, "@routines go"))
-    first = hooks.drain()
+    with redis.Redis.from_url(hooks.settings.redis_url or "") as sync:
+        body = sync.get(claim_key(guid) + ":payload")
+        first = hooks.drain()
+        assert sync.get(claim_key(guid) + ":payload") is None
+        sync.set(claim_key(guid) + ":payload", body or b"")  # the worker died before the job's end
 
     async def again() -> list[Run]:
         pool = queue.connect(hooks.settings.redis_url or "")
@@ -152,6 +160,7 @@ def test_a_retried_job_starts_no_second_run_and_posts_no_second_comment(hooks: H
             await pool.aclose()
 
     assert sorted(r.id for r in asyncio.run(again())) == sorted(r.id for r in first)
+    assert asyncio.run(again()) == [], "once handled, a retried job finds nothing to do"
     assert len(hooks.drain()) == 2
     assert len([c for c in hooks.github.comments("acme/api") if c["user"]["type"] == "Bot"]) == 2
 

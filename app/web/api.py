@@ -76,6 +76,7 @@ async def fire_routine(request: Request) -> Response:
     token = bearer_token(request)
     if token is None:
         return error(401, "missing bearer token; send `Authorization: Bearer <token>` (see `routines token NAME`)")
+    await services.refresh_routines()
     try:
         routine = services.catalog.get(name)
     except RoutineNotFound as exc:
@@ -131,6 +132,7 @@ async def list_routines(request: Request) -> Response:
     if not _may_read(request):
         return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
     services = services_of(request)
+    await services.refresh_routines()
     routines = services.catalog.all()
     lifecycle = Lifecycle(services.store.redis, services.store.prefix)
     fields = await lifecycle.describe(routines.values(), services.settings.max_runs_per_day)

@@ -9,11 +9,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.catalog import API_SOURCE
 from app.domain import Routine
-from app.errors import RoutineNotFound
+from app.errors import RoutineFileError, RoutineNotFound
 from app.lifecycle import ACTIVE, ARCHIVED, PAUSED, Lifecycle, Refused
+from app.routines import parse_routine
 from app.services import Services
-from app.web.api import bearer_token, error, is_admin, services_of
+from app.web.api import bearer_token, error, is_admin, routine_json, services_of
 
 _STATES = {"pause": PAUSED, "resume": ACTIVE, "archive": ARCHIVED}
 
@@ -44,12 +46,74 @@ async def change_state(request: Request, action: str) -> Response:
     if not is_admin(services, bearer_token(request)):
         return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
     name = request.path_params["name"]
+    await services.refresh_routines()
     try:
         services.catalog.get(name)
     except RoutineNotFound as exc:
         return error(404, str(exc))
     state = await lifecycle(services).set_state(name, _STATES[action], by="api")
     return JSONResponse({"name": name, **state.to_json()})
+
+
+MAX_ROUTINE_BYTES = 256 * 1024
+
+
+def _admin_refusal(services: Services, request: Request, what: str) -> Response | None:
+    if services.settings.api_token is None:
+        return error(403, f"set ROUTINES_API_TOKEN to {what} routines over the API")
+    if not is_admin(services, bearer_token(request)):
+        return error(401, "this needs ROUTINES_API_TOKEN as a bearer token")
+    return None
+
+
+async def put_routine(request: Request) -> Response:
+    """PUT /api/routines/{name}: create or replace a routine from its file text (the body, UTF-8).
+
+    Checked like a file (errors as `api:<name>:line: what — how to fix`), kept in Redis, and picked
+    up by every web process and worker without a restart. Routines from files are changed on disk.
+    """
+    services = services_of(request)
+    refused = _admin_refusal(services, request, "create or change")
+    if refused is not None:
+        return refused
+    name = request.path_params["name"]
+    body = await request.body()
+    if len(body) > MAX_ROUTINE_BYTES:
+        return error(413, f"a routine is at most {MAX_ROUTINE_BYTES} bytes; this one is {len(body)}")
+    try:
+        text = body.decode()
+        routine = parse_routine(text, API_SOURCE + name)
+    except UnicodeDecodeError:
+        return error(400, "the body is not UTF-8; send the routine file's text")
+    except RoutineFileError as exc:
+        return error(400, str(exc))
+    if routine.name != name:
+        return error(
+            400, f"the routine is named {routine.name!r} but was sent to /api/routines/{name}; make them match"
+        )
+    await services.refresh_routines()
+    if services.catalog.is_file(name):
+        source = services.catalog.get(name).source
+        return error(409, f"routine {name!r} is the file {source}; change the file, or pick another name")
+    created = await services.api_routines.put(name, text)
+    await services.refresh_routines()
+    return JSONResponse({**routine_json(routine), "created": created}, status_code=201 if created else 200)
+
+
+async def delete_routine(request: Request) -> Response:
+    """DELETE /api/routines/{name}: remove a routine created through the API (its runs stay)."""
+    services = services_of(request)
+    refused = _admin_refusal(services, request, "delete")
+    if refused is not None:
+        return refused
+    name = request.path_params["name"]
+    await services.refresh_routines()
+    if services.catalog.is_file(name):
+        return error(409, f"routine {name!r} is the file {services.catalog.get(name).source}; delete the file")
+    if not await services.api_routines.delete(name):
+        return error(404, f"no routine {name!r} was created through the API")
+    await services.refresh_routines()
+    return JSONResponse({"name": name, "deleted": True})
 
 
 async def pause(request: Request) -> Response:
@@ -65,6 +129,8 @@ async def archive(request: Request) -> Response:
 
 
 routes = [
+    Route("/api/routines/{name}", put_routine, methods=["PUT"]),
+    Route("/api/routines/{name}", delete_routine, methods=["DELETE"]),
     Route("/api/routines/{name}/pause", pause, methods=["POST"]),
     Route("/api/routines/{name}/resume", resume, methods=["POST"]),
     Route("/api/routines/{name}/archive", archive, methods=["POST"]),

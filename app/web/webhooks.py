@@ -127,10 +127,12 @@ class GitHubWebhook:
         self._events_at = -1e9
         self._catalog: object = None
 
-    def _wanted(self, services: Services) -> frozenset[str]:
-        """The events some routine listens to; the catalog (a stat per file) is read at most once per TTL."""
+    async def _wanted(self, services: Services) -> frozenset[str]:
+        """The events some routine listens to; the catalog (a stat per file, a GET for the API routines)
+        is read at most once per TTL."""
         now = time.monotonic()
         if now - self._events_at > self.catalog_ttl_s or self._catalog is not services.catalog:
+            await services.refresh_routines()
             listened = {e for r in services.catalog.all().values() for e in r.on.github}
             self._events = frozenset(listened | FOLLOW_UP_EVENTS.keys())  # feedback on our own draft PRs
             self._events_at, self._catalog = now, services.catalog
@@ -163,7 +165,7 @@ class GitHubWebhook:
         check_json_object(body)
         if event == "ping":
             return 200, "pong"
-        if event not in self._wanted(services):
+        if event not in await self._wanted(services):
             log.info("delivery %s: no routine listens to %s; ignored", guid, event)
             return 202, f"ignored: no routine listens to {event}"
         try:

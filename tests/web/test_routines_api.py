@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from app.catalog import ApiRoutines, RoutineCatalog
 from app.config import Settings
 from app.domain import Run, RunState, Trigger
 from app.lifecycle import Refused
@@ -62,3 +64,60 @@ def test_a_refusal_answers_its_status_with_the_limit_and_the_run() -> None:
         b'{"error":"routine \'docs\' reached limits.runs_per_day","limit":"runs_per_day",'
         b'"run_id":"r1","state":"cancelled"}'
     )
+
+
+NIGHTLY = "---\nname: nightly\nrepo: acme/api\non:\n  api: true\n  schedule: [{cron: '0 2 * * *'}]\n---\nFix one bug.\n"
+
+
+def test_a_routine_created_through_the_api_is_listed_fired_changed_and_deleted(web: httpx.Client) -> None:
+    created = web.put("/api/routines/nightly", content=NIGHTLY)
+    assert created.status_code == 201 and created.json()["created"] is True
+    listed = {r["name"]: r for r in web.get("/api/routines").json()["routines"]}
+    assert set(listed) == {"docs", "nightly"} and listed["nightly"]["source"] == "api:nightly"
+    fired = web.post("/api/routines/nightly/fire", json={"text": "now"})
+    assert fired.status_code == 202
+    changed = web.put("/api/routines/nightly", content=NIGHTLY.replace("Fix one bug.", "Fix two bugs."))
+    assert changed.status_code == 200 and changed.json()["created"] is False
+    assert web.delete("/api/routines/nightly").json() == {"name": "nightly", "deleted": True}
+    assert web.post("/api/routines/nightly/fire", json={}).status_code == 404
+    assert web.delete("/api/routines/nightly").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "status", "reason"),
+    [
+        ("nightly", NIGHTLY.replace("repo: acme/api", "repo: 12"), 400, "api:nightly:3:"),
+        ("other", NIGHTLY, 400, "named 'nightly' but was sent to /api/routines/other"),
+        ("docs", NIGHTLY.replace("nightly", "docs"), 409, "docs.md; change the file"),
+        ("nightly", NIGHTLY.replace("0 2 * * *", "* * * * *"), 400, "api:nightly"),
+    ],
+)
+def test_a_wrong_routine_is_refused_with_where_and_how_to_fix(
+    web: httpx.Client, name: str, text: str, status: int, reason: str
+) -> None:
+    answer = web.put(f"/api/routines/{name}", content=text)
+    assert answer.status_code == status and reason in answer.json()["error"], answer.text
+    assert web.put("/api/routines/nightly", content=b"\xff\xfe", headers={}).status_code == 400
+    assert web.delete("/api/routines/docs").status_code == 409
+
+
+def test_changing_routines_needs_the_admin_token(web: httpx.Client) -> None:
+    assert web.put("/api/routines/nightly", content=NIGHTLY, headers={"authorization": "Bearer no"}).status_code == 401
+    assert web.delete("/api/routines/nightly", headers={"authorization": ""}).status_code == 401
+
+
+async def test_every_process_sees_an_api_routine_without_a_restart(tmp_path: Path, aredis: Any) -> None:
+    here, there = RoutineCatalog(tmp_path / "none"), RoutineCatalog(tmp_path / "none")
+    writer, reader = ApiRoutines(aredis, "routines:"), ApiRoutines(aredis, "routines:")
+    await reader.refresh(there)
+    assert there.all() == {}
+    await writer.put("nightly", NIGHTLY)
+    await reader.refresh(there)
+    assert there.get("nightly").prompt.strip() == "Fix one bug."
+    await writer.put("nightly", NIGHTLY.replace("Fix one bug.", "Fix two bugs."))
+    await reader.refresh(there)
+    assert there.get("nightly").prompt.strip() == "Fix two bugs."
+    await writer.delete("nightly")
+    await reader.refresh(there)
+    await writer.refresh(here)
+    assert there.all() == {} and here.all() == {}
