@@ -80,6 +80,20 @@ async def release(store: RedisStore, pool: ArqRedis, run_id: str) -> str | None:
     return nxt
 
 
+async def restart_stalled_groups(store: RedisStore, pool: ArqRedis) -> list[str]:
+    """Enqueue each group-holding run still `queued`: a worker that died between handing a group over
+    and enqueueing the next run left it there. A run whose job exists is not queued twice (job id)."""
+    started = []
+    for run_id in await Lifecycle(store.redis, store.prefix).holders():
+        try:
+            run = await store.get_run(run_id)
+        except RunNotFound:
+            continue  # expired; the group frees itself when its holder is gone
+        if run.state is RunState.QUEUED and await queue.enqueue_run(pool, run_id):
+            started.append(run_id)
+    return started
+
+
 def group_of(routine: Routine, repo: str) -> str | None:
     """The run's concurrency group (`concurrency.group` rendered for this repo), or None."""
     template = routine.concurrency.group

@@ -226,6 +226,13 @@ class Lifecycle:
             nxt = await self._release(keys=self._group_keys(group), args=[self._key("run", ""), _GROUP_TTL_S, run_id])
         return _text(nxt)
 
+    async def holders(self) -> list[str]:
+        """The run holding each concurrency group."""
+        with _redis("list the concurrency groups"):
+            keys = [key async for key in self.redis.scan_iter(match=self._key("group", "*", "active"), count=500)]
+            held = await self.redis.mget(keys) if keys else []
+        return [run for run in (_text(value) for value in held) if run is not None]
+
     async def members(self, group: str) -> list[str]:
         """The run holding `group`, then the runs waiting behind it, oldest first."""
         active, waiting = self._group_keys(group)

@@ -26,7 +26,7 @@ from arq.worker import func
 from app import queue
 from app.config import Settings
 from app.deliveries import DELIVERY_JOB, handle_delivery
-from app.dispatch import fire, release
+from app.dispatch import fire, release, restart_stalled_groups
 from app.domain import Event, Routine, RunState, Trigger, new_run_id
 from app.errors import RoutineNotFound, RoutinesError
 from app.lease import Leases, new_worker_id, reap
@@ -191,7 +191,11 @@ def create_worker(
 
     async def reaper(services: Services) -> object:
         leases = Leases(services.store.redis, services.store.prefix, settings.lease_s)
-        return await reap(services.store, services.pool, leases, max_resumes=settings.max_resumes)
+        resumed = await reap(services.store, services.pool, leases, max_resumes=settings.max_resumes)
+        stalled = await restart_stalled_groups(services.store, services.pool)
+        for run_id in stalled:
+            log.warning("run %s held its concurrency group but had no job (a worker died); enqueued", run_id)
+        return [*resumed, *stalled]
 
     tasks = [
         Periodic("schedule", every_s, ticker.tick),

@@ -9,7 +9,7 @@ from arq.connections import ArqRedis
 from redis import asyncio as aioredis
 
 from app import queue
-from app.dispatch import fire, fire_checked, group_of, release
+from app.dispatch import fire, fire_checked, group_of, release, restart_stalled_groups
 from app.domain import Concurrency, Limits, Routine, RunState, Trigger
 from app.lifecycle import PAUSED, Lifecycle, Refused
 from app.store import RedisStore
@@ -85,6 +85,21 @@ async def test_a_queued_group_starts_the_next_run_when_the_running_one_ends(
     assert await release(store, pool, first.id) == second.id
     assert await enqueued(pool, second.id)
     assert group_of(QUEUEING, "acme/api") == "acme/api"
+
+
+async def test_a_group_handed_over_by_a_worker_that_died_before_enqueueing_is_restarted(
+    aredis: aioredis.Redis, pool: ArqRedis
+) -> None:
+    store = RedisStore(aredis)
+    first = await fire(store, pool, QUEUEING, API)
+    second = await fire(store, pool, QUEUEING, API)
+    third = await fire(store, pool, QUEUEING, API)
+    await store.transition(first.id, RunState.FAILED, error="boom")
+    assert await Lifecycle(aredis).release(first.id) == second.id  # ...and the worker died here
+    assert not await enqueued(pool, second.id)
+    assert await restart_stalled_groups(store, pool) == [second.id]
+    assert await enqueued(pool, second.id) and not await enqueued(pool, third.id)
+    assert await restart_stalled_groups(store, pool) == [], "a run whose job exists is not queued twice"
 
 
 async def test_cancel_in_progress_cancels_a_queued_run_and_asks_a_running_one_to_stop(
