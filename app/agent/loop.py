@@ -19,7 +19,13 @@ from app.domain import JSON
 from app.errors import RunLimitReached, RunStopped
 from app.ports import EventSink, ModelClient, ModelResponse
 
-USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+USAGE_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "web_search_requests",
+)
 CONTINUE = "Your reply was cut off by the output token limit. Continue exactly where you stopped."
 _NO_ROOM = (
     "the conversation no longer fits the model's context window, even compacted; "
@@ -351,7 +357,7 @@ class Agent:
         )
 
     def _account(self, usage: dict[str, int]) -> float:
-        """Add a response's usage (all four token counts) and its cost to the outcome; returns the cost."""
+        """Add a response's usage (token counts, web searches) and its cost to the outcome; returns the cost."""
         turn = {key: int(usage.get(key) or 0) for key in USAGE_KEYS}
         for key, value in turn.items():
             self.outcome.usage[key] += value

@@ -13,6 +13,16 @@ from app.ports import ModelResponse
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def _usage(usage: Any) -> dict[str, int]:
+    """The token counts, and the web searches Anthropic ran (billed per search, on top of tokens)."""
+    counts = {name: int(getattr(usage, name, 0) or 0) for name in USAGE_FIELDS}
+    server = getattr(usage, "server_tool_use", None)
+    counts["web_search_requests"] = int(getattr(server, "web_search_requests", 0) or 0)
+    return counts
+
+
 # The fields of each block type that the API accepts back in a later request.
 ECHO_FIELDS = {
     "text": ("type", "text", "citations"),
@@ -75,7 +85,7 @@ class AnthropicModel:
         return ModelResponse(
             content=[_echo(block.model_dump(mode="json", exclude_none=True)) for block in message.content],
             stop_reason=message.stop_reason,
-            usage={name: int(getattr(message.usage, name, 0) or 0) for name in USAGE_FIELDS},
+            usage=_usage(message.usage),
             model=message.model,
             id=message.id,
         )

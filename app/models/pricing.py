@@ -16,6 +16,7 @@ from typing import Any
 from app.errors import ConfigError
 
 FALLBACK_PREFIX = "claude-sonnet-4"
+WEB_SEARCH_USD = 10 / 1000  # Anthropic bills the web search tool per search, on top of its tokens
 PRICE_FIELDS = ("input", "output", "cache_write", "cache_read")
 
 
@@ -72,7 +73,8 @@ def price_for(model: str, overrides: Mapping[str, Price] | None = None) -> Price
 
 
 def cost_usd(model: str, usage: Mapping[str, int], overrides: Mapping[str, Price] | None = None) -> float:
-    """USD cost of one response's `usage` (input, output, cache write and cache read tokens; missing = 0)."""
+    """USD cost of one response's `usage` (input, output, cache write and cache read tokens, and web searches;
+    missing = 0)."""
     price = price_for(model, overrides)
     total = (
         (usage.get("input_tokens") or 0) * price.input
@@ -80,7 +82,7 @@ def cost_usd(model: str, usage: Mapping[str, int], overrides: Mapping[str, Price
         + (usage.get("cache_creation_input_tokens") or 0) * price.cache_write
         + (usage.get("cache_read_input_tokens") or 0) * price.cache_read
     )
-    return total / 1_000_000
+    return total / 1_000_000 + (usage.get("web_search_requests") or 0) * WEB_SEARCH_USD
 
 
 class Pricer:

@@ -126,6 +126,7 @@ async def test_tool_use_then_end_turn(shell: LocalShell, tmp_path: Path) -> None
         "output_tokens": 25,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": 50,
+        "web_search_requests": 0,
     }
     assert outcome.cost_usd == pytest.approx(0.115)
     assert outcome.messages[-1] == {
@@ -231,7 +232,7 @@ async def test_usage_sums_all_four_counts_and_each_is_priced(shell: LocalShell, 
         price=Pricer({"claude-sonnet-4-6": Price(3, 15, 3.75, 0.3)}),
     )
     outcome = await agent.run([], "go")
-    assert outcome.usage == {key: 2 * value for key, value in usage.items()}
+    assert outcome.usage == {"web_search_requests": 0, **{key: 2 * value for key, value in usage.items()}}
     assert outcome.cost_usd == pytest.approx(2 * (1000 * 3 + 200 * 15 + 3000 * 3.75 + 40_000 * 0.3) / 1e6)
 
 

@@ -10,7 +10,9 @@ import pytest
 
 from app.errors import ModelError
 from app.models.anthropic import AnthropicModel
+from app.models.pricing import cost_usd
 from app.testing.anthropic_server import AnthropicState, Script, Turn, bash, create_app, edit_view, text
+from app.testing.scripts import web_search
 from app.testing.serve import Served, free_port, serve_in_thread
 
 MODEL = "claude-sonnet-4-6"
@@ -53,7 +55,9 @@ async def test_a_session_of_tool_use_then_end_turn(state: AnthropicState, server
             "output_tokens",
             "cache_creation_input_tokens",
             "cache_read_input_tokens",
+            "web_search_requests",
         }
+        assert first.usage["web_search_requests"] == 0
         assert first.model == MODEL and first.id
         results = [{"type": "tool_result", "tool_use_id": c["id"], "content": "ok"} for c in calls]
         # the content goes back as returned; the server refuses anything the API would refuse
@@ -136,3 +140,12 @@ async def test_concurrent_sessions_each_follow_their_own_conversation(state: Ant
         finals = await asyncio.gather(*(session(model, n) for n in range(6)))
     assert finals == ["green"] * 6
     assert len(state.requests) == 12
+
+
+async def test_web_searches_are_counted_and_priced_per_search(state: AnthropicState, server: Served) -> None:
+    state.add_script(Script([Turn([*web_search("cve", [("https://a", "A")]), *web_search("fix", []), text("Ok.")])]))
+    async with AnthropicModel(KEY, server.url, max_retries=0, timeout_s=10) as model:
+        answer = await ask(model, [USER])
+    assert answer.usage["web_search_requests"] == 2
+    tokens_only = {**answer.usage, "web_search_requests": 0}
+    assert cost_usd(MODEL, answer.usage) == pytest.approx(cost_usd(MODEL, tokens_only) + 0.02)
