@@ -49,6 +49,10 @@ class ModelError(RoutinesError):
     """The model API failed after retries, or answered something unusable."""
 
 
+class PromptTooLong(ModelError):
+    """The API refused the request as longer than the model's context window (a 400)."""
+
+
 class SandboxError(RoutinesError):
     """The sandbox could not start or run a command."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from app.agent import context as ctx
 from app.agent.tools import BASH, Toolbox, server_tool_events
 from app.domain import JSON
-from app.errors import RunLimitReached, RunStopped
+from app.errors import PromptTooLong, RunLimitReached, RunStopped
 from app.ports import EventSink, ModelClient, ModelResponse
 
 USAGE_KEYS = (
@@ -146,7 +146,13 @@ class Agent:
             raise RunLimitReached("cancelled", f"the run was cancelled after {self.outcome.turns} turns")
         await self.read_inbox()
         await self.fit_context()
-        response = await self.query()
+        try:
+            response = await self.query()
+        except PromptTooLong:  # our estimate of the window was short: compact as for the stop reason
+            if self._just_compacted:
+                raise RunStopped(_NO_ROOM) from None
+            await self.compact("window_exceeded")
+            return
         await self.handle(response)
 
     def check_limits(self) -> None:
@@ -249,7 +255,10 @@ class Agent:
         """
         before = self.context.estimate(self.outcome.messages)
         request = ctx.summary_request(self.outcome.messages, clear=reason == "window_exceeded")
-        response = await self._create(request)
+        try:
+            response = await self._create(request)
+        except PromptTooLong:
+            raise RunStopped(_NO_ROOM) from None
         cost = self._account(response.usage)
         summary = _text(response.content)
         if not summary or response.stop_reason == "model_context_window_exceeded":

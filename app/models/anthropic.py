@@ -8,7 +8,7 @@ import anthropic
 from anthropic import AsyncAnthropic, omit
 
 from app.domain import JSON
-from app.errors import ModelError
+from app.errors import ModelError, PromptTooLong
 from app.ports import ModelResponse
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -81,7 +81,9 @@ class AnthropicModel:
             else:
                 message = await self._client.messages.create(**params)
         except anthropic.AnthropicError as exc:
-            raise ModelError(self._redact(self._describe(exc, model))) from exc
+            too_long = isinstance(exc, anthropic.BadRequestError) and "prompt is too long" in str(exc)
+            error = PromptTooLong if too_long else ModelError
+            raise error(self._redact(self._describe(exc, model))) from exc
         return ModelResponse(
             content=[_echo(block.model_dump(mode="json", exclude_none=True)) for block in message.content],
             stop_reason=message.stop_reason,

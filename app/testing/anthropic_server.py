@@ -100,6 +100,7 @@ class AnthropicState:
     retry_after_ms: int = 10
     min_cache_tokens: int = 1024
     min_cache_tokens_haiku: int = 2048
+    context_window: int | None = None  # a request with more input tokens gets the API's 400 "prompt is too long"
     requests: list[RecordedRequest] = field(default_factory=list)
     cached_prefixes: set[str] = field(default_factory=set)
     _faults_used: dict[tuple[int, int], int] = field(default_factory=dict, init=False, repr=False)
@@ -160,6 +161,10 @@ async def _answer(state: AnthropicState, request: Request, record: RecordedReque
     problem = _check_body(body) or check_messages(body["messages"])
     if problem:
         return _error(record, 400, problem)
+    if state.context_window is not None:
+        total = sum(tokens for _key, tokens, _breakpoint in _units(body))
+        if total > state.context_window:
+            return _error(record, 400, f"prompt is too long: {total} tokens > {state.context_window} maximum")
     script = select_script(state.scripts, body.get("system"), body["messages"])
     if script is None:
         return _error(record, 400, "no script matches this request; add a default script (match None) to the server")

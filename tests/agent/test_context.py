@@ -22,6 +22,7 @@ from app.agent.loop import Agent, AgentOutcome
 from app.agent.prompts import build_system
 from app.agent.tools import Toolbox
 from app.domain import JSON, Routine
+from app.errors import PromptTooLong
 from app.models.anthropic import AnthropicModel
 from app.models.scripted import ScriptedModel
 from app.ports import ModelResponse
@@ -239,3 +240,37 @@ async def test_context_window_exceeded_compacts_once_and_goes_on(shell: LocalShe
     assert results and all(b["content"] == CLEARED for b in results)
     assert asked[-2]["role"] == "assistant" and asked[-2]["content"] == [text("Now the long part")]
     assert [e["input"]["command"] for e in events.of("tool.call")] == ["echo step1"]
+
+
+class WindowModel(OrderedModel):
+    """An API whose window is `limit` tokens: a longer request is refused with a 400, as the real one does."""
+
+    def __init__(self, turns: list[ModelResponse], limit: int) -> None:
+        super().__init__(turns)
+        self.limit, self.refused = limit, 0
+
+    async def create(
+        self, *, model: str, system: list[JSON], messages: list[JSON], tools: list[JSON], max_tokens: int
+    ) -> ModelResponse:
+        if approx_tokens(messages) > self.limit:
+            self.refused += 1
+            raise PromptTooLong(f"the Anthropic API refused the request (400): prompt is too long: > {self.limit}")
+        return await super().create(model=model, system=system, messages=messages, tools=tools, max_tokens=max_tokens)
+
+
+async def test_a_prompt_too_long_refusal_compacts_and_the_run_goes_on(shell: LocalShell, tmp_path: Path) -> None:
+    flood = ModelResponse([{**bash("head -c 8000 /dev/zero | tr '\\0' x"), "id": "toolu_flood"}], "tool_use")
+    done = ModelResponse([{"type": "text", "text": "Finished."}], "end_turn")
+    model = WindowModel([flood, done], limit=1000)
+    events = Recorder()
+    outcome = await agent(model, shell, tmp_path, events).run([], "Task.")
+
+    assert outcome.error is None and outcome.summary == "Finished."
+    assert model.refused == 1 and [e["reason"] for e in events.of("context.compacted")] == ["window_exceeded"]
+
+
+async def test_a_prompt_too_long_even_compacted_stops_with_a_clear_error(shell: LocalShell, tmp_path: Path) -> None:
+    flood = ModelResponse([{**bash("head -c 8000 /dev/zero | tr '\\0' x"), "id": "toolu_flood"}], "tool_use")
+    model = WindowModel([flood], limit=5)
+    outcome = await agent(model, shell, tmp_path, Recorder()).run([], "Task.")
+    assert outcome.error is not None and "context window" in outcome.error

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.errors import ModelError
+from app.errors import ModelError, PromptTooLong
 from app.models.anthropic import AnthropicModel
 from app.models.pricing import cost_usd
 from app.testing.anthropic_server import AnthropicState, Script, Turn, bash, create_app, edit_view, text
@@ -149,3 +149,11 @@ async def test_web_searches_are_counted_and_priced_per_search(state: AnthropicSt
     assert answer.usage["web_search_requests"] == 2
     tokens_only = {**answer.usage, "web_search_requests": 0}
     assert cost_usd(MODEL, answer.usage) == pytest.approx(cost_usd(MODEL, tokens_only) + 0.02)
+
+
+async def test_a_prompt_over_the_window_is_a_prompt_too_long_error(state: AnthropicState, server: Served) -> None:
+    state.context_window = 50
+    state.add_script(Script([Turn([text("never")])]))
+    async with AnthropicModel(KEY, server.url, max_retries=0, timeout_s=10) as model:
+        with pytest.raises(PromptTooLong, match="prompt is too long"):
+            await ask(model, [{"role": "user", "content": "x" * 2000}])
