@@ -34,7 +34,8 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     with redis_for(settings, say=print) as s:
 
         async def both() -> None:
-            server = uvicorn.Server(uvicorn.Config(create_app(s), host=s.host, port=s.port, log_level="info"))
+            config = uvicorn.Config(create_app(s), host=s.host, port=s.port, log_level="info", log_config=None)
+            server = uvicorn.Server(config)
             worker = create_worker(s, handle_signals=False)
             print(f"Routines on {s.base_url} — routines from {s.routines_dir}, data in {s.data_dir}")
             web_task = asyncio.create_task(server.serve())
@@ -55,7 +56,8 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     from app.web.app import create_app
 
     _require_redis(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    # log_config=None: uvicorn's loggers reach the root handlers, which redact (its own handlers would not)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", log_config=None)
     return 0
 
 

@@ -177,3 +177,25 @@ def test_secrets_are_set_from_stdin_and_never_printed(tmp_path: Path, redis_url:
     assert value not in put.stdout + put.stderr + listed.stdout + listed.stderr
     no_key = routines("secrets", "list", env=env_for(tmp_path, None, redis_url), cwd=tmp_path)
     assert no_key.returncode == 2 and "ROUTINES_SECRET_KEY" in no_key.stderr
+
+
+def test_the_web_process_logs_redact_its_secrets_uvicorn_lines_included(tmp_path: Path, redis_url: str) -> None:
+    port = free_port()
+    token = "api-token-that-must-not-be-logged-4f9a"
+    env = env_for(tmp_path, None, redis_url, ROUTINES_API_TOKEN=token, PORT=str(port))
+    (tmp_path / "routines").mkdir()
+    web = subprocess.Popen(
+        [sys.executable, "-m", "app", "web"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz?token={token}", timeout=2)  # an access log line
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+    finally:
+        web.send_signal(signal.SIGINT)
+        output = web.communicate(timeout=30)[0].decode()
+    assert "GET /healthz?token=" in output, output
+    assert token not in output
