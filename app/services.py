@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from arq.connections import ArqRedis
+from redis.exceptions import RedisError
 
 from app import queue
 from app.agent.memory import RedisMemoryStore
@@ -74,8 +75,12 @@ class Services:
         return self._api_routines
 
     async def refresh_routines(self) -> None:
-        """Bring in the routines created, changed or deleted through the API (by any process)."""
-        await self.api_routines.refresh(self.catalog)
+        """Bring in the routines created, changed or deleted through the API (by any process). While Redis
+        is unreachable the last ones read stay (what needs Redis next says it is down)."""
+        try:
+            await self.api_routines.refresh(self.catalog)
+        except (RedisError, OSError) as exc:
+            log.warning("could not read the API routines: Redis failed (%s); using the last ones read", exc)
 
     def deliveries(self) -> DeliveryBatcher:
         """The web process's batched delivery enqueue, with connections of its own (closed with these)."""
