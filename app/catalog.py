@@ -4,9 +4,11 @@ A file wins over an API routine of the same name, and the clash is reported in `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from app.domain import Routine
 from app.errors import RoutineFileError, RoutineNotFound
@@ -118,27 +120,24 @@ class ApiRoutines:
     async def refresh(self, catalog: RoutineCatalog) -> None:
         """Bring `catalog` up to date: one GET when nothing changed."""
         version = await self.redis.get(self.version_key)
-        if version is None or version == self._seen:
-            if version is None and self._seen is not None:
-                catalog.use_api({})
-                self._seen = None
+        if version == self._seen:
             return
-        texts = await self.redis.hgetall(self.key)  # type: ignore[misc]
+        texts = await self.redis.hgetall(self.key) if version is not None else {}  # type: ignore[misc]
         catalog.use_api({k.decode(): v.decode() for k, v in texts.items()})
         self._seen = version
 
     async def put(self, name: str, text: str) -> bool:
         """Store routine `name`; True when it is new."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.key, name, text)
-            pipe.incr(self.version_key)
-            created, _ = await pipe.execute()
-        return bool(created)
+        return await self._change(lambda pipe: pipe.hset(self.key, name, text))
 
     async def delete(self, name: str) -> bool:
         """Remove routine `name`; False when the API has no such routine."""
+        return await self._change(lambda pipe: pipe.hdel(self.key, name))
+
+    async def _change(self, write: Callable[[Pipeline], object]) -> bool:
+        """`write` and a version bump in one transaction; whether `write` changed a field."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.key, name)
+            write(pipe)
             pipe.incr(self.version_key)
-            deleted, _ = await pipe.execute()
-        return bool(deleted)
+            changed, _ = await pipe.execute()
+        return bool(changed)

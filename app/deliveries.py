@@ -4,8 +4,9 @@ Keys (under `routines:`): `delivery:<guid>` the claim (value: the event name; ke
 than GitHub lets anyone redeliver), `delivery:<guid>:payload` the raw body (until the worker has
 handled it, 3 days at most), `delivery:<guid>:fired` routine → run id of the runs it started.
 
-`enqueue_delivery` claims, stores and queues in one Lua call: one round trip, all or nothing,
-so a delivery is either fully queued (the web answers 202) or not at all (503, GitHub marks it
+`enqueue_delivery` (and `DeliveryBatcher`, its batched form for the web) stores the payload, claims
+and queues in one round trip: a plain SET of the payload, then a script that claims last, so a
+delivery is either fully queued (the web answers 202) or not claimed at all (503, GitHub marks it
 failed and the recovery sweep asks for it again).
 """
 
