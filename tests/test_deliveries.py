@@ -21,6 +21,7 @@ from app.deliveries import (
     claim_key,
     enqueue_delivery,
     process_delivery,
+    unpack_payload,
 )
 from app.domain import PullRequest, Run, RunState
 from app.errors import StoreError
@@ -67,7 +68,7 @@ async def test_a_delivery_is_claimed_stored_and_queued_once(aredis: aioredis.Red
     assert await enqueue_delivery(aredis, "g-1", "issues", body) is True
     assert await enqueue_delivery(aredis, "g-1", "issues", b"{}") is False
     assert await aredis.get(claim_key("g-1")) == b"issues"
-    assert await aredis.get(claim_key("g-1") + ":payload") == body
+    assert unpack_payload(await aredis.get(claim_key("g-1") + ":payload")) == body
     assert 3 * 86400 - 5 < await aredis.ttl(claim_key("g-1") + ":payload") <= 3 * 86400
     assert await aredis.ttl(claim_key("g-1")) > 3 * 86400
     job = queue.loads(await aredis.get("arq:job:delivery:g-1"))
@@ -75,6 +76,15 @@ async def test_a_delivery_is_claimed_stored_and_queued_once(aredis: aioredis.Red
     assert await aredis.zrange("arq:queue", 0, -1) == [b"delivery:g-1"]
     await aredis.delete("arq:job:delivery:g-1", "arq:queue")  # handled, and arq's result expired after an hour
     assert await enqueue_delivery(aredis, "g-1", "issues", body) is False, "the claim outlives arq's job and result"
+
+
+async def test_payloads_are_kept_lz4_compressed_and_read_back_either_way(aredis: aioredis.Redis) -> None:
+    body = json.dumps(payload("issues.labeled")).encode()
+    assert await enqueue_delivery(aredis, "g-z", "issues", body) is True
+    stored = await aredis.get(claim_key("g-z") + ":payload")
+    assert stored.startswith(b"lz4:") and len(stored) * 3 < len(body)
+    assert unpack_payload(stored) == body
+    assert unpack_payload(body) == body, "a payload stored uncompressed (before LZ4) reads as it is"
 
 
 async def test_concurrent_deliveries_go_in_one_call_each_queued_once(aredis: aioredis.Redis) -> None:
@@ -85,7 +95,7 @@ async def test_concurrent_deliveries_go_in_one_call_each_queued_once(aredis: aio
     )
     assert sum(queued) == 30 and all(queued[:30]) and not any(queued[30:])
     assert await aredis.zcard("arq:queue") == 30
-    assert await aredis.get(claim_key("g-3") + ":payload") == b'{"n": 3}', "the first copy is kept"
+    assert unpack_payload(await aredis.get(claim_key("g-3") + ":payload")) == b'{"n": 3}', "the first copy is kept"
     await aredis.script_flush()  # Redis restarted: its script cache is gone
     assert await batcher.enqueue("g-new", "issues", b"{}") is True
     assert await batcher.enqueue("g-new", "issues", b"{}") is False
@@ -149,7 +159,8 @@ def test_a_retried_job_starts_no_second_run_and_posts_no_second_comment(hooks: H
         body = sync.get(claim_key(guid) + ":payload")
         first = hooks.drain()
         assert sync.get(claim_key(guid) + ":payload") is None
-        sync.set(claim_key(guid) + ":payload", body or b"")  # the worker died before the job's end
+        sync.set(claim_key(guid) + ":payload", unpack_payload(body or b""))  # the worker died before the job's end;
+        # and the payload was stored uncompressed, as versions before LZ4 did
 
     async def again() -> list[Run]:
         pool = queue.connect(hooks.settings.redis_url or "")
