@@ -28,14 +28,14 @@ log = logging.getLogger("routines")
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.web import server as web_server
     from app.web.app import create_app
     from app.worker import create_worker
 
     with redis_for(settings, say=print) as s:
 
         async def both() -> None:
-            config = uvicorn.Config(create_app(s), host=s.host, port=s.port, log_level="info", log_config=None)
-            server = uvicorn.Server(config)
+            server = uvicorn.Server(web_server.config(create_app(s), s.host, s.port, log_level="info"))
             worker = create_worker(s, handle_signals=False)
             print(f"Routines on {s.base_url} — routines from {s.routines_dir}, data in {s.data_dir}")
             web_task = asyncio.create_task(server.serve())
@@ -53,11 +53,11 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.web import server
     from app.web.app import create_app
 
     _require_redis(settings)
-    # log_config=None: uvicorn's loggers reach the root handlers, which redact (its own handlers would not)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", log_config=None)
+    uvicorn.Server(server.config(create_app(settings), settings.host, settings.port, log_level="info")).run()
     return 0
 
 

@@ -8,10 +8,11 @@ with a new X-GitHub-Delivery per request.
   time, so a stall is not hidden) — measured by the asyncio generator in this file;
 - maximum req/s — measured with wrk (apt-get install wrk) and a Lua script varying the GUID.
 
-`routines` is the web app as `webhooks.fast_path(create_app(...))` serves it (the webhook answered
-before Starlette's middleware); `routines-starlette` the same app with the webhook mounted as a route.
-Ours does the full job: signature check, delivery claim (SET NX), raw payload kept and the arq
-job queued, in one Lua call to a local Redis with an append-only file (fsync every second).
+`routines` is the web app served as `routines web` serves it (`app.web.server.config`: uvloop, and
+`WebhookProtocol` answering the webhook from uvicorn's parser); `routines-asgi` the same app with
+uvicorn's plain httptools protocol (the webhook through ASGI and Starlette's router). Ours does the full
+job: signature check, delivery claim, payload kept (LZ4) and the arq job queued, in one round trip to
+a local Redis with an append-only file (fsync every second).
 Probot: `npm install probot` into a temporary folder, a no-op `issues.labeled` app.
 
     python bench/webhook_ack.py [--rate 500] [--seconds 10] [--rounds 3] [--only routines,bare,probot] [--redis URL]
@@ -98,19 +99,20 @@ def serve(kind: str, port: int, redis_url: str, routines_dir: str) -> None:
     """Run one server in this process (the bench starts it as a subprocess)."""
     import uvicorn
 
+    from app.web import server
+
+    options: dict[str, Any] = {"log_level": "warning", "access_log": False}
     if kind == "bare":
-        app: Any = bare_app()
+        config = uvicorn.Config(bare_app(), "127.0.0.1", port, loop="uvloop", http="httptools", **options)
     else:
         from app.config import Settings
         from app.web.app import create_app
 
         settings = Settings(redis_url=redis_url, github_webhook_secret=SECRET, routines_dir=Path(routines_dir))
-        from app.web.webhooks import fast_path
-
-        app = create_app(settings) if kind == "routines-starlette" else fast_path(create_app(settings))
-    uvicorn.run(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop="uvloop", http="httptools"
-    )
+        config = server.config(create_app(settings), "127.0.0.1", port, **options)
+        if kind == "routines-asgi":
+            config.http = "httptools"
+    uvicorn.Server(config).run()
 
 
 def free_port() -> int:
@@ -227,6 +229,12 @@ def measure(name: str, process: subprocess.Popen[bytes], port: int, path: str, a
             body_file: Path, reset: Callable[[], object], fixed_rate: bool) -> JSONish:  # fmt: skip
     body, signature = body_and_signature()
     fixed: JSONish = {}
+    flush = reset
+
+    def reset() -> None:  # once the requests wrk left in flight are answered: a FLUSHDB under them fails them
+        time.sleep(0.3)
+        flush()
+
     try:
         wait_listening(port, process)
         wrk_max(port, path, body_file, signature, 2, args.connections)  # warm up (JIT, pools)
@@ -250,7 +258,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="alternate the servers this many times (noise)")
-    parser.add_argument("--only", default="routines,routines-starlette,bare,probot")
+    parser.add_argument("--only", default="routines,routines-asgi,bare,probot")
     parser.add_argument("--redis", help="use this Redis (its database is flushed) instead of a fresh AOF one")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -317,7 +325,7 @@ def report(rounds: list[dict[str, JSONish]]) -> None:
             f"{name:<20} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['max']:>8.2f} {statistics.median(rps):>13.0f} {each:>24}"
         )
     if "probot" in first:
-        for name in ("routines", "routines-starlette", "bare"):
+        for name in ("routines", "routines-asgi", "bare"):
             if name in first:
                 ratios = [round_[name]["rps"] / round_["probot"]["rps"] for round_ in rounds]
                 each = ", ".join(f"{x:.2f}" for x in ratios)

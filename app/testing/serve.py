@@ -36,10 +36,11 @@ def free_port() -> int:
         return port
 
 
-def serve_in_thread(app: Any, port: int | None = None) -> Served:
-    """Start `app` with uvicorn on 127.0.0.1 (an ephemeral port unless given); returns once it accepts."""
+def serve_in_thread(app: Any, port: int | None = None, http: Any = "auto") -> Served:
+    """Start `app` with uvicorn on 127.0.0.1 (an ephemeral port unless given); returns once it accepts.
+    `http`: uvicorn's protocol (the web process's is `app.web.server.WebhookProtocol`)."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="auto")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="auto", http=http)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True, name=f"serve:{port}")
     thread.start()

@@ -113,6 +113,7 @@ def running_stack(
 ) -> Iterator[Stack]:
     """Start the test GitHub (one installation for `acme`), the test Anthropic, web and a worker."""
     from app.web.app import create_app
+    from app.web.server import WebhookProtocol
 
     with ExitStack() as stack:
         github = GitHubState(root / "github")
@@ -136,7 +137,7 @@ def running_stack(
             public_url=f"http://127.0.0.1:{web_port}",
             **{**defaults, **overrides},
         )
-        web = stack.enter_context(serve_in_thread(create_app(settings), port=web_port))
+        web = stack.enter_context(serve_in_thread(create_app(settings), port=web_port, http=WebhookProtocol))
         if worker:
             stack.callback(WorkerThread(settings).start().stop)
         yield Stack(settings, github, anthropic, web.url, installation)

@@ -29,7 +29,7 @@ from app.services import build
 from app.store import RedisStore
 from app.testing.github_server import GitHubState
 from app.testing.github_server import create_app as github_app
-from app.testing.serve import free_port, serve_in_thread
+from app.testing.serve import Served, free_port, serve_in_thread
 
 SECRET = "test-webhook-secret"
 
@@ -44,6 +44,12 @@ class HookStack:
     github: GitHubState
     web_url: str
     installation: int
+    web: Served | None = None
+
+    def stop_web(self) -> None:
+        """Stop the web process as a SIGTERM would (uvicorn's graceful shutdown)."""
+        if self.web is not None:
+            self.web.stop()
 
     @property
     def hook_url(self) -> str:
@@ -89,9 +95,13 @@ class HookStack:
 
 
 @contextmanager
-def webhook_stack(root: Path, redis_url: str, *, routines_dir: Path, **overrides: Any) -> Iterator[HookStack]:
-    """Start the test GitHub (one installation for `acme`) and a web process with a webhook secret."""
+def webhook_stack(
+    root: Path, redis_url: str, *, routines_dir: Path, asgi: bool = False, **overrides: Any
+) -> Iterator[HookStack]:
+    """Start the test GitHub (one installation for `acme`) and a web process with a webhook secret, served
+    as `routines web` serves it (`asgi`: the webhook through uvicorn's plain ASGI protocol instead)."""
     from app.web.app import create_app
+    from app.web.server import WebhookProtocol
 
     with ExitStack() as stack:
         github = GitHubState(root / "github")
@@ -111,5 +121,6 @@ def webhook_stack(root: Path, redis_url: str, *, routines_dir: Path, **overrides
             **overrides,
         }
         settings = Settings(**fields)
-        web = stack.enter_context(serve_in_thread(create_app(settings), port=port))
-        yield HookStack(settings, github, web.url, installation)
+        protocol = "httptools" if asgi else WebhookProtocol
+        web = stack.enter_context(serve_in_thread(create_app(settings), port=port, http=protocol))
+        yield HookStack(settings, github, web.url, installation, web)

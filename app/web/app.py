@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from app.config import Settings
 from app.errors import StoreError
@@ -22,12 +23,16 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Starlette:
-    """The ASGI app. Resources are built in the lifespan unless `services` is given (then not closed)."""
+    """The ASGI app. Resources are built in the lifespan unless `services` is given (then not closed).
+
+    The lifespan state holds `services` and `webhook` (the app's `GitHubWebhook`, which the web process's
+    `WebhookProtocol` answers from)."""
+    webhook = webhooks.GitHubWebhook()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         if services is not None:
-            yield {"services": services}
+            yield {"services": services, "webhook": webhook}
             return
         built = await build(settings, check_redis=False)
         try:
@@ -39,7 +44,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
                 "ROUTINES_API_TOKEN is not set: run logs and the API's reads are open to anyone who can connect"
             )
         try:
-            yield {"services": built}
+            yield {"services": built, "webhook": webhook}
         finally:
             await built.close()
 
@@ -53,7 +58,14 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         return JSONResponse({"error": detail}, status_code=status)
 
     return Starlette(
-        routes=[*api.routes, *routines_api.routes, *secrets_api.routes, *setup.routes, *pages.routes, *webhooks.routes],
+        routes=[
+            *api.routes,
+            *routines_api.routes,
+            *secrets_api.routes,
+            *setup.routes,
+            *pages.routes,
+            Route(webhooks.PATH, webhook, methods=["POST"]),
+        ],
         lifespan=lifespan,
         exception_handlers={StoreError: store_down, RedisError: store_down, HTTPException: http_error},
     )

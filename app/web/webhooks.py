@@ -13,7 +13,9 @@ Contract (what GitHub sees):
 - 503 when Redis is unreachable: never 2xx, so GitHub marks the delivery failed and the
   recovery sweep has it redelivered.
 
-Written as a plain ASGI endpoint: the webhook is the hot path, and GitHub waits 10 s at most.
+`GitHubWebhook.reply` holds the whole decision; the web process's `WebhookProtocol` calls it
+straight from uvicorn's parser (the hot path), and the ASGI endpoint (`GitHubWebhook.__call__`)
+serves the cases that protocol hands to ASGI.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import hashlib
 import hmac
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from app.errors import StoreError
 from app.followup import EVENTS as FOLLOW_UP_EVENTS
@@ -36,9 +38,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PATH = "/webhooks/github"
 MAX_BODY_BYTES = 25 * 1024 * 1024
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _READ_HEADERS = frozenset({b"content-length", b"x-hub-signature-256", b"x-github-event", b"x-github-delivery"})
+
+Headers = list[tuple[bytes, bytes]]
 
 
 class _AnyObject(msgspec.Struct):
@@ -50,47 +55,71 @@ class _AnyObject(msgspec.Struct):
 _JSON_OBJECT = msgspec.json.Decoder(_AnyObject)
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the webhook answers, whichever of the protocol or the ASGI endpoint writes it."""
+
+    status: int
+    headers: Headers
+    body: bytes = b""
+
+
+def acknowledged(status: int, outcome: str) -> Reply:
+    """A 2xx with the outcome in a header and no body (GitHub's delivery log shows headers): the whole
+    answer is one small write."""
+    return Reply(status, [(b"content-length", b"0"), (b"x-routines-delivery", outcome.encode())])
+
+
+def refused(status: int, reason: str) -> Reply:
+    """A refusal with its reason as JSON; a 503 says when to retry."""
+    body = msgspec.json.encode({"error": reason})
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if status == 503:
+        headers.append((b"retry-after", b"30"))
+    return Reply(status, headers, body)
+
+
+def too_large(size: int | None, limit: int = MAX_BODY_BYTES) -> Reply:
+    """413 for a body declared as `size` bytes, or (None) found over `limit` while reading."""
+    what = "body is" if size is None else f"body of {size} bytes is"
+    return refused(413, f"{what} over the {limit}-byte limit of GitHub webhooks")
+
+
 class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.status)
+        self.reply = reply
 
 
-Headers = list[tuple[bytes, bytes]]
-
-
-async def _acknowledge(send: Send, status: int, outcome: str) -> None:
-    """A 2xx with the outcome in a header and no body: uvicorn then writes the response in one syscall
-    instead of two (headers, then body), a tenth of an ack's cost. GitHub's delivery log shows headers."""
-    headers = [(b"content-length", b"0"), (b"x-routines-delivery", outcome.encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b""})
-
-
-async def _send(send: Send, status: int, body: dict[str, object], extra: Headers | None = None) -> None:
-    data = msgspec.json.encode(body)
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(data)).encode()), *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
+def _refuse(status: int, reason: str) -> _Refused:
+    return _Refused(refused(status, reason))
 
 
 async def read_body(receive: Receive, declared: int | None, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body, refused (413) as soon as it passes `limit` bytes."""
     if declared is not None and declared > limit:
-        raise _Refused(413, f"body of {declared} bytes is over the {limit}-byte limit of GitHub webhooks")
+        raise _Refused(too_large(declared, limit))
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _Refused(400, "the client disconnected before sending the whole body")
+            raise _refuse(400, "the client disconnected before sending the whole body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _Refused(413, f"body is over the {limit}-byte limit of GitHub webhooks")
+            raise _Refused(too_large(None, limit))
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def declared_length(headers: Headers) -> int | None:
+    """The Content-Length a request declares, None when absent or not a number."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def check_json_object(body: bytes) -> None:
@@ -100,26 +129,27 @@ def check_json_object(body: bytes) -> None:
         if not body.isascii():
             body.decode()
     except msgspec.ValidationError:
-        raise _Refused(400, "body is not a JSON object") from None
+        raise _refuse(400, "body is not a JSON object") from None
     except msgspec.DecodeError as exc:
-        raise _Refused(400, f"body is not JSON ({exc})") from None
+        raise _refuse(400, f"body is not JSON ({exc})") from None
     except UnicodeDecodeError as exc:
-        raise _Refused(400, f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise _refuse(400, f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
 def verify_signature(secret: bytes, body: bytes, header: str | None) -> None:
     """Raise 401 unless `header` is `sha256=<hex HMAC-SHA256 of body>` (constant-time comparison)."""
     if not header:
-        raise _Refused(401, "X-Hub-Signature-256 is missing; set a webhook secret in the GitHub App settings")
+        raise _refuse(401, "X-Hub-Signature-256 is missing; set a webhook secret in the GitHub App settings")
     if not header.startswith("sha256="):
-        raise _Refused(401, "X-Hub-Signature-256 is not of the form sha256=<hex>")
+        raise _refuse(401, "X-Hub-Signature-256 is not of the form sha256=<hex>")
     expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(header[7:].encode(), expected.encode()):
-        raise _Refused(401, "X-Hub-Signature-256 does not match the body; check GITHUB_WEBHOOK_SECRET")
+        raise _refuse(401, "X-Hub-Signature-256 does not match the body; check GITHUB_WEBHOOK_SECRET")
 
 
 class GitHubWebhook:
-    """The ASGI endpoint; reads Services from the lifespan state (`scope["state"]["services"]`)."""
+    """The webhook of one web app; `reply` decides, `__call__` serves it as an ASGI endpoint (reading
+    Services from the lifespan state, `scope["state"]["services"]`)."""
 
     def __init__(self, catalog_ttl_s: float = 1.0) -> None:
         self.catalog_ttl_s = catalog_ttl_s
@@ -139,29 +169,35 @@ class GitHubWebhook:
         return self._events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        services: Services = scope["state"]["services"]
-        headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _READ_HEADERS}
         try:
-            status, answer = await self._handle(services, headers, receive)
-        except _Refused as refused:
-            if refused.status >= 500:
-                log.error("webhook refused: %s", refused)
-            extra = [(b"retry-after", b"30")] if refused.status == 503 else []
-            await _send(send, refused.status, {"error": str(refused)}, extra)
-            return
-        await _acknowledge(send, status, answer)
+            body = await read_body(receive, declared_length(scope["headers"]))
+        except _Refused as refusal:
+            reply = refusal.reply
+        else:
+            reply = await self.reply(scope["state"]["services"], scope["headers"], body)
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        await send({"type": "http.response.body", "body": reply.body})
 
-    async def _handle(self, services: Services, headers: dict[str, str], receive: Receive) -> tuple[int, str]:
+    async def reply(self, services: Services, headers: Headers, body: bytes) -> Reply:
+        """The answer to a delivery with these request `headers` and whole `body`."""
+        read = {k.decode(): v.decode("latin-1") for k, v in headers if k in _READ_HEADERS}
+        try:
+            status, outcome = await self._handle(services, read, body)
+        except _Refused as refusal:
+            if refusal.reply.status >= 500:
+                log.error("webhook refused: %s", refusal.reply.body.decode())
+            return refusal.reply
+        return acknowledged(status, outcome)
+
+    async def _handle(self, services: Services, headers: dict[str, str], body: bytes) -> tuple[int, str]:
         secret = services.settings.github_webhook_secret
         if not secret:
-            raise _Refused(500, "GITHUB_WEBHOOK_SECRET is not set; set it to the webhook secret of the GitHub App")
-        length = headers.get("content-length")
-        body = await read_body(receive, int(length) if length and length.isdigit() else None)
+            raise _refuse(500, "GITHUB_WEBHOOK_SECRET is not set; set it to the webhook secret of the GitHub App")
         verify_signature(secret.encode(), body, headers.get("x-hub-signature-256"))
         event = headers.get("x-github-event")
         guid = headers.get("x-github-delivery")
         if not event or not guid or len(guid) > 100:
-            raise _Refused(400, "X-GitHub-Event and X-GitHub-Delivery headers are required")
+            raise _refuse(400, "X-GitHub-Event and X-GitHub-Delivery headers are required")
         check_json_object(body)
         if event == "ping":
             return 200, "pong"
@@ -171,27 +207,7 @@ class GitHubWebhook:
         try:
             queued = await services.deliveries().enqueue(guid, event, body)
         except StoreError as exc:
-            raise _Refused(503, f"{exc}; GitHub will show the delivery as failed and it will be redelivered") from None
+            raise _refuse(503, f"{exc}; GitHub will show the delivery as failed and it will be redelivered") from None
         if not queued:
             return 200, "duplicate: claimed before, not run again"
         return 202, "queued"
-
-
-routes: list[Route] = [Route("/webhooks/github", GitHubWebhook(), methods=["POST"])]
-
-
-def fast_path(app: ASGIApp, endpoint: GitHubWebhook | None = None) -> ASGIApp:
-    """`app` with POST /webhooks/github answered before Starlette's middleware and router (the hot path).
-
-    Everything else, including the lifespan (which sets `scope["state"]`), goes to `app`.
-    """
-    webhook = endpoint or GitHubWebhook()
-    path = routes[0].path
-
-    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == path and scope["method"] == "POST":
-            await webhook(scope, receive, send)
-        else:
-            await app(scope, receive, send)
-
-    return dispatch
