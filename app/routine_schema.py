@@ -51,7 +51,9 @@ EVENT_FILTER_KEYS = (
     "types",
     "labels",
     "branches",
+    "branches-ignore",
     "paths",
+    "paths-ignore",
     "mention",
     "author_association",
     "draft",
@@ -163,13 +165,16 @@ def _filters_def() -> dict[str, Any]:
         "properties": {
             "labels": _strings("Only when the issue or pull request has one of these labels."),
             "branches": _strings("Only for these branches (glob patterns)."),
+            "branches-ignore": _strings("Not for these branches (as Actions; not with `branches`)."),
             "paths": _strings("Only when a changed file matches one of these glob patterns."),
+            "paths-ignore": _strings("Not when every changed file matches these (as Actions; not with `paths`)."),
             "mention": {"type": "string", "minLength": 1, "description": "Only when the text mentions this."},
             "author_association": _strings("Only for authors with these associations.", enum=list(AUTHOR_ASSOCIATIONS)),
             "draft": {"type": "boolean", "description": "Only draft (true) or only non-draft (false) pull requests."},
             "forks": {"type": "boolean", "description": "Whether pull requests from forks fire the routine."},
             "authors": _strings("Only for these GitHub logins."),
         },
+        "not": {"anyOf": [{"required": ["paths", "paths-ignore"]}, {"required": ["branches", "branches-ignore"]}]},
     }
 
 

@@ -11,7 +11,7 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 
 from app.domain import JSON, Schedule, Triggers
 from app.routine_schema import AUTHOR_ASSOCIATIONS, EVENT_FILTER_KEYS, GITHUB_EVENTS, ON_KEYS, SCHEDULE_KEYS
-from app.routine_yaml import Reader, unknown
+from app.routine_yaml import Entries, Reader, unknown
 
 _CRON_EXAMPLE = '"0 2 * * *" (02:00 every day)'
 _SAMPLED_FIRES = 48
@@ -132,7 +132,25 @@ def _filters(r: Reader, node: yaml.Node, event: str) -> JSON:
                         item_node, unknown(f"{key[:-1] if key == 'types' else key} {value!r}", value, allowed)
                     )
             config[key] = [value for value, _ in items]
+    for key in ("branches", "paths"):
+        _ignore_as_exclusions(r, entries, config, key)
     return config
+
+
+def _ignore_as_exclusions(r: Reader, entries: Entries, config: JSON, key: str) -> None:
+    """Actions' `<key>-ignore: [p, ...]` kept as `<key>: ["**", "!p", ...]`: anything but what is ignored
+    (the last match wins, so a file or branch an ignored pattern matches is excluded; for paths, the
+    routine fires when some changed file is not ignored, as in Actions)."""
+    ignored = config.pop(f"{key}-ignore", None)
+    if ignored is None:
+        return
+    if key in config:
+        raise r.error(
+            entries[f"{key}-ignore"][0],
+            f"{key} and {key}-ignore cannot both be set (GitHub Actions refuses it too) — "
+            f"keep {key} and write the ignored patterns in it with a leading !",
+        )
+    config[key] = ["**", *(p[1:] if p.startswith("!") else f"!{p}" for p in ignored)]  # `!p` there re-includes
 
 
 def _allowed(r: Reader, key_node: yaml.Node, event: str, key: str) -> tuple[str, ...] | None:

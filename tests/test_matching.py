@@ -115,6 +115,20 @@ def test_a_bang_pattern_excludes_and_the_last_matching_pattern_wins() -> None:
     assert "does not match" in str(check(routine("push: {branches: ['release/**', '!release/0.*']}"), "push", push))
 
 
+def test_actions_ignore_filters_are_exclusions() -> None:
+    push = payload("push")  # changes README.md on master
+    assert not fires(routine("push: {paths-ignore: ['*.md']}"), "push", push)
+    assert fires(routine("push: {paths-ignore: ['docs/**']}"), "push", push)
+    assert fires(routine("push: {paths-ignore: ['*.md', '!README.md']}"), "push", push), "! re-includes"
+    assert not fires(routine("push: {branches-ignore: [master]}"), "push", push)
+    push["ref"] = "refs/heads/feature/x"
+    assert fires(routine("push: {branches-ignore: [master, 'release/**']}"), "push", push)
+    tag = payload("push") | {"ref": "refs/tags/v1"}
+    assert not fires(routine("push: {branches-ignore: [master]}"), "push", tag), "tags are not branches"
+    result = check(routine("pull_request: {paths-ignore: ['docs/**']}"), "pull_request", payload("pull_request.opened"))
+    assert isinstance(result, Match) and result.paths == ("**", "!docs/**")
+
+
 def test_draft_and_forks() -> None:
     pull = payload("pull_request.opened")
     assert fires(routine("pull_request: {draft: false}"), "pull_request", pull)

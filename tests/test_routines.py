@@ -179,6 +179,12 @@ BAD = [
         "unknown type 'synchronized' — did you mean 'synchronize'?",
     ),
     ("push-types", routine_text("on:\n  github:\n    push: {types: [created]}\n"), 6, "has no activity types"),
+    (
+        "ignore-and-paths",
+        routine_text("on:\n  github:\n    push:\n      paths: [src/**]\n      paths-ignore: [docs/**]\n"),
+        8,
+        "paths and paths-ignore cannot both be set",
+    ),
     ("event-filter", routine_text("on:\n  github:\n    issues: {label: [bug]}\n"), 6, "did you mean 'labels'?"),
     (
         "association",
@@ -284,6 +290,7 @@ def test_the_schema_is_valid_shipped_and_accepts_the_examples() -> None:
         {"name": "demo"},
         {"name": "demo", "repo": "acme/api", "on": {"github": {"issues": {"types": ["labelled"]}}}},
         {"name": "demo", "repo": "acme/api", "on": {"github": {"push": {"lables": ["x"]}}}},
+        {"name": "demo", "repo": "acme/api", "on": {"github": {"push": {"branches": ["a"], "branches-ignore": ["b"]}}}},
         {"name": "demo", "repo": "acme/api", "outputs": {"pull_request": {"draft": False}}},
         {"name": "demo", "repo": "acme/api", "permissions": {"contents": "admin"}},
     ],
