@@ -125,7 +125,8 @@ async def _deliver(ctx: RunContext, deps: RunnerDeps, *, incomplete: bool, error
         return None
     follow_up = run.trigger.data.get("branch") if run.trigger.data.get("follow_up") else None
     branch = follow_up if isinstance(follow_up, str) else run_branch(routine.name, run.id)
-    await ctx.checkout.push(ctx.repo.clone_url, branch, ctx.creds)
+    # a follow-up's branch is a pull request people may push to: only fast-forward it
+    await ctx.checkout.push(ctx.repo.clone_url, branch, ctx.creds, force=not isinstance(follow_up, str))
     await ctx.events.emit("output.branch", {"branch": branch, "commit": sha, "files": changed[:200]})
     result: dict[str, Any] = {"branch": branch}
     if ctx.forge.name == "local":

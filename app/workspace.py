@@ -302,24 +302,30 @@ class Workspace:
         except (OSError, ValueError, pygit2.GitError) as exc:
             raise WorkspaceError(f"could not restore the checkpoint into {self.path}: {exc}") from None
 
-    async def push(self, url: str, branch: str, creds: Credentials | None = None) -> None:
-        """Push the last commit to `refs/heads/<branch>` of `url` (forced); only `routines/…` branches."""
+    async def push(self, url: str, branch: str, creds: Credentials | None = None, *, force: bool = True) -> None:
+        """Push the last commit to `refs/heads/<branch>` of `url`; only `routines/…` branches.
+
+        `force=False` (a follow-up on a branch people can push to) only fast-forwards it: when someone
+        pushed to the branch while the run worked, WorkspaceError says so and their commits stay.
+        """
         if not branch.startswith("routines/") or not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
             raise WorkspaceError(f"refusing to push to branch {branch!r}; runs only push to branches named routines/…")
-        await asyncio.to_thread(self._push, url, branch, creds)
+        await asyncio.to_thread(self._push, url, branch, creds, force)
 
-    def _push(self, url: str, branch: str, creds: Credentials | None) -> None:
+    def _push(self, url: str, branch: str, creds: Credentials | None, force: bool) -> None:
         repo = self._repo()
         head = repo.head.peel(pygit2.Commit).id
         if is_local(url):
-            _push_local(repo, Path(url.removeprefix("file://")), branch, head)
+            _push_local(repo, Path(url.removeprefix("file://")), branch, head, force)
             return
         ref = f"refs/heads/{branch}"
         repo.references.create(ref, head, force=True)
         callbacks = Callbacks(url, creds)
         try:
-            repo.remotes.create_anonymous(url).push([f"+{ref}:{ref}"], callbacks=callbacks)
+            repo.remotes.create_anonymous(url).push([f"{'+' if force else ''}{ref}:{ref}"], callbacks=callbacks)
         except pygit2.GitError as exc:
+            if not force and ("non-fastforward" in str(exc) or "not present locally" in str(exc)):
+                raise _moved(branch, url) from None
             raise git_failure(f"push {branch} to", url, exc) from None
         if callbacks.rejected:
             raise WorkspaceError(f"{display_url(url)} refused the push of {branch}: {'; '.join(callbacks.rejected)}")
@@ -339,7 +345,14 @@ class Workspace:
                 shutil.rmtree(directory, onerror=unlock)
 
 
-def _push_local(repo: pygit2.Repository, target: Path, branch: str, head: pygit2.Oid) -> None:
+def _moved(branch: str, url: str) -> WorkspaceError:
+    return WorkspaceError(
+        f"{branch} of {display_url(url)} moved while the run worked (someone pushed to it); the run's commit was not "
+        f"pushed, so theirs stay — ask again on the pull request to work from the new head"
+    )
+
+
+def _push_local(repo: pygit2.Repository, target: Path, branch: str, head: pygit2.Oid, force: bool) -> None:
     """Copy the missing objects into the repository at `target` and set the branch (libgit2 cannot push there)."""
     try:
         dest = pygit2.Repository(str(target), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
@@ -351,6 +364,9 @@ def _push_local(repo: pygit2.Repository, target: Path, branch: str, head: pygit2
     if not dest.is_bare and dest.references["HEAD"].raw_target == ref.encode():
         raise WorkspaceError(f"{branch} is checked out in {target}; switch that repository to another branch")
     _copy_objects(repo, dest, head)
+    old = dest.references.get(ref)
+    if not force and old is not None and old.target != head and not dest.descendant_of(head, old.target):
+        raise _moved(branch, str(target))
     dest.references.create(ref, head, force=True)
 
 

@@ -243,6 +243,32 @@ async def test_push_over_http_and_server_refusal(server: tuple[GitServer, str, P
         await ws.push(url, "routines/demo/run5", Credentials("x-access-token", "ghs_expired"))
 
 
+async def test_a_follow_up_push_only_fast_forwards_over_http_and_locally(
+    server: tuple[GitServer, str, Path], origin: Path, tmp_path: Path
+) -> None:
+    """Someone pushes to the pull request's branch while a follow-up run works: the run's push is refused
+    with the reason and their commit stays; without that, the follow-up fast-forwards the branch."""
+    _, url, bare = server
+    branch = "routines/demo/pr"
+    for remote, repo in ((url, bare), (str(origin), origin)):
+        git("branch", "-f", branch, "main", cwd=repo)
+        cache = tmp_path / f"cache-{repo.name}"
+        creds = CREDS if remote == url else None
+        runs = []
+        for name in ("ahead", "behind"):
+            ws = await checkout(await Mirrors(cache).ensure(remote, creds), branch, tmp_path / f"{repo.name}-{name}")
+            (ws.path / "README.md").write_text(f"# demo, {name}\n")
+            runs.append((ws, await ws.commit(f"Follow-up {name}", "Routines", "bot@example.com")))
+        (first, first_sha), (second, _) = runs
+        await first.push(remote, branch, creds, force=False)
+        assert git("rev-parse", f"refs/heads/{branch}", cwd=repo) == first_sha, "a fast-forward is pushed"
+        with pytest.raises(WorkspaceError, match=r"moved while the run worked \(someone pushed to it\)"):
+            await second.push(remote, branch, creds, force=False)
+        assert git("rev-parse", f"refs/heads/{branch}", cwd=repo) == first_sha, f"the other commit stays ({remote})"
+        await second.push(remote, branch, creds)
+        assert git("rev-parse", f"refs/heads/{branch}", cwd=repo) != first_sha, "a run's own branch is forced"
+
+
 async def test_concurrent_ensure_in_tasks_and_processes(origin: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     script = (
