@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import signal
 import subprocess
@@ -182,11 +184,15 @@ def test_secrets_are_set_from_stdin_and_never_printed(tmp_path: Path, redis_url:
 def test_the_web_process_logs_redact_its_secrets_uvicorn_lines_included(tmp_path: Path, redis_url: str) -> None:
     port = free_port()
     token = "api-token-that-must-not-be-logged-4f9a"
-    env = env_for(tmp_path, None, redis_url, ROUTINES_API_TOKEN=token, PORT=str(port))
+    secret = "webhook-secret-that-must-not-be-logged-77c1"
+    env = env_for(tmp_path, None, redis_url, ROUTINES_API_TOKEN=token, PORT=str(port), GITHUB_WEBHOOK_SECRET=secret)
     (tmp_path / "routines").mkdir()
     web = subprocess.Popen(
         [sys.executable, "-m", "app", "web"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
+    body = b'{"zen": "Design for failure."}'
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"x-github-event": "ping", "x-github-delivery": "p-1", "x-hub-signature-256": signature}
     try:
         for _ in range(100):
             try:
@@ -194,8 +200,10 @@ def test_the_web_process_logs_redact_its_secrets_uvicorn_lines_included(tmp_path
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
+        pong = httpx.post(f"http://127.0.0.1:{port}/webhooks/github", content=body, headers=headers, timeout=5)
     finally:
         web.send_signal(signal.SIGINT)
         output = web.communicate(timeout=30)[0].decode()
-    assert "GET /healthz?token=" in output, output
-    assert token not in output
+    assert (pong.status_code, pong.headers["x-routines-delivery"]) == (200, "pong")
+    assert "GET /healthz?token=" in output and '"POST /webhooks/github HTTP/1.1" 200' in output, output
+    assert token not in output and secret not in output
