@@ -5,7 +5,9 @@ official `mcp` SDK, sending the connector's vault secret as `Authorization: Bear
 its tools. They are offered to the model as `<connector>__<tool>`; a call runs on the
 connector and its text comes back fenced as untrusted data. A failed call — refused, timed out,
 or the server gone — is a tool error for the model, never a failure of the run; a connector
-that cannot be opened fails the run before the agent starts (ConnectorError).
+that cannot be opened fails the run before the agent starts (ConnectorError). A session whose
+server went away (restarted, redeployed) is opened again by the next call, up to `MAX_REOPENS`
+times a run; one whose credentials were refused is not.
 
 Each session lives in its own task: the SDK's transport runs in an anyio task group whose
 failure cancels the task that entered it, and that must not be the agent's.
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from mcp_types import CallToolResult, Tool
 
 SEPARATOR = "__"
+MAX_REOPENS = 3
 _NAME_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 MAX_NAME = 64
 
@@ -206,6 +209,9 @@ class _Session:
         self._task: asyncio.Task[None] | None = None
         self._statuses: list[int] = []
         self._gone: str | None = None
+        self._refused = False
+        self._closed = False
+        self._reopens = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._main(), name=f"connector:{self.connector.name}")
@@ -213,22 +219,42 @@ class _Session:
             await asyncio.wait_for(asyncio.shield(self._ready), self._connect_timeout_s)
         except TimeoutError:
             self._ready.cancel()
-            await self.close()
+            await self._stop()
             raise ConnectorError(
                 f"connector {self.connector.name} did not answer within {self._connect_timeout_s:g} s at "
                 f"{self.connector.url}; check the url and that the server is up"
             ) from None
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> CallToolResult:
-        if self._gone is not None:
-            raise ToolError(f"connector {self.connector.name} is unavailable for the rest of this run ({self._gone})")
-        if self._task is None or self._task.done():
+        if self._closed or self._task is None:
             raise ToolError(f"connector {self.connector.name} is closed")
+        if self._gone is not None or self._task.done():
+            await self._reopen()
         future: asyncio.Future[CallToolResult] = asyncio.get_running_loop().create_future()
         await self._jobs.put((tool, arguments, future))
         return await future
 
+    async def _reopen(self) -> None:
+        """A new session after the server went away; ToolError when it is refused, spent or fails."""
+        gone = self._gone or "the session ended"
+        if self._refused or self._reopens >= MAX_REOPENS:
+            raise ToolError(f"connector {self.connector.name} is unavailable for the rest of this run ({gone})")
+        self._reopens += 1
+        self._ready = asyncio.get_running_loop().create_future()
+        self._gone, self._jobs = None, asyncio.Queue()
+        try:
+            await self.start()
+        except ConnectorError as exc:
+            self._gone = self._gone or str(exc)
+            raise ToolError(
+                f"connector {self.connector.name} went away ({gone}) and could not be opened again: {exc}"
+            ) from None
+
     async def close(self) -> None:
+        self._closed = True
+        await self._stop()
+
+    async def _stop(self) -> None:
         if self._task is None or self._task.done():
             return
         await self._jobs.put(None)
@@ -257,6 +283,7 @@ class _Session:
                 self._ready.set_result(None)
                 await self._serve(client)
         except BaseException as exc:  # the SDK wraps transport failures in (nested) exception groups
+            self._refused = any(status in (401, 403) for status in self._statuses)
             self._gone = self._describe(exc)
             if not self._ready.done():
                 self._ready.set_exception(ConnectorError(f"connector {self.connector.name}: {self._gone}"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from redis import asyncio as aioredis
 
-from app.agent.connectors import ConnectorError, open_connectors
+from app.agent.connectors import MAX_REOPENS, ConnectorError, open_connectors
 from app.agent.loop import Agent
 from app.agent.tools import Toolbox
 from app.domain import JSON, Connector
@@ -110,11 +110,30 @@ async def test_a_connector_that_dies_mid_run_gives_tool_errors_not_a_failed_run(
         assert json.loads(first.output.splitlines()[1])["title"] == "Slow start with many routines"
         served.stop()
         second = await toolbox.execute(call)
-        third = await toolbox.execute(call)
+        third = await toolbox.execute(call)  # the session may still be ending: refused as "unavailable"
+        fourth = await toolbox.execute(call)  # it has ended: opening it again fails, the server is down
+        with serve_in_thread(create_app(state), port=served.port):  # the server is back (restarted, redeployed)
+            fifth = await toolbox.execute(call)
         after = await toolbox.execute({"type": "tool_use", "id": "t", "name": "nope", "input": {}})
     assert second.is_error and "tracker" in second.output
-    assert third.is_error and "unavailable" in third.output
+    assert third.is_error and "tracker" in third.output
+    assert fourth.is_error and "went away" in fourth.output and "could not be opened again" in fourth.output
+    assert not fifth.is_error and "Slow start with many routines" in fifth.output, "the next call opens it again"
     assert after.is_error and "not available" in after.output
+
+
+async def test_a_connector_is_opened_again_at_most_max_reopens_times(
+    state: McpState, vault: Vault, shell: LocalShell, tmp_path: Path
+) -> None:
+    served = serve_in_thread(create_app(state))
+    async with open_connectors([tracker(served)], vault.get, call_timeout_s=5) as connectors:
+        toolbox = Toolbox([], shell=shell, workspace=tmp_path, connectors=connectors)
+        call = {"type": "tool_use", "id": "toolu_1", "name": "tracker__get_issue", "input": {"id": "ENG-2"}}
+        served.stop()
+        outputs = [(await toolbox.execute(call)).output for _ in range(MAX_REOPENS + 3)]
+    reopened = [o for o in outputs if "could not be opened again" in o]
+    assert len(reopened) == MAX_REOPENS, outputs
+    assert "unavailable for the rest of this run" in outputs[-1]
 
 
 async def test_bad_arguments_come_back_as_tool_errors(
