@@ -103,7 +103,9 @@ def start(data_dir: Path, port: int | None = None) -> EmbeddedRedis:
         "--logfile",
         "server.log",
     ]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # its own session: a Ctrl+C in the terminal reaches `routines dev` only, which stops this server last,
+    # after the web process and the worker have closed their connections
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -134,7 +134,12 @@ def test_dev_starts_an_embedded_redis_when_redis_url_is_unset(tmp_path: Path, lo
     # a closed local port: the fired run must never reach the real API
     env = env_for(tmp_path, None, None, PORT=str(port), ANTHROPIC_API_KEY=KEY, ANTHROPIC_BASE_URL="http://127.0.0.1:9")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "dev"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "app", "dev"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a process group of its own, as in a terminal
     )
     try:
         health = None
@@ -155,10 +160,12 @@ def test_dev_starts_an_embedded_redis_when_redis_url_is_unset(tmp_path: Path, lo
         )
         assert fired.status_code == 202
     finally:
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl+C: the whole foreground process group gets it
         out, _ = proc.communicate(timeout=30)
     assert b"REDIS_URL is not set: started embedded" in out
     assert (tmp_path / "data" / "redis").is_dir()
+    assert proc.returncode in (0, 130) and b"Traceback" not in out, out.decode()  # 130: stopped by Ctrl+C
+    assert not (tmp_path / "data" / "redis" / "port").exists(), "the embedded server was stopped"
 
 
 def test_secrets_are_set_from_stdin_and_never_printed(tmp_path: Path, redis_url: str) -> None:
