@@ -1,4 +1,4 @@
-"""The `routines` command: dev | web | worker | run | validate | token | runs | logs."""
+"""The `routines` command: dev, web, worker, run, validate, token, runs, logs, secrets, lifecycle (--help)."""
 
 from __future__ import annotations
 

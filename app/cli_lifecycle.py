@@ -1,17 +1,23 @@
-"""`routines pause|resume|archive NAME` and `routines fire NAME [--text] [--repo]` (run now, through the queue)."""
+"""`routines pause|resume|archive NAME`, `routines fire NAME [--text] [--repo]` (run now, through the queue),
+and `routines apply FILE...` / `routines delete NAME` (routines kept in Redis, as over the API)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from app import routine_admin
 from app.cli_support import with_services
 from app.config import Settings
 from app.dispatch import fire_checked
 from app.domain import Trigger
+from app.errors import ConfigError
 from app.lifecycle import ACTIVE, ARCHIVED, PAUSED, Lifecycle, Refused
+from app.routine_admin import MAX_ROUTINE_BYTES
+from app.routines import parse_routine
 from app.services import Services
 
 _STATES = {"pause": PAUSED, "resume": ACTIVE, "archive": ARCHIVED}
@@ -29,6 +35,10 @@ def add_parsers(sub: Any) -> None:
     fire.add_argument("name")
     fire.add_argument("--text", help="input for the model, like the `text` of an API call")
     fire.add_argument("--repo", help="repository, when the routine has several")
+    apply = sub.add_parser("apply", help="create or replace routines kept in Redis from routine files")
+    apply.add_argument("files", nargs="+", type=Path)
+    delete = sub.add_parser("delete", help="remove a routine kept in Redis (made by apply or the API)")
+    delete.add_argument("name")
 
 
 def cmd_state(settings: Settings, args: argparse.Namespace) -> int:
@@ -40,6 +50,36 @@ def cmd_state(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
     return with_services(settings, change)
+
+
+def cmd_apply(settings: Settings, args: argparse.Namespace) -> int:
+    """Every file is checked before any is kept; a wrong one stops them all (exit 2, `file:line: …`)."""
+    parsed = []
+    for path in args.files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}; pass a routine file (UTF-8 Markdown)") from None
+        if len(text.encode()) > MAX_ROUTINE_BYTES:
+            raise ConfigError(f"{path} is over {MAX_ROUTINE_BYTES} bytes, the most a routine kept in Redis may be")
+        parsed.append((parse_routine(text, str(path)), text))
+
+    async def keep(services: Services) -> int:
+        for routine, text in parsed:
+            created = await routine_admin.put_routine(services, routine, text)
+            print(f"{routine.name}: {'created' if created else 'replaced'} (every web process and worker picks it up)")
+        return 0
+
+    return with_services(settings, keep)
+
+
+def cmd_delete(settings: Settings, args: argparse.Namespace) -> int:
+    async def remove(services: Services) -> int:
+        await routine_admin.delete_routine(services, args.name)
+        print(f"{args.name}: deleted (its runs stay)")
+        return 0
+
+    return with_services(settings, remove)
 
 
 def cmd_fire(settings: Settings, args: argparse.Namespace) -> int:
@@ -63,4 +103,6 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "resume": cmd_state,
     "archive": cmd_state,
     "fire": cmd_fire,
+    "apply": cmd_apply,
+    "delete": cmd_delete,
 }

@@ -25,6 +25,10 @@ class RoutineNotFound(RoutinesError):
     pass
 
 
+class RoutineConflict(RoutinesError):
+    """A change kept in Redis would touch a routine that is a file (files are changed on disk)."""
+
+
 class RunNotFound(RoutinesError):
     pass
 

@@ -188,7 +188,8 @@ class Services:
 
 
 async def build(settings: Settings, *, check_redis: bool = True) -> Services:
-    """Build the clients; with `check_redis`, fail now with a clear StoreError when Redis is unreachable."""
+    """Build the clients; with `check_redis`, fail now with a clear StoreError when Redis is unreachable, and
+    read the routines kept in Redis (API, `routines apply`) beside the files."""
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL is not set; set it (e.g. redis://127.0.0.1:6379/0) or use `routines dev`")
     pool = queue.connect(settings.redis_url)
@@ -208,4 +209,6 @@ async def build(settings: Settings, *, check_redis: bool = True) -> Services:
             timeout_s=settings.http_timeout_s,
         )
         services.github = await services._stack.enter_async_context(forge)
+    if check_redis:
+        await services.refresh_routines()
     return services

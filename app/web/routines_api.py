@@ -9,10 +9,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app import routine_admin
 from app.catalog import API_SOURCE
 from app.domain import Routine
-from app.errors import RoutineFileError, RoutineNotFound
+from app.errors import RoutineConflict, RoutineFileError, RoutineNotFound
 from app.lifecycle import ACTIVE, ARCHIVED, PAUSED, Lifecycle, Refused
+from app.routine_admin import MAX_ROUTINE_BYTES
 from app.routines import parse_routine
 from app.services import Services
 from app.web.api import bearer_token, error, is_admin, routine_json, services_of
@@ -55,9 +57,6 @@ async def change_state(request: Request, action: str) -> Response:
     return JSONResponse({"name": name, **state.to_json()})
 
 
-MAX_ROUTINE_BYTES = 256 * 1024
-
-
 def _admin_refusal(services: Services, request: Request, what: str) -> Response | None:
     if services.settings.api_token is None:
         return error(403, f"set ROUTINES_API_TOKEN to {what} routines over the API")
@@ -91,12 +90,10 @@ async def put_routine(request: Request) -> Response:
         return error(
             400, f"the routine is named {routine.name!r} but was sent to /api/routines/{name}; make them match"
         )
-    await services.refresh_routines()
-    if services.catalog.is_file(name):
-        source = services.catalog.get(name).source
-        return error(409, f"routine {name!r} is the file {source}; change the file, or pick another name")
-    created = await services.api_routines.put(name, text)
-    await services.refresh_routines()
+    try:
+        created = await routine_admin.put_routine(services, routine, text)
+    except RoutineConflict as exc:
+        return error(409, str(exc))
     return JSONResponse({**routine_json(routine), "created": created}, status_code=201 if created else 200)
 
 
@@ -107,12 +104,12 @@ async def delete_routine(request: Request) -> Response:
     if refused is not None:
         return refused
     name = request.path_params["name"]
-    await services.refresh_routines()
-    if services.catalog.is_file(name):
-        return error(409, f"routine {name!r} is the file {services.catalog.get(name).source}; delete the file")
-    if not await services.api_routines.delete(name):
-        return error(404, f"no routine {name!r} was created through the API")
-    await services.refresh_routines()
+    try:
+        await routine_admin.delete_routine(services, name)
+    except RoutineConflict as exc:
+        return error(409, str(exc))
+    except RoutineNotFound as exc:
+        return error(404, str(exc))
     return JSONResponse({"name": name, "deleted": True})
 
 
