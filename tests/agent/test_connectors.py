@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -98,13 +99,27 @@ async def test_the_model_calls_a_connector_tool_and_every_step_is_an_event(
     assert redactor.text(f"token {TOKEN}") == "token [TRACKER_TOKEN]"
 
 
+GET_ISSUE = {"type": "tool_use", "id": "toolu_1", "name": "tracker__get_issue", "input": {"id": "ENG-2"}}
+
+
+@asynccontextmanager
+async def tracker_toolbox(
+    state: McpState, vault: Vault, shell: LocalShell, tmp_path: Path
+) -> AsyncIterator[tuple[Served, Toolbox]]:
+    """A toolbox with the tracker connector open on a server the test may stop (and start again)."""
+    served = serve_in_thread(create_app(state))
+    try:
+        async with open_connectors([tracker(served)], vault.get, call_timeout_s=5) as connectors:
+            yield served, Toolbox([], shell=shell, workspace=tmp_path, connectors=connectors)
+    finally:
+        served.stop()
+
+
 async def test_a_connector_that_dies_mid_run_gives_tool_errors_not_a_failed_run(
     state: McpState, vault: Vault, shell: LocalShell, tmp_path: Path
 ) -> None:
-    served = serve_in_thread(create_app(state))
-    async with open_connectors([tracker(served)], vault.get, call_timeout_s=5) as connectors:
-        toolbox = Toolbox([], shell=shell, workspace=tmp_path, connectors=connectors)
-        call = {"type": "tool_use", "id": "toolu_1", "name": "tracker__get_issue", "input": {"id": "ENG-2"}}
+    async with tracker_toolbox(state, vault, shell, tmp_path) as (served, toolbox):
+        call = GET_ISSUE
         first = await toolbox.execute(call)
         assert not first.is_error and first.connector == "tracker"
         assert json.loads(first.output.splitlines()[1])["title"] == "Slow start with many routines"
@@ -125,12 +140,9 @@ async def test_a_connector_that_dies_mid_run_gives_tool_errors_not_a_failed_run(
 async def test_a_connector_is_opened_again_at_most_max_reopens_times(
     state: McpState, vault: Vault, shell: LocalShell, tmp_path: Path
 ) -> None:
-    served = serve_in_thread(create_app(state))
-    async with open_connectors([tracker(served)], vault.get, call_timeout_s=5) as connectors:
-        toolbox = Toolbox([], shell=shell, workspace=tmp_path, connectors=connectors)
-        call = {"type": "tool_use", "id": "toolu_1", "name": "tracker__get_issue", "input": {"id": "ENG-2"}}
+    async with tracker_toolbox(state, vault, shell, tmp_path) as (served, toolbox):
         served.stop()
-        outputs = [(await toolbox.execute(call)).output for _ in range(MAX_REOPENS + 3)]
+        outputs = [(await toolbox.execute(GET_ISSUE)).output for _ in range(MAX_REOPENS + 3)]
     reopened = [o for o in outputs if "could not be opened again" in o]
     assert len(reopened) == MAX_REOPENS, outputs
     assert "unavailable for the rest of this run" in outputs[-1]
