@@ -226,10 +226,9 @@ def start_probot(tmp: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def measure(name: str, process: subprocess.Popen[bytes], port: int, path: str, args: argparse.Namespace,
-            body_file: Path, reset: Callable[[], object], fixed_rate: bool) -> JSONish:  # fmt: skip
+            body_file: Path, flush: Callable[[], object], fixed_rate: bool) -> JSONish:  # fmt: skip
     body, signature = body_and_signature()
     fixed: JSONish = {}
-    flush = reset
 
     def reset() -> None:  # once the requests wrk left in flight are answered: a FLUSHDB under them fails them
         time.sleep(0.3)

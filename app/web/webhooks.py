@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 PATH = "/webhooks/github"
 MAX_BODY_BYTES = 25 * 1024 * 1024
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-_READ_HEADERS = frozenset({b"content-length", b"x-hub-signature-256", b"x-github-event", b"x-github-delivery"})
+_READ_HEADERS = frozenset({b"x-hub-signature-256", b"x-github-event", b"x-github-delivery"})
 
 Headers = list[tuple[bytes, bytes]]
 
