@@ -164,6 +164,11 @@ def pr_body(ctx: RunContext, deps: RunnerDeps, changed: list[str], *, incomplete
         lines += ["<details><summary>Commands run</summary>", "", "```console"]
         lines += [f"$ {c.splitlines()[0][:200] if c.strip() else c}" for c in shown]
         lines += ["```", "</details>", ""]
+    if ctx.skipped:
+        lines += ["<details><summary>Files left out of this pull request</summary>", ""]
+        lines += [f"- `{item.get('path')}`: {item.get('reason')}" for item in ctx.skipped[:50]]
+        lines += ["", "Remove them, or add them to `.gitignore`, if they are not meant to be committed."]
+        lines += ["</details>", ""]
     if ctx.denied:
         hosts = sorted({f"{d.get('host')}:{d.get('port')} ({d.get('reason')})" for d in ctx.denied})
         lines += ["<details><summary>Network requests refused by the egress proxy</summary>", ""]

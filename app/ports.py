@@ -57,12 +57,59 @@ class Shell(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class StageLimits:
+    """What one snapshot of a work tree may hold: bigger files and content past the total are left out."""
+
+    max_file_bytes: int = 100 * 1024 * 1024
+    max_total_bytes: int = 1024**3
+    max_files: int = 500_000
+
+
+@dataclass
+class Staged:
+    """A work tree staged inside the sandbox: its tree id, file count, and what was left out and why."""
+
+    tree: str
+    files: int = 0
+    skipped: list[JSON] = field(default_factory=list)
+
+
+class TreeSource(Protocol):
+    """Stages a work tree where it lives and hands out the git objects it made (checked by their ids)."""
+
+    async def stage(self, base: str, seed: bytes | None, limits: StageLimits) -> Staged:
+        """Stage every change since commit `base`; `seed` is an index with stat data of the checkout."""
+        ...
+
+    async def objects(self, oids: list[str]) -> list[tuple[str, int, bytes]]:
+        """(id, git object type, raw data) of each tree or blob in `oids`, unverified."""
+        ...
+
+
+class Hands(Shell, TreeSource, Protocol):
+    """One run's hands inside its sandbox: the persistent shell, the file editor, staging of the tree.
+
+    Nothing here runs in the worker: the host only sends requests and reads bounded answers.
+    """
+
+    workdir: Path
+
+    async def edit(self, params: JSON, max_characters: int | None = None) -> str:
+        """Run one `str_replace_based_edit_tool` call where the files are; ToolError when refused."""
+        ...
+
+    async def stop(self) -> None:
+        """End the shell and every process the agent started; editing and staging still work."""
+        ...
+
+
 class Sandbox(Protocol):
-    """Where the agent's commands execute. Never given a credential."""
+    """Where the agent's hands act. Never given a credential."""
 
     name: str
 
-    async def shell(self, workdir: Path, env: dict[str, str]) -> Shell: ...
+    async def hands(self, workdir: Path, env: dict[str, str]) -> Hands: ...
 
 
 @dataclass(frozen=True)
@@ -144,10 +191,24 @@ class EventSink(Protocol):
 
 
 class Checkout(Protocol):
-    """A run's working tree. The runner, never the agent, commits and pushes it."""
+    """A run's working tree. The runner, never the agent, commits and pushes it.
+
+    The host never reads the work tree: `snapshot` has the tree staged inside the sandbox and copies
+    its git objects, checked against their ids. Everything after (changes, diff, commit, checkpoint)
+    works on the last snapshot's tree, which is the base commit's until one is taken.
+    """
 
     path: Path
     base_commit: str
+
+    @property
+    def tree(self) -> str:
+        """The current tree's id."""
+        ...
+
+    async def snapshot(self, source: TreeSource, limits: StageLimits | None = None) -> Staged:
+        """Stage the work tree through `source` and make its tree the current one."""
+        ...
 
     def changed_files(self) -> list[str]: ...
 
@@ -160,11 +221,11 @@ class Checkout(Protocol):
     def cleanup(self) -> None: ...
 
     async def checkpoint(self, ref: str) -> str | None:
-        """Snapshot the tree onto `ref` in the mirror (None: nothing changed since the last one)."""
+        """Commit the current tree onto `ref`, outside the mirror (None: nothing changed since the last one)."""
         ...
 
     async def restore(self, commit: str | None, patch: str) -> str:
-        """Bring back a checkpoint: its commit if the mirror has it, else the patch; says which."""
+        """Bring back a checkpoint: its commit if this machine has it, else the patch; says which."""
         ...
 
 

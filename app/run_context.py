@@ -66,3 +66,5 @@ class RunContext:
     links: list[tuple[str, str]] = field(default_factory=list)
     history: list[Event] | None = None
     """The event log before this attempt, when the run is being resumed after its worker died."""
+    skipped: list[JSON] = field(default_factory=list)
+    """Files the final snapshot left out (too big, not UTF-8 names), with why."""

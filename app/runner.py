@@ -16,6 +16,7 @@ from app.delivery import deliver_and_record
 from app.domain import JSON, Event, Run, RunState
 from app.errors import ConfigError, RoutinesError
 from app.outputs import review_context
+from app.ports import Hands
 from app.resume import INTERRUPTED, rebuild, restart_note
 from app.run_context import RunContext, RunEvents, RunnerDeps
 
@@ -123,14 +124,39 @@ async def _restore(ctx: RunContext) -> None:
     await ctx.events.emit("workspace.restored", {"turn": checkpoint.get("turn"), "commit": commit, "from": how})
 
 
-async def _checkpoint(ctx: RunContext, turn: int) -> None:
-    """After a turn whose tools ran: snapshot the tree if it changed (commit in the mirror + patch in the log)."""
+async def _checkpoint(ctx: RunContext, hands: Hands, turn: int) -> None:
+    """After a turn whose tools ran: snapshot the tree (staged in the sandbox) and, if it changed, record
+    it (a commit in the run's checkpoint store + the patch in the log). A snapshot that fails is reported
+    and the run goes on: the next turn tries again."""
     if ctx.checkout is None:
         return
-    sha = await ctx.checkout.checkpoint(f"refs/routines/checkpoints/{ctx.run.id}")
+    try:
+        staged = await ctx.checkout.snapshot(hands)
+        sha = await ctx.checkout.checkpoint(f"refs/routines/checkpoints/{ctx.run.id}")
+    except RoutinesError as exc:
+        await ctx.events.emit("workspace.snapshot_failed", {"turn": turn, "error": str(exc)})
+        return
+    if staged.skipped:
+        await ctx.events.emit("workspace.skipped", {"turn": turn, "files": staged.skipped[:50]})
     if sha is not None:
         patch = await asyncio.to_thread(ctx.checkout.diff)
         await ctx.events.emit("workspace.checkpoint", {"turn": turn, "commit": sha, "patch": patch})
+
+
+async def _final_snapshot(ctx: RunContext, hands: Hands) -> None:
+    """The tree the run delivers: staged once every process of the agent has ended. If that fails, the
+    last checkpoint's tree is delivered and the failure is in the log."""
+    if ctx.checkout is None:
+        return
+    try:
+        await hands.stop()
+        staged = await ctx.checkout.snapshot(hands)
+    except RoutinesError as exc:
+        await ctx.events.emit("workspace.snapshot_failed", {"final": True, "error": str(exc)})
+        return
+    ctx.skipped = staged.skipped
+    if staged.skipped:
+        await ctx.events.emit("workspace.skipped", {"final": True, "files": staged.skipped[:50]})
 
 
 async def _pull_to_review(ctx: RunContext, deps: RunnerDeps) -> str:
@@ -164,15 +190,14 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
             await ctx.events.emit(
                 "sandbox.warning", {"sandbox": "local", "message": "commands ran unsandboxed (ROUTINES_SANDBOX=local)"}
             )
-        shell = await boundary.sandbox.shell(ctx.checkout.path, {**SANDBOX_ENV, **boundary.env})
+        hands = await boundary.sandbox.hands(ctx.checkout.path, {**SANDBOX_ENV, **boundary.env})
         try:
             async with open_connectors(
                 routine.connectors, deps.connector_secret, redactor=ctx.events.redactor, emit=ctx.events.emit
             ) as connectors:
                 toolbox = Toolbox(
                     routine.tools,
-                    shell=shell,
-                    workspace=ctx.checkout.path,
+                    hands=hands,
                     command_timeout_s=deps.command_timeout_s,
                     memory=await _memory(ctx, deps, run_dir),
                     connectors=connectors,
@@ -188,15 +213,18 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
                     price=deps.price,
                     cancelled=deps.cancel_check(ctx.run.id) if deps.cancel_check else None,
                     inbox=lambda: deps.store.take_messages(ctx.run.id),
-                    after_tools=lambda turn: _checkpoint(ctx, turn),
+                    after_tools=lambda turn: _checkpoint(ctx, hands, turn),
                 )
-                system = build_system(routine, workspace=ctx.checkout.path)
+                system = build_system(routine, workspace=hands.workdir)
                 first = build_first_message(ctx.run.trigger)
                 if ctx.pull is not None:
                     first += "\n\n" + fence(review_context(ctx.pull), "pull_request")
                 ctx.outcome = await _converse(ctx, deps, agent, system, first)
         finally:
-            await shell.close()
+            try:
+                await _final_snapshot(ctx, hands)
+            finally:
+                await hands.close()
     finally:
         ctx.denied = boundary.denied
         await boundary.close()

@@ -1,10 +1,13 @@
 """Workspaces: a bare mirror per repository, and a fresh checkout per run that borrows its objects.
 
 A checkout has two git directories. `dest/.git` is the agent's: it may write anything there, and
-the host never reads it. The runner stages, commits and pushes through a private git directory
-next to `dest` (`<dest>.gitdir`) whose work tree is `dest`. Both borrow the mirror's objects
-through `objects/info/alternates`, so a mirror must never be garbage-collected while workspaces
-that borrow from it exist. Only libgit2 touches the repositories: no hook, filter or fsmonitor runs.
+the host never reads it. The runner commits and pushes through a private git directory next to
+`dest` (`<dest>.gitdir`). The host never reads the work tree either: a snapshot is staged inside
+the sandbox and only its git objects, checked against their ids, come into the private git
+directory (app.snapshots). Both git directories borrow the mirror's objects through
+`objects/info/alternates`, so a mirror must never be garbage-collected while workspaces borrow
+from it; the private one also borrows the run's checkpoints (`<dest>.checkpoints`), which no
+sandbox sees. Only libgit2 touches the repositories: no hook, filter or fsmonitor runs.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from pygit2.enums import CheckoutStrategy, FetchPrune
 
 from app.errors import WorkspaceError
 from app.gitremote import Callbacks, display_url, git_failure, is_local, locked, repo_name
-from app.ports import Credentials
+from app.ports import Credentials, Staged, StageLimits, TreeSource
+from app.snapshots import import_tree
 from app.worktree import write_tree
 
 logger = logging.getLogger(__name__)
@@ -103,7 +107,7 @@ class Mirrors:
     def discard(self, dest: Path) -> None:
         """Remove what a dead worker left of a checkout at `dest`: after a crash the checkpoint is the truth."""
         if (dest.parent / f"{dest.name}.gitdir" / "routines-base").is_file():
-            Workspace.open(dest).cleanup()
+            Workspace.open(dest).cleanup(keep_checkpoints=True)
         elif dest.exists():
             shutil.rmtree(dest, ignore_errors=True)
 
@@ -136,6 +140,7 @@ def _checkout(mirror: Path, base: str, dest: Path) -> Workspace:
     objects = Path(repo.path).resolve() / "objects"
     _init_gitdir(dest / ".git", objects, {}, branch, str(commit.id))
     _init_gitdir(gitdir, objects, {"worktree": str(dest.resolve())}, None, str(commit.id))
+    _borrow_checkpoints(dest, objects)
     (gitdir / "info" / "exclude").write_text("/.git\n")
     (gitdir / "routines-base").write_text(f"{commit.id}\n")
     try:
@@ -162,6 +167,20 @@ def _mirror_name(repo: pygit2.Repository, mirror: Path) -> str:
 
 def _private_gitdir(dest: Path) -> Path:
     return dest.parent / f"{dest.name}.gitdir"
+
+
+def _checkpoints(dest: Path) -> Path:
+    """Where the run's checkpoint objects live: beside the checkout, outside the mirror every run sees."""
+    return dest.parent / f"{dest.name}.checkpoints"
+
+
+def _borrow_checkpoints(dest: Path, mirror_objects: Path) -> None:
+    """Let the private git directory read the mirror's objects and the run's checkpoints (made if missing)."""
+    store = _checkpoints(dest) / "objects"
+    for sub in ("info", "pack"):
+        (store / sub).mkdir(parents=True, exist_ok=True)
+    alternates = _private_gitdir(dest) / "objects" / "info" / "alternates"
+    alternates.write_text(f"{mirror_objects}\n{store.resolve()}\n")
 
 
 def _resolve_base(repo: pygit2.Repository, base: str, name: str) -> tuple[pygit2.Commit, str | None]:
@@ -205,14 +224,18 @@ def _write_head(path: Path, branch: str | None, oid: str) -> None:
 class Workspace:
     """One run's work tree at `path` (what the agent sees) on top of `base_commit`.
 
-    Staging, commits and pushes go through the private git directory `<path>.gitdir`; `path/.git`
-    belongs to the agent and is never read here.
+    Commits and pushes go through the private git directory `<path>.gitdir`; `path/.git` belongs to
+    the agent and is never read here, and neither is the work tree: `snapshot` has it staged where
+    the agent's hands are and copies the checked objects. Changes, diff, commits and checkpoints
+    all work on `tree`, the last snapshot (the base commit's tree until one is taken).
     """
 
     def __init__(self, path: Path, base_commit: str) -> None:
         self.path = path
         self.base_commit = base_commit
         self._gitdir = _private_gitdir(path)
+        self._tree: str | None = None
+        self._seeded = False
 
     @classmethod
     def open(cls, path: Path) -> Workspace:
@@ -225,33 +248,50 @@ class Workspace:
     def _repo(self) -> pygit2.Repository:
         return pygit2.Repository(str(self._gitdir), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
 
-    def _stage(self) -> tuple[pygit2.Repository, pygit2.Index]:
+    @property
+    def tree(self) -> str:
+        """The id of the current tree: the last snapshot's, or the base commit's."""
+        if self._tree is None:
+            self._tree = str(self._repo()[self.base_commit].peel(pygit2.Tree).id)
+        return self._tree
+
+    async def snapshot(self, source: TreeSource, limits: StageLimits | None = None) -> Staged:
+        """Have `source` stage the work tree (where the agent's hands are), copy the objects this
+        repository lacks, each checked against its id, and make the staged tree the current one."""
+        seed = None
+        if not self._seeded:
+            index = self._gitdir / "index"
+            seed = await asyncio.to_thread(index.read_bytes) if index.is_file() else None
+        staged = await source.stage(self.base_commit, seed, limits or StageLimits())
+        self._seeded = True
+        repo = await asyncio.to_thread(self._repo)
+        await import_tree(repo, source, staged.tree)
+        self._tree = staged.tree
+        return staged
+
+    def _base_diff(self) -> pygit2.Diff:
         repo = self._repo()
-        index = repo.index
-        index.add_all()
-        index.write()
-        return repo, index
+        base = repo[self.base_commit].peel(pygit2.Tree)
+        return base.diff_to_tree(repo[self.tree].peel(pygit2.Tree))
 
     def changed_files(self) -> list[str]:
-        """Paths added, modified or deleted since the base commit (`.gitignore`d files and `.git` left out)."""
-        repo, index = self._stage()
-        diff = repo[self.base_commit].peel(pygit2.Tree).diff_to_index(index)
+        """Paths added, modified or deleted from the base commit to the current tree."""
+        diff = self._base_diff()
         return sorted({path for delta in diff.deltas for path in (delta.old_file.path, delta.new_file.path)})
 
     def diff(self) -> str:
-        """The unified patch from the base commit to the work tree as it is now."""
-        repo, index = self._stage()
-        return repo[self.base_commit].peel(pygit2.Tree).diff_to_index(index).patch or ""
+        """The unified patch from the base commit to the current tree."""
+        return self._base_diff().patch or ""
 
     async def commit(self, message: str, author_name: str, author_email: str) -> str | None:
-        """Commit every change on top of the last commit (the base at first); None if nothing changed."""
+        """Commit the current tree on top of the last commit (the base at first); None if nothing changed."""
         return await asyncio.to_thread(self._commit, message, author_name, author_email)
 
     def _commit(self, message: str, author_name: str, author_email: str) -> str | None:
         try:
-            repo, index = self._stage()
-            tree = index.write_tree()
+            repo = self._repo()
             parent = repo.head.peel(pygit2.Commit)
+            tree = pygit2.Oid(hex=self.tree)
             if tree == parent.tree_id:
                 return None
             author = pygit2.Signature(author_name, author_email)
@@ -260,44 +300,48 @@ class Workspace:
             raise WorkspaceError(f"could not commit in {self.path}: {exc}") from None
 
     async def checkpoint(self, ref: str) -> str | None:
-        """Snapshot the work tree as a commit on `ref` (e.g. refs/routines/checkpoints/<run>) of the private
-        git directory and of the mirror it borrows from, so a workspace on this machine can be restored
-        from it; None when nothing changed since the last checkpoint (or the base). HEAD does not move."""
+        """Commit the current tree on `ref` (e.g. refs/routines/checkpoints/<run>) of the private git
+        directory, its objects also kept in the run's checkpoint store beside the checkout, so a
+        workspace on this machine can be restored from it; None when nothing changed since the last
+        checkpoint (or the base). HEAD does not move; no sandbox ever sees the store."""
         return await asyncio.to_thread(self._checkpoint, ref)
 
     def _checkpoint(self, ref: str) -> str | None:
         try:
-            repo, index = self._stage()
-            tree = index.write_tree()
+            repo = self._repo()
+            tree = pygit2.Oid(hex=self.tree)
             parent = repo.references[ref].peel(pygit2.Commit) if ref in repo.references else repo[self.base_commit]
             if tree == parent.peel(pygit2.Tree).id:
                 return None
             author = pygit2.Signature("routines", "routines@localhost")
             oid = repo.create_commit(ref, author, author, f"checkpoint {ref}", tree, [parent.id])
-            mirror = pygit2.Repository(str(self._mirror()), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
-            _copy_objects(repo, mirror, oid)
-            mirror.references.create(ref, oid, force=True)
+            store = pygit2.Odb(str(_checkpoints(self.path) / "objects"))
+            _copy_objects(repo, store, oid, also_have=pygit2.Odb(str(self._mirror_objects())))
             return str(oid)
         except (OSError, pygit2.GitError) as exc:
             raise WorkspaceError(f"could not checkpoint {self.path} on {ref}: {exc}") from None
 
-    def _mirror(self) -> Path:
+    def _mirror_objects(self) -> Path:
         alternates = (self._gitdir / "objects" / "info" / "alternates").read_text().strip().splitlines()
-        return Path(alternates[0]).parent
+        return Path(alternates[0])
 
     async def restore(self, commit: str | None, patch: str) -> str:
-        """Bring the fresh work tree to a checkpoint: to `commit`'s tree when this machine's mirror has it,
-        else by applying `patch` (the diff from the base) to the work tree. Returns "commit" or "patch"."""
+        """Bring the fresh work tree (no sandbox has run on it yet) to a checkpoint: to `commit`'s tree when
+        this machine still has it, else by applying `patch` (the diff from the base). The restored tree
+        becomes the current one. Returns "commit" or "patch"."""
         return await asyncio.to_thread(self._restore, commit, patch)
 
     def _restore(self, commit: str | None, patch: str) -> str:
         repo = self._repo()
         try:
             if commit is not None and pygit2.Oid(hex=commit) in repo.odb:
-                repo.checkout_tree(repo[commit].peel(pygit2.Tree), strategy=CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
+                tree = repo[commit].peel(pygit2.Tree)
+                repo.checkout_tree(tree, strategy=CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
+                self._tree = str(tree.id)
                 return "commit"
             if patch.strip():
-                repo.apply(pygit2.Diff.parse_diff(patch), pygit2.enums.ApplyLocation.WORKDIR)
+                repo.apply(pygit2.Diff.parse_diff(patch), pygit2.enums.ApplyLocation.BOTH)
+                self._tree = str(repo.index.write_tree())
             return "patch"
         except (OSError, ValueError, pygit2.GitError) as exc:
             raise WorkspaceError(f"could not restore the checkpoint into {self.path}: {exc}") from None
@@ -330,19 +374,29 @@ class Workspace:
         if callbacks.rejected:
             raise WorkspaceError(f"{display_url(url)} refused the push of {branch}: {'; '.join(callbacks.rejected)}")
 
-    def cleanup(self) -> None:
-        """Remove the work tree and the private git directory, even where the agent removed write permission."""
+    def cleanup(self, *, keep_checkpoints: bool = False) -> None:
+        """Remove the work tree, the private git directory, the staging folder and (unless kept) the
+        checkpoints. Called once no sandbox process is left; never follows a symlink, also where the
+        agent removed write permission."""
+        leftovers = [self.path, self._gitdir, self.path.with_name(self.path.name + ".stage")]
+        if not keep_checkpoints:
+            leftovers.append(_checkpoints(self.path))
+        for directory in leftovers:
+            if directory.is_dir() and not directory.is_symlink():
+                shutil.rmtree(directory, onerror=_unlock)
 
-        def unlock(_func: object, failed: str, _exc: object) -> None:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.dirname(failed), stat.S_IRWXU)
-                os.chmod(failed, stat.S_IRWXU)
-            with contextlib.suppress(OSError):
-                os.unlink(failed) if not os.path.isdir(failed) else shutil.rmtree(failed, ignore_errors=True)
 
-        for directory in (self.path, self._gitdir):
-            if directory.exists():
-                shutil.rmtree(directory, onerror=unlock)
+def _unlock(_func: object, failed: str, _exc: object) -> None:
+    """rmtree's error handler: make a real folder writable (never through a symlink) and remove again."""
+    for path in (os.path.dirname(failed), failed):
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                os.chmod(path, stat.S_IRWXU)
+    with contextlib.suppress(OSError):
+        if stat.S_ISDIR(os.lstat(failed).st_mode):
+            shutil.rmtree(failed, ignore_errors=True)
+        else:
+            os.unlink(failed)
 
 
 def _moved(branch: str, url: str) -> WorkspaceError:
@@ -363,20 +417,22 @@ def _push_local(repo: pygit2.Repository, target: Path, branch: str, head: pygit2
     ref = f"refs/heads/{branch}"
     if not dest.is_bare and dest.references["HEAD"].raw_target == ref.encode():
         raise WorkspaceError(f"{branch} is checked out in {target}; switch that repository to another branch")
-    _copy_objects(repo, dest, head)
+    _copy_objects(repo, dest.odb, head)
     old = dest.references.get(ref)
     if not force and old is not None and old.target != head and not dest.descendant_of(head, old.target):
         raise _moved(branch, str(target))
     dest.references.create(ref, head, force=True)
 
 
-def _copy_objects(repo: pygit2.Repository, dest: pygit2.Repository, head: pygit2.Oid) -> None:
-    """Write into `dest` every object reachable from commit `head` that it lacks."""
+def _copy_objects(
+    repo: pygit2.Repository, dest: pygit2.Odb, head: pygit2.Oid, *, also_have: pygit2.Odb | None = None
+) -> None:
+    """Write into `dest` every object reachable from commit `head` that neither it nor `also_have` has."""
     missing: list[pygit2.Oid] = []
     pending = [head]
     while pending:
         oid = pending.pop()
-        if oid in dest.odb:
+        if oid in dest or (also_have is not None and oid in also_have):
             continue
         missing.append(oid)
         obj = repo[oid]
@@ -386,7 +442,7 @@ def _copy_objects(repo: pygit2.Repository, dest: pygit2.Repository, head: pygit2
             pending += [entry.id for entry in obj if entry.filemode != _GITLINK]
     for oid in reversed(missing):
         kind, data = repo.odb.read(oid)
-        dest.odb.write(kind, data)
+        dest.write(kind, data)
 
 
 def _spares_dir(mirror: Path) -> Path:
@@ -413,8 +469,9 @@ def _claim_spare(mirror: Path, base: str, dest: Path) -> Workspace | None:
         except OSError:
             shutil.rmtree(claimed, ignore_errors=True)
             return None
-        claimed.rmdir()
+        shutil.rmtree(claimed, ignore_errors=True)  # what the spare kept beside its tree
         _write_config(_private_gitdir(dest), {"worktree": str(dest.resolve())})
+        _borrow_checkpoints(dest, Path(repo.path).resolve() / "objects")
         (dest / ".git" / "HEAD").unlink()
         _write_head(dest / ".git", branch, str(commit.id))
         return Workspace(dest, str(commit.id))

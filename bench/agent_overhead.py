@@ -35,7 +35,7 @@ from app.domain import JSON, Event, Routine
 from app.models.anthropic import AnthropicModel
 from app.models.pricing import cost_usd
 from app.models.scripted import ScriptedModel
-from app.ports import CommandResult, EventSink, ModelResponse
+from app.ports import CommandResult, EventSink, ModelResponse, Staged, StageLimits
 from app.redact import Redactor
 from app.run_context import RunEvents
 from app.store import RedisStore
@@ -48,13 +48,27 @@ SYSTEM: list[JSON] = [
 ]
 
 
-class InstantShell:
-    """A Shell that answers at once with a fixed output: tool time is not what is measured."""
+class InstantHands:
+    """Hands that answer at once with a fixed output: tool time is not what is measured."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
 
     async def run(self, command: str, timeout_s: float) -> CommandResult:
         return CommandResult(OUTPUT, 0)
 
+    async def edit(self, params: JSON, max_characters: int | None = None) -> str:
+        return OUTPUT
+
+    async def stage(self, base: str, seed: bytes | None, limits: StageLimits) -> Staged:
+        return Staged(base)
+
+    async def objects(self, oids: list[str]) -> list[tuple[str, int, bytes]]:
+        return []
+
     async def restart(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -92,7 +106,7 @@ def script(turns: int) -> Script:
 
 async def agent_gaps(turns: int, sink: EventSink) -> list[float]:
     model = TimedModel(ScriptedModel(script(turns)))
-    toolbox = Toolbox(["bash", "edit"], shell=InstantShell(), workspace=Path(tempfile.gettempdir()))
+    toolbox = Toolbox(["bash", "edit"], hands=InstantHands(Path(tempfile.gettempdir())))
     agent = Agent(
         model,
         toolbox,
@@ -194,7 +208,7 @@ async def cache_share() -> None:
     with tempfile.TemporaryDirectory() as tmp, serve_in_thread(create_app(state)) as served:
         routine = Routine(name="bench", repo="acme/calc", prompt="Fix the failing test.")
         system = build_system(routine, workspace=Path(tmp))
-        toolbox = Toolbox(["bash", "edit"], shell=InstantShell(), workspace=Path(tmp))
+        toolbox = Toolbox(["bash", "edit"], hands=InstantHands(Path(tmp)))
         async with AnthropicModel("sk-ant-bench", base_url=served.url) as model:
             agent = Agent(
                 model, toolbox, sink, model_name="claude-sonnet-4-6", max_turns=30, max_minutes=10, price=cost_usd

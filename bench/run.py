@@ -23,6 +23,7 @@ BENCHES: dict[str, list[str]] = {
     "webhook_ack": [],
     "scheduler_tick": [],
     "agent_overhead": [],
+    "editor_latency": [],
 }
 
 

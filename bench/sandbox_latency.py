@@ -21,7 +21,8 @@ from pathlib import Path
 
 from app.ports import Sandbox
 from app.sandbox.bwrap import BwrapSandbox, sandbox_available
-from app.sandbox.local import DEFAULT_PATH, LocalSandbox
+from app.sandbox.local import LocalSandbox
+from app.sandbox.shell import DEFAULT_PATH
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -40,7 +41,7 @@ async def timed(runs: int, action: Callable[[], Awaitable[object]]) -> list[floa
 
 
 async def through_shell(sandbox: Sandbox, workdir: Path, command: str, runs: int) -> list[float]:
-    shell = await sandbox.shell(workdir, {})
+    shell = await sandbox.hands(workdir, {})
     try:
         await timed(10, lambda: shell.run(command, 10))
         return await timed(runs, lambda: shell.run(command, 10))

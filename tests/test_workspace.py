@@ -16,7 +16,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from app.errors import WorkspaceError
-from app.ports import Credentials
+from app.ports import Credentials, Staged
+from app.sandbox.local import LocalSandbox
 from app.testing.git_http import basic_password, run_http_backend
 from app.testing.serve import serve_in_thread
 from app.workspace import Mirrors, Workspace, checkout
@@ -37,6 +38,15 @@ GIT_ENV = {
 def git(*args: str, cwd: Path | None = None) -> str:
     done = subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, check=True, capture_output=True, text=True)
     return done.stdout.strip()
+
+
+async def snap(ws: Workspace) -> Staged:
+    """Take a snapshot of `ws` the way a run does, through a hands process (here the local sandbox's)."""
+    hands = await LocalSandbox().hands(ws.path, {})
+    try:
+        return await ws.snapshot(hands)
+    finally:
+        await hands.close()
 
 
 def commit_file(repo: Path, name: str, text: str) -> str:
@@ -121,6 +131,7 @@ async def test_changes_commit_and_diff(origin: Path, tmp_path: Path) -> None:
     (ws.path / "debug.log").write_text("ignored\n")
     (ws.path / "build").mkdir()
     (ws.path / "build" / "out.bin").write_text("ignored\n")
+    await snap(ws)
 
     assert ws.changed_files() == ["NEW.md", "src/app.py", "src/pkg/deep/data.txt"]
     patch = ws.diff()
@@ -189,6 +200,7 @@ async def test_agent_git_directory_never_runs_on_the_host(origin: Path, tmp_path
         config.write(f'[filter "evil"]\n\tclean = touch {marker}-clean\n')
     (ws.path / ".gitattributes").write_text("*.py filter=evil\n")
     (ws.path / "src" / "app.py").write_text("print('changed')\n")
+    await snap(ws)
 
     assert ws.changed_files() == [".gitattributes", "src/app.py"]
     sha = await ws.commit("Change the app", "Routines", "bot@example.com")
@@ -203,6 +215,7 @@ async def test_push_to_a_local_repository_leaves_only_the_branch(origin: Path, t
     before = git("rev-parse", "HEAD", cwd=origin)
     ws = await checkout(await Mirrors(tmp_path / "cache").ensure(str(origin)), "main", tmp_path / "work")
     (ws.path / "src" / "new_module.py").write_text("VALUE = 1\n")
+    await snap(ws)
     sha = await ws.commit("Add a module", "Routines", "bot@example.com")
     await ws.push(str(origin), "routines/demo/run2", None)
 
@@ -216,6 +229,7 @@ async def test_push_to_a_local_repository_leaves_only_the_branch(origin: Path, t
 async def test_push_refuses_branches_outside_routines(origin: Path, tmp_path: Path) -> None:
     ws = await checkout(await Mirrors(tmp_path / "cache").ensure(str(origin)), "main", tmp_path / "work")
     (ws.path / "README.md").write_text("overwritten\n")
+    await snap(ws)
     await ws.commit("Overwrite", "Routines", "bot@example.com")
     for branch in ("main", "feature/x", "routines/../main"):
         with pytest.raises(WorkspaceError, match="runs only push to branches named routines/"):
@@ -228,6 +242,7 @@ async def test_push_over_http_and_server_refusal(server: tuple[GitServer, str, P
     _, url, bare = server
     ws = await checkout(await Mirrors(tmp_path / "cache").ensure(url, CREDS), "main", tmp_path / "work")
     (ws.path / "README.md").write_text("# demo, improved\n")
+    await snap(ws)
     sha = await ws.commit("Improve the readme", "Routines", "bot@example.com")
     await ws.push(url, "routines/demo/run3", CREDS)
     assert git("rev-parse", "refs/heads/routines/demo/run3", cwd=bare) == sha
@@ -258,6 +273,7 @@ async def test_a_follow_up_push_only_fast_forwards_over_http_and_locally(
         for name in ("ahead", "behind"):
             ws = await checkout(await Mirrors(cache).ensure(remote, creds), branch, tmp_path / f"{repo.name}-{name}")
             (ws.path / "README.md").write_text(f"# demo, {name}\n")
+            await snap(ws)
             runs.append((ws, await ws.commit(f"Follow-up {name}", "Routines", "bot@example.com")))
         (first, first_sha), (second, _) = runs
         await first.push(remote, branch, creds, force=False)
@@ -304,6 +320,7 @@ async def test_spare_work_tree_is_used_once_and_follows_new_commits(origin: Path
     assert git("status", "--porcelain", cwd=second.path) == ""
     assert git("symbolic-ref", "HEAD", cwd=second.path) == "refs/heads/main"
     (second.path / "README.md").write_text("# from the spare\n")
+    await snap(second)
     assert second.changed_files() == ["README.md"]
     assert first.changed_files() == []
 

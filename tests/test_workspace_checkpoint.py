@@ -1,4 +1,5 @@
-"""Checkpoints of a workspace: a commit in the mirror (same machine) or a patch (another machine)."""
+"""Checkpoints of a workspace: a commit in the run's checkpoint store (same machine) or a patch (another
+machine); the mirror, which every sandbox of the repository sees, never holds them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pygit2
 import pytest
 
 from app.workspace import Mirrors, Workspace
-from tests.test_workspace import commit_file, git
+from tests.test_workspace import commit_file, git, snap
 
 REF = "refs/routines/checkpoints/run1"
 
@@ -39,16 +40,20 @@ def state(work: Path) -> dict[str, str]:
 async def test_a_checkpoint_restores_into_a_fresh_workspace(tmp_path: Path, origin: Path, source: str) -> None:
     mirrors = Mirrors(tmp_path / "data", spares=False)
     mirror = await mirrors.ensure(str(origin))
-    first = await mirrors.checkout(mirror, "main", tmp_path / "a" / "repo")
+    dest = tmp_path / "run" / "repo"
+    first = await mirrors.checkout(mirror, "main", dest)
+    await snap(first)
     assert await first.checkpoint(REF) is None, "nothing changed yet"
     change(first.path)
+    await snap(first)
     sha = await first.checkpoint(REF)
     assert sha is not None and await first.checkpoint(REF) is None
     patch, expected, changed = first.diff(), state(first.path), first.changed_files()
-    assert str(pygit2.Repository(str(mirror)).references[REF].target) == sha
-    first.cleanup()
+    assert REF not in pygit2.Repository(str(mirror)).references
+    assert pygit2.Oid(hex=sha) not in pygit2.Repository(str(mirror)).odb
+    mirrors.discard(dest)  # as after a crash: the checkout goes, the run's checkpoints stay
 
-    second = await mirrors.checkout(mirror, "main", tmp_path / "b" / "repo")
+    second = await mirrors.checkout(mirror, "main", dest)
     how = await second.restore(sha if source == "commit" else "0" * 40, patch)
 
     assert how == source
@@ -57,4 +62,8 @@ async def test_a_checkpoint_restores_into_a_fresh_workspace(tmp_path: Path, orig
         "gone.txt",
         "sub/added.txt",
     ]
-    assert Workspace.open(second.path).diff() == patch
+    reopened = Workspace.open(second.path)
+    await snap(reopened)
+    assert reopened.diff() == patch
+    second.cleanup()
+    assert not any(path.name.startswith("repo") for path in dest.parent.iterdir())

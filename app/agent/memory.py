@@ -2,7 +2,9 @@
 
 The model manages files under `/memories` with the `memory_20250818` tool (view, create,
 str_replace, insert, delete, rename). The folder lives on the host, outside the sandbox, in the
-run's directory; it is filled from the routine's stored memory before the agent starts, and
+run's directory, where no process of the agent can reach it: only these commands change it, and
+they use the same guarded editor as the sandbox (no following of a last symlink, regular files
+only, bounded reads); it is filled from the routine's stored memory before the agent starts, and
 written back to the store after every command that changed it, so a resumed run (or a crash)
 never loses an answered memory write. The folder is capped (by default 100 KB in 50 files): a
 command that would go over is undone and answered with an error that says what to delete.
@@ -19,9 +21,9 @@ from typing import Any, Protocol
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from app.agent.tools import Editor
 from app.domain import JSON
 from app.errors import StoreError, ToolError
+from app.hands.editor import Editor, EditorError
 
 MEMORY = "memory"
 ROOT = "/memories"
@@ -91,7 +93,7 @@ class Memory:
         self.routine = routine
         self.store = store
         self.limits = limits or MemoryLimits()
-        self._editor = Editor(path, root=ROOT)
+        self._editor = Editor(str(path), root=ROOT)
 
     @classmethod
     async def restore(cls, store: MemoryStore, routine: str, path: Path, limits: MemoryLimits | None = None) -> Memory:
@@ -128,7 +130,10 @@ class Memory:
         if command not in _WRITES and command != "view":
             raise ToolError(f"unknown command {command!r}; use view, create, str_replace, insert, delete or rename")
         before = await asyncio.to_thread(self.files)
-        output = await asyncio.to_thread(self._run, str(command), params)
+        try:
+            output = await asyncio.to_thread(self._run, str(command), params)
+        except EditorError as exc:
+            raise ToolError(str(exc)) from None
         if command in _WRITES:
             after = await asyncio.to_thread(self.files)
             problem = self._over_limits(after)
@@ -158,7 +163,7 @@ class Memory:
         return self._editor.run(params)
 
     def _delete(self, raw: str) -> str:
-        target = self._editor.resolve(raw)
+        target = Path(self._editor.resolve(raw))
         if target == self.path.resolve():
             raise ToolError(f"{ROOT} itself cannot be deleted; delete the files inside it")
         if not target.exists():
@@ -167,10 +172,10 @@ class Memory:
             shutil.rmtree(target)
         else:
             target.unlink()
-        return f"Deleted {self._editor.show(target)}"
+        return f"Deleted {self._editor.show(str(target))}"
 
     def _rename(self, old_raw: str, new_raw: str) -> str:
-        old, new = self._editor.resolve(old_raw), self._editor.resolve(new_raw)
+        old, new = Path(self._editor.resolve(old_raw)), Path(self._editor.resolve(new_raw))
         if not old.exists():
             raise ToolError(f"{old_raw} does not exist; view {ROOT} to see what is there")
         if new.exists():
@@ -179,7 +184,7 @@ class Memory:
             raise ToolError(f"{ROOT} itself cannot be renamed")
         new.parent.mkdir(parents=True, exist_ok=True)
         old.rename(new)
-        return f"Renamed {self._editor.show(old)} to {self._editor.show(new)}"
+        return f"Renamed {self._editor.show(str(old))} to {self._editor.show(str(new))}"
 
     def _over_limits(self, files: dict[str, bytes]) -> str | None:
         size = sum(len(v) for v in files.values())

@@ -33,7 +33,6 @@ import os
 import resource
 import secrets
 import shutil
-import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,12 +40,16 @@ from pathlib import Path
 
 from app.errors import SandboxError
 from app.sandbox.cgroups import SandboxCgroup
-from app.sandbox.local import DEFAULT_PATH, PersistentShell
+from app.sandbox.hands import HandsProcess, SandboxHands
+from app.sandbox.mounts import etc_masks, hide_mounts, runtime_mounts, system_mounts, workspace_mounts
+from app.sandbox.runtime import alternates, hands_argv, sandbox_runtime
+from app.sandbox.shell import DEFAULT_PATH, PersistentShell
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RO_PATHS = ("/usr", "/etc", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HOME_INSIDE = "/home/sandbox"
+STAGE_INSIDE = "/run/routines/stage"
 SOCKET_INSIDE = "/run/routines/egress.sock"
 CA_INSIDE = "/run/routines/ca.pem"
 PROXY_URL = "http://127.0.0.1:3128"
@@ -83,7 +86,7 @@ def sandbox_available(bwrap: str = "bwrap") -> str | None:
     exe = shutil.which(bwrap)
     if exe is None:
         return NOT_INSTALLED
-    probe = [exe, *_isolation(), *_system_mounts(DEFAULT_RO_PATHS), "--proc", "/proc", "--dev", "/dev", "true"]
+    probe = [exe, *_isolation(), *system_mounts(DEFAULT_RO_PATHS), "--proc", "/proc", "--dev", "/dev", "true"]
     try:
         done = subprocess.run(probe, env={"PATH": DEFAULT_PATH}, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -140,7 +143,12 @@ class BwrapSandbox:
             await asyncio.to_thread(cgroup.remove)
             raise
         _log_limits(workdir, cgroup)
-        shell = PersistentShell(_BwrapLauncher(argv, cgroup), workdir=workdir, max_output_bytes=self.max_output_bytes)
+        shell = PersistentShell(
+            _BwrapLauncher(argv, cgroup),
+            workdir=workdir,
+            max_output_bytes=self.max_output_bytes,
+            max_processes=self.limits.max_processes,
+        )
         probe = await shell.run(":", 30)
         if probe.exit_code != 0:
             await shell.close()
@@ -149,6 +157,51 @@ class BwrapSandbox:
                 "run `routines doctor` or check sandbox_available()"
             )
         return shell
+
+    async def hands(self, workdir: Path, env: dict[str, str]) -> SandboxHands:
+        """The shell of `shell()`, and a hands process (editor, staging) in a bubblewrap of its own that
+        sees `workdir` exactly as the shell does, with neither network nor the run's environment."""
+        shell = await self.shell(workdir, env)
+        try:
+            argv, stage = await asyncio.to_thread(self.hands_argv, shell.workdir)
+        except BaseException:
+            await shell.close()
+            raise
+        return SandboxHands(shell, HandsProcess(argv), shell.workdir, cleanup=(stage,))
+
+    def hands_argv(self, workdir: Path) -> tuple[list[str], Path]:
+        """The bwrap command line of the hands process for `workdir`, and its private staging folder."""
+        exe = shutil.which(self._bwrap)
+        if exe is None:
+            raise SandboxError(NOT_INSTALLED)
+        if self._etc_masks is None:
+            self._etc_masks = etc_masks()
+        stage = workdir.with_name(workdir.name + ".stage")
+        stage.mkdir(mode=0o700, exist_ok=True)
+        runtime = sandbox_runtime()
+        mounts = [
+            *["--proc", "/proc", "--dev", "/dev"],
+            *["--size", str(64 * 1024 * 1024), "--tmpfs", "/tmp"],
+            *["--size", str(64 * 1024 * 1024), "--tmpfs", HOME_INSIDE],
+            *system_mounts(self.ro_paths),
+            *self._etc_masks,
+            *hide_mounts(self.hide, self.ro_paths),
+            *workspace_mounts(workdir),
+            *runtime_mounts(runtime, self.ro_paths),
+            *["--bind", str(stage), STAGE_INSIDE],
+            *["--remount-ro", "/", "--chdir", str(workdir)],
+        ]
+        rlimits = {"as": self.limits.memory_bytes, "fsize": self.limits.file_size_bytes, "core": 0}
+        config = {
+            "workspace": str(workdir),
+            "root": str(workdir),
+            "gitdir": STAGE_INSIDE,
+            "alternates": alternates(workdir),
+            "rlimits": rlimits,
+        }
+        env = {"PATH": self.path, "HOME": HOME_INSIDE, "LANG": "C.UTF-8"}
+        env_args = [arg for name, value in env.items() for arg in ("--setenv", name, value)]
+        return [exe, *_isolation(), "--clearenv", *env_args, *mounts, *hands_argv(runtime, config)], stage
 
     def argv(
         self, workdir: Path, env: dict[str, str], *, held: dict[str, str] | None = None, command: Sequence[str] = ()
@@ -164,15 +217,15 @@ class BwrapSandbox:
         if self.proxy_socket is not None and shutil.which("socat", path=self.path) is None:
             raise SandboxError("socat is not installed; apt-get install socat (the sandbox's way to the egress proxy)")
         if self._etc_masks is None:
-            self._etc_masks = _etc_masks()
+            self._etc_masks = etc_masks()
         mounts = [
             *["--proc", "/proc", "--dev", "/dev"],
             *["--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp"],
             *["--size", str(self.limits.tmp_bytes), "--tmpfs", HOME_INSIDE],
-            *_system_mounts(self.ro_paths),
+            *system_mounts(self.ro_paths),
             *self._etc_masks,
-            *_hide_mounts(self.hide, self.ro_paths),
-            *_workspace_mounts(workdir),
+            *hide_mounts(self.hide, self.ro_paths),
+            *workspace_mounts(workdir),
             *self._egress_mounts(),
             *["--remount-ro", "/", "--chdir", str(workdir)],
         ]
@@ -253,69 +306,6 @@ def _isolation() -> list[str]:
         *["--unshare-all", "--unshare-user", "--uid", uid, "--gid", uid],
         *["--cap-drop", "ALL", "--die-with-parent", "--new-session"],
     ]
-
-
-def _system_mounts(paths: Sequence[str]) -> list[str]:
-    args: list[str] = []
-    for path in paths:
-        if os.path.islink(path):
-            args += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            args += ["--ro-bind", path, path]
-    return args
-
-
-def _etc_masks(root: str = "/etc") -> list[str]:
-    """Mount over everything in `root` that other users may not read: the host's own list of secrets."""
-    args: list[str] = []
-    for current, dirs, files in os.walk(root):
-        for name in list(dirs):
-            full = os.path.join(current, name)
-            mode = os.lstat(full).st_mode
-            if stat.S_ISDIR(mode) and (mode & 0o005) != 0o005:
-                args += ["--tmpfs", full]
-                dirs.remove(name)
-        for name in files:
-            full = os.path.join(current, name)
-            mode = os.lstat(full).st_mode
-            if stat.S_ISREG(mode) and not mode & 0o004:
-                args += ["--ro-bind", "/dev/null", full]
-    return args
-
-
-def _hide_mounts(hide: Sequence[Path], ro_paths: Sequence[str]) -> list[str]:
-    """Masks for hidden paths that a read-only mount would otherwise show (elsewhere they are absent)."""
-    roots = [Path(p).resolve() for p in ro_paths if os.path.isdir(p)]
-    args: list[str] = []
-    for path in (p.resolve() for p in hide):
-        if not any(path.is_relative_to(root) for root in roots) or not path.exists():
-            continue
-        args += ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)]
-    return args
-
-
-def _workspace_mounts(workdir: Path) -> list[str]:
-    """The workspace read-write, its `.git` pinned with hooks and config read-only, its alternates read-only."""
-    if not workdir.is_dir():
-        raise SandboxError(f"the workspace {workdir} does not exist; check it out before starting the sandbox")
-    ws = str(workdir)
-    args = ["--bind", ws, ws]
-    git = workdir / ".git"
-    if not git.is_dir() or git.is_symlink():
-        return args
-    (git / "hooks").mkdir(exist_ok=True)
-    (git / "config").touch(exist_ok=True)
-    args += ["--bind", str(git), str(git)]
-    args += ["--ro-bind", str(git / "hooks"), str(git / "hooks"), "--ro-bind", str(git / "config"), str(git / "config")]
-    alternates = git / "objects" / "info" / "alternates"
-    lines = alternates.read_text().splitlines() if alternates.is_file() else []
-    for line in (text.strip() for text in lines):
-        if not line or line.startswith("#"):
-            continue
-        objects = (git / "objects" / line).resolve()
-        if objects.is_dir() and not objects.is_relative_to(workdir):
-            args += ["--ro-bind", str(objects), str(objects)]
-    return args
 
 
 def _capped(kind: int, value: int) -> int:

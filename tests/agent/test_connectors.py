@@ -15,8 +15,9 @@ from app.agent.loop import Agent
 from app.agent.tools import Toolbox
 from app.domain import JSON, Connector
 from app.models.scripted import ScriptedModel
+from app.ports import Hands
 from app.redact import Redactor
-from app.sandbox.local import LocalSandbox, LocalShell
+from app.sandbox.local import LocalSandbox
 from app.testing.mcp_server import McpState, create_app
 from app.testing.scripts import Script, Turn, text, tool_use
 from app.testing.serve import Served, free_port, serve_in_thread
@@ -57,8 +58,8 @@ async def vault(aredis: aioredis.Redis) -> Vault:
 
 
 @pytest.fixture
-async def shell(tmp_path: Path) -> AsyncIterator[LocalShell]:
-    sh = await LocalSandbox().shell(tmp_path, {})
+async def shell(tmp_path: Path) -> AsyncIterator[Hands]:
+    sh = await LocalSandbox().hands(tmp_path, {})
     yield sh
     await sh.close()
 
@@ -68,7 +69,7 @@ def tracker(server: Served, secret: str | None = "TRACKER_TOKEN") -> Connector:
 
 
 async def test_the_model_calls_a_connector_tool_and_every_step_is_an_event(
-    server: Served, state: McpState, vault: Vault, shell: LocalShell, tmp_path: Path
+    server: Served, state: McpState, vault: Vault, shell: Hands, tmp_path: Path
 ) -> None:
     script = Script(
         [
@@ -79,7 +80,7 @@ async def test_the_model_calls_a_connector_tool_and_every_step_is_an_event(
     )
     model, events, redactor = ScriptedModel(script), Recorder(), Redactor()
     async with open_connectors([tracker(server)], vault.get, redactor=redactor, emit=events.emit) as connectors:
-        toolbox = Toolbox(["bash"], shell=shell, workspace=tmp_path, connectors=connectors)
+        toolbox = Toolbox(["bash"], hands=shell, connectors=connectors)
         agent = Agent(model, toolbox, events, model_name="claude-sonnet-4-6", max_turns=5, max_minutes=1)
         outcome = await agent.run([text("Find the crash.")], "Go.")
 
@@ -104,19 +105,19 @@ GET_ISSUE = {"type": "tool_use", "id": "toolu_1", "name": "tracker__get_issue", 
 
 @asynccontextmanager
 async def tracker_toolbox(
-    state: McpState, vault: Vault, shell: LocalShell, tmp_path: Path
+    state: McpState, vault: Vault, shell: Hands, tmp_path: Path
 ) -> AsyncIterator[tuple[Served, Toolbox]]:
     """A toolbox with the tracker connector open on a server the test may stop (and start again)."""
     served = serve_in_thread(create_app(state))
     try:
         async with open_connectors([tracker(served)], vault.get, call_timeout_s=5) as connectors:
-            yield served, Toolbox([], shell=shell, workspace=tmp_path, connectors=connectors)
+            yield served, Toolbox([], hands=shell, connectors=connectors)
     finally:
         served.stop()
 
 
 async def test_a_connector_that_dies_mid_run_gives_tool_errors_not_a_failed_run(
-    state: McpState, vault: Vault, shell: LocalShell, tmp_path: Path
+    state: McpState, vault: Vault, shell: Hands, tmp_path: Path
 ) -> None:
     async with tracker_toolbox(state, vault, shell, tmp_path) as (served, toolbox):
         call = GET_ISSUE
@@ -138,7 +139,7 @@ async def test_a_connector_that_dies_mid_run_gives_tool_errors_not_a_failed_run(
 
 
 async def test_a_connector_is_opened_again_at_most_max_reopens_times(
-    state: McpState, vault: Vault, shell: LocalShell, tmp_path: Path
+    state: McpState, vault: Vault, shell: Hands, tmp_path: Path
 ) -> None:
     async with tracker_toolbox(state, vault, shell, tmp_path) as (served, toolbox):
         served.stop()
@@ -149,10 +150,10 @@ async def test_a_connector_is_opened_again_at_most_max_reopens_times(
 
 
 async def test_bad_arguments_come_back_as_tool_errors(
-    server: Served, vault: Vault, shell: LocalShell, tmp_path: Path
+    server: Served, vault: Vault, shell: Hands, tmp_path: Path
 ) -> None:
     async with open_connectors([tracker(server)], vault.get) as connectors:
-        toolbox = Toolbox([], shell=shell, workspace=tmp_path, connectors=connectors)
+        toolbox = Toolbox([], hands=shell, connectors=connectors)
         out = await toolbox.execute({"id": "t", "name": "tracker__search_issues", "input": {"q": 1}})
     assert out.is_error and "query" in out.output
 

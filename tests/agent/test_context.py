@@ -25,8 +25,8 @@ from app.domain import JSON, Routine
 from app.errors import PromptTooLong
 from app.models.anthropic import AnthropicModel
 from app.models.scripted import ScriptedModel
-from app.ports import ModelResponse
-from app.sandbox.local import LocalSandbox, LocalShell
+from app.ports import Hands, ModelResponse
+from app.sandbox.local import LocalSandbox
 from app.testing.anthropic_server import AnthropicState, Script, Turn, bash, create_app, text
 from app.testing.serve import Served, serve_in_thread
 
@@ -69,8 +69,8 @@ def big_reply(n: int) -> ModelResponse:
 
 
 @pytest.fixture
-async def shell(tmp_path: Path) -> AsyncIterator[LocalShell]:
-    sh = await LocalSandbox().shell(tmp_path, {})
+async def shell(tmp_path: Path) -> AsyncIterator[Hands]:
+    sh = await LocalSandbox().hands(tmp_path, {})
     yield sh
     await sh.close()
 
@@ -82,10 +82,10 @@ def anthropic() -> Iterator[tuple[AnthropicState, Served]]:
         yield state, served
 
 
-def agent(model: object, shell: LocalShell, tmp_path: Path, events: Recorder, **kwargs: int) -> Agent:
+def agent(model: object, shell: Hands, tmp_path: Path, events: Recorder, **kwargs: int) -> Agent:
     return Agent(
         model,  # type: ignore[arg-type]
-        Toolbox(["bash", "edit"], shell=shell, workspace=tmp_path),
+        Toolbox(["bash", "edit"], hands=shell),
         events,
         model_name="claude-sonnet-4-6",
         max_turns=40,
@@ -151,7 +151,7 @@ def test_clearing_keeps_the_latest_results() -> None:
 
 
 async def test_a_20_turn_run_reads_most_of_its_input_from_the_cache(
-    anthropic: tuple[AnthropicState, Served], shell: LocalShell, tmp_path: Path
+    anthropic: tuple[AnthropicState, Served], shell: Hands, tmp_path: Path
 ) -> None:
     state, served = anthropic
     # ~2 KB of output a turn, like a file view or a test run
@@ -176,7 +176,7 @@ async def test_a_20_turn_run_reads_most_of_its_input_from_the_cache(
         assert str(request.body).count("cache_control") <= 4
 
 
-async def test_old_tool_results_are_cleared_in_one_big_step(shell: LocalShell, tmp_path: Path) -> None:
+async def test_old_tool_results_are_cleared_in_one_big_step(shell: Hands, tmp_path: Path) -> None:
     turns = [Turn([bash(f"printf 'line %.0s' $(seq 1 400); echo {n}")]) for n in range(12)]
     model = ScriptedModel(Script([*turns, Turn([text("Done.")])]))
     events = Recorder()
@@ -197,7 +197,7 @@ async def test_old_tool_results_are_cleared_in_one_big_step(shell: LocalShell, t
     assert all(e["output"].startswith("line line") for e in tool_events)
 
 
-async def test_when_clearing_is_not_enough_the_conversation_is_compacted(shell: LocalShell, tmp_path: Path) -> None:
+async def test_when_clearing_is_not_enough_the_conversation_is_compacted(shell: Hands, tmp_path: Path) -> None:
     done = ModelResponse([{"type": "text", "text": "Done after compaction."}], "end_turn")
     model = OrderedModel([big_reply(1), big_reply(2), big_reply(3), big_reply(4), done])
     events = Recorder()
@@ -224,7 +224,7 @@ def approx_request(request: JSON) -> int:
     return approx_tokens(request["system"]) + approx_tokens(request["messages"]) + approx_tokens(request["tools"])
 
 
-async def test_context_window_exceeded_compacts_once_and_goes_on(shell: LocalShell, tmp_path: Path) -> None:
+async def test_context_window_exceeded_compacts_once_and_goes_on(shell: Hands, tmp_path: Path) -> None:
     cut = ModelResponse(
         [text("Now the long part"), {**bash("echo cut"), "id": "toolu_cut"}], "model_context_window_exceeded"
     )
@@ -258,7 +258,7 @@ class WindowModel(OrderedModel):
         return await super().create(model=model, system=system, messages=messages, tools=tools, max_tokens=max_tokens)
 
 
-async def test_a_prompt_too_long_refusal_compacts_and_the_run_goes_on(shell: LocalShell, tmp_path: Path) -> None:
+async def test_a_prompt_too_long_refusal_compacts_and_the_run_goes_on(shell: Hands, tmp_path: Path) -> None:
     flood = ModelResponse([{**bash("head -c 8000 /dev/zero | tr '\\0' x"), "id": "toolu_flood"}], "tool_use")
     done = ModelResponse([{"type": "text", "text": "Finished."}], "end_turn")
     model = WindowModel([flood, done], limit=1000)
@@ -269,7 +269,7 @@ async def test_a_prompt_too_long_refusal_compacts_and_the_run_goes_on(shell: Loc
     assert model.refused == 1 and [e["reason"] for e in events.of("context.compacted")] == ["window_exceeded"]
 
 
-async def test_a_prompt_too_long_even_compacted_stops_with_a_clear_error(shell: LocalShell, tmp_path: Path) -> None:
+async def test_a_prompt_too_long_even_compacted_stops_with_a_clear_error(shell: Hands, tmp_path: Path) -> None:
     flood = ModelResponse([{**bash("head -c 8000 /dev/zero | tr '\\0' x"), "id": "toolu_flood"}], "tool_use")
     model = WindowModel([flood], limit=5)
     outcome = await agent(model, shell, tmp_path, Recorder()).run([], "Task.")

@@ -13,8 +13,8 @@ from app.agent.tools import Toolbox
 from app.domain import JSON
 from app.errors import ModelError
 from app.models.pricing import Price, Pricer
-from app.ports import ModelResponse
-from app.sandbox.local import LocalSandbox, LocalShell
+from app.ports import Hands, ModelResponse
+from app.sandbox.local import LocalSandbox
 
 
 class CannedModel:
@@ -64,15 +64,15 @@ def says(text: str, stop: str = "end_turn") -> ModelResponse:
 
 
 @pytest.fixture
-async def shell(tmp_path: Path) -> AsyncIterator[LocalShell]:
-    sh = await LocalSandbox().shell(tmp_path, {})
+async def shell(tmp_path: Path) -> AsyncIterator[Hands]:
+    sh = await LocalSandbox().hands(tmp_path, {})
     yield sh
     await sh.close()
 
 
-async def run(model: CannedModel, shell: LocalShell, tmp_path: Path, **limits: float) -> tuple[AgentOutcome, Recorder]:
+async def run(model: CannedModel, shell: Hands, tmp_path: Path, **limits: float) -> tuple[AgentOutcome, Recorder]:
     events = Recorder()
-    toolbox = Toolbox(["bash", "edit"], shell=shell, workspace=tmp_path)
+    toolbox = Toolbox(["bash", "edit"], hands=shell)
     agent = Agent(
         model,
         toolbox,
@@ -86,7 +86,7 @@ async def run(model: CannedModel, shell: LocalShell, tmp_path: Path, **limits: f
     return await agent.run([{"type": "text", "text": "system"}], "Fix the bug."), events
 
 
-async def test_tool_use_then_end_turn(shell: LocalShell, tmp_path: Path) -> None:
+async def test_tool_use_then_end_turn(shell: Hands, tmp_path: Path) -> None:
     model = CannedModel(bash("echo fixed > f.txt && cat f.txt"), says("Wrote f.txt because it was missing."))
     outcome, events = await run(model, shell, tmp_path)
 
@@ -135,7 +135,7 @@ async def test_tool_use_then_end_turn(shell: LocalShell, tmp_path: Path) -> None
     }
 
 
-async def test_max_turns_warns_then_stops(shell: LocalShell, tmp_path: Path) -> None:
+async def test_max_turns_warns_then_stops(shell: Hands, tmp_path: Path) -> None:
     model = CannedModel(bash("echo again"))
     outcome, events = await run(model, shell, tmp_path, max_turns=4)
 
@@ -153,7 +153,7 @@ async def test_max_turns_warns_then_stops(shell: LocalShell, tmp_path: Path) -> 
     assert events.types.count("tool.result") == 4
 
 
-async def test_max_minutes_stops_the_run(shell: LocalShell, tmp_path: Path) -> None:
+async def test_max_minutes_stops_the_run(shell: Hands, tmp_path: Path) -> None:
     now = [0.0]
 
     def clock() -> float:
@@ -163,7 +163,7 @@ async def test_max_minutes_stops_the_run(shell: LocalShell, tmp_path: Path) -> N
     events = Recorder()
     agent = Agent(
         CannedModel(bash("true")),
-        Toolbox(["bash"], shell=shell, workspace=tmp_path),
+        Toolbox(["bash"], hands=shell),
         events,
         model_name="m",
         max_turns=100,
@@ -175,13 +175,13 @@ async def test_max_minutes_stops_the_run(shell: LocalShell, tmp_path: Path) -> N
     assert 0 < outcome.turns < 5
 
 
-async def test_refusal_stops_with_an_error(shell: LocalShell, tmp_path: Path) -> None:
+async def test_refusal_stops_with_an_error(shell: Hands, tmp_path: Path) -> None:
     outcome, _ = await run(CannedModel(says("I can't help with that.", stop="refusal")), shell, tmp_path)
     assert outcome.error == "the model refused: I can't help with that."
     assert outcome.limit is None and outcome.turns == 1
 
 
-async def test_context_window_exceeded_twice_in_a_row_stops_with_an_error(shell: LocalShell, tmp_path: Path) -> None:
+async def test_context_window_exceeded_twice_in_a_row_stops_with_an_error(shell: Hands, tmp_path: Path) -> None:
     exceeded = says("", stop="model_context_window_exceeded")
     model = CannedModel(exceeded, says("Summary: nothing done yet."), exceeded)
     outcome, events = await run(model, shell, tmp_path)
@@ -189,7 +189,7 @@ async def test_context_window_exceeded_twice_in_a_row_stops_with_an_error(shell:
     assert events.types.count("context.compacted") == 1 and outcome.turns == 2
 
 
-async def test_max_cost_usd_warns_at_80_percent_then_stops_naming_the_limit(shell: LocalShell, tmp_path: Path) -> None:
+async def test_max_cost_usd_warns_at_80_percent_then_stops_naming_the_limit(shell: Hands, tmp_path: Path) -> None:
     model = CannedModel(bash("echo again"))
     # each turn: 100 input tokens → $0.10, 50 cache reads → $0.005 under the test price
     outcome, _ = await run(model, shell, tmp_path, max_cost_usd=0.5)
@@ -211,7 +211,7 @@ async def test_max_cost_usd_warns_at_80_percent_then_stops_naming_the_limit(shel
     assert "Wrap up now" not in str(model.requests[3]["messages"][-1]["content"])
 
 
-async def test_usage_sums_all_four_counts_and_each_is_priced(shell: LocalShell, tmp_path: Path) -> None:
+async def test_usage_sums_all_four_counts_and_each_is_priced(shell: Hands, tmp_path: Path) -> None:
     usage = {
         "input_tokens": 1000,
         "output_tokens": 200,
@@ -224,7 +224,7 @@ async def test_usage_sums_all_four_counts_and_each_is_priced(shell: LocalShell, 
     )
     agent = Agent(
         model,
-        Toolbox(["bash"], shell=shell, workspace=tmp_path),
+        Toolbox(["bash"], hands=shell),
         Recorder(),
         model_name="claude-sonnet-4-6",
         max_turns=5,
@@ -236,7 +236,7 @@ async def test_usage_sums_all_four_counts_and_each_is_priced(shell: LocalShell, 
     assert outcome.cost_usd == pytest.approx(2 * (1000 * 3 + 200 * 15 + 3000 * 3.75 + 40_000 * 0.3) / 1e6)
 
 
-async def test_pause_turn_sends_the_content_back_as_is(shell: LocalShell, tmp_path: Path) -> None:
+async def test_pause_turn_sends_the_content_back_as_is(shell: Hands, tmp_path: Path) -> None:
     paused = ModelResponse(
         content=[{"type": "server_tool_use", "id": "srv_1", "name": "web_search", "input": {}}],
         stop_reason="pause_turn",
@@ -247,7 +247,7 @@ async def test_pause_turn_sends_the_content_back_as_is(shell: LocalShell, tmp_pa
     assert model.requests[1]["messages"][-1] == {"role": "assistant", "content": paused.content}
 
 
-async def test_max_tokens_asks_to_continue(shell: LocalShell, tmp_path: Path) -> None:
+async def test_max_tokens_asks_to_continue(shell: Hands, tmp_path: Path) -> None:
     model = CannedModel(says("Half of the ans", stop="max_tokens"), says("wer."))
     outcome, _ = await run(model, shell, tmp_path)
     assert outcome.turns == 2 and outcome.summary == "wer."
@@ -255,7 +255,7 @@ async def test_max_tokens_asks_to_continue(shell: LocalShell, tmp_path: Path) ->
     assert last["role"] == "user" and "cut off" in last["content"][0]["text"]
 
 
-async def test_max_tokens_does_not_run_a_cut_tool_call(shell: LocalShell, tmp_path: Path) -> None:
+async def test_max_tokens_does_not_run_a_cut_tool_call(shell: Hands, tmp_path: Path) -> None:
     model = CannedModel(bash("touch marker", stop="max_tokens"), says("Gave up."))
     outcome, events = await run(model, shell, tmp_path)
     assert not (tmp_path / "marker").exists()
@@ -264,6 +264,6 @@ async def test_max_tokens_does_not_run_a_cut_tool_call(shell: LocalShell, tmp_pa
     assert result["type"] == "tool_result" and result["tool_use_id"] == "toolu_1" and result["is_error"] is True
 
 
-async def test_model_errors_propagate(shell: LocalShell, tmp_path: Path) -> None:
+async def test_model_errors_propagate(shell: Hands, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="overloaded"):
         await run(CannedModel(ModelError("overloaded after 4 retries")), shell, tmp_path)

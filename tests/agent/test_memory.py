@@ -14,7 +14,8 @@ from app.agent.memory import Memory, MemoryLimits, RedisMemoryStore
 from app.agent.tools import Toolbox
 from app.domain import JSON
 from app.models.scripted import ScriptedModel
-from app.sandbox.local import LocalSandbox, LocalShell
+from app.ports import Hands
+from app.sandbox.local import LocalSandbox
 from app.testing.scripts import Script, Turn, text, tool_use
 
 ROUTINE = "weekly-findings"
@@ -26,8 +27,8 @@ def store(aredis: aioredis.Redis) -> RedisMemoryStore:
 
 
 @pytest.fixture
-async def shell(tmp_path: Path) -> AsyncIterator[LocalShell]:
-    sh = await LocalSandbox().shell(tmp_path, {})
+async def shell(tmp_path: Path) -> AsyncIterator[Hands]:
+    sh = await LocalSandbox().hands(tmp_path, {})
     yield sh
     await sh.close()
 
@@ -37,9 +38,9 @@ async def memory_call(toolbox: Toolbox, **params: Any) -> tuple[str, bool]:
     return str(out.result["content"]), out.is_error
 
 
-async def run_toolbox(store: RedisMemoryStore, run_dir: Path, shell: LocalShell, **limits: int) -> Toolbox:
+async def run_toolbox(store: RedisMemoryStore, run_dir: Path, shell: Hands, **limits: int) -> Toolbox:
     memory = await Memory.restore(store, ROUTINE, run_dir / "memories", MemoryLimits(**limits))
-    return Toolbox(["memory"], shell=shell, workspace=run_dir, memory=memory)
+    return Toolbox(["memory"], hands=shell, memory=memory)
 
 
 async def test_the_store_keeps_one_folder_per_routine(store: RedisMemoryStore) -> None:
@@ -54,7 +55,7 @@ async def test_the_store_keeps_one_folder_per_routine(store: RedisMemoryStore) -
 
 
 async def test_every_command_works_and_each_change_is_saved(
-    store: RedisMemoryStore, shell: LocalShell, tmp_path: Path
+    store: RedisMemoryStore, shell: Hands, tmp_path: Path
 ) -> None:
     toolbox = await run_toolbox(store, tmp_path / "run1", shell)
     assert toolbox.definitions() == [{"type": "memory_20250818", "name": "memory"}]
@@ -85,7 +86,7 @@ async def test_every_command_works_and_each_change_is_saved(
 
 
 async def test_the_next_run_of_the_routine_sees_what_the_last_one_kept(
-    store: RedisMemoryStore, shell: LocalShell, tmp_path: Path
+    store: RedisMemoryStore, shell: Hands, tmp_path: Path
 ) -> None:
     first = Script(
         [
@@ -106,7 +107,7 @@ async def test_the_next_run_of_the_routine_sees_what_the_last_one_kept(
 
 
 async def test_the_folder_is_capped_and_an_over_limit_change_is_undone(
-    store: RedisMemoryStore, shell: LocalShell, tmp_path: Path
+    store: RedisMemoryStore, shell: Hands, tmp_path: Path
 ) -> None:
     toolbox = await run_toolbox(store, tmp_path / "run", shell, max_bytes=100, max_files=2)
     await memory_call(toolbox, command="create", path="/memories/a.md", file_text="x" * 60)
@@ -135,7 +136,7 @@ async def test_the_folder_is_capped_and_an_over_limit_change_is_undone(
     ],
 )
 async def test_paths_stay_inside_the_memory_folder(
-    store: RedisMemoryStore, shell: LocalShell, tmp_path: Path, params: JSON
+    store: RedisMemoryStore, shell: Hands, tmp_path: Path, params: JSON
 ) -> None:
     (tmp_path / "outside").mkdir()
     toolbox = await run_toolbox(store, tmp_path / "run", shell)
@@ -148,7 +149,7 @@ async def test_paths_stay_inside_the_memory_folder(
 
 
 async def test_restore_skips_stored_paths_that_would_escape(
-    store: RedisMemoryStore, shell: LocalShell, tmp_path: Path
+    store: RedisMemoryStore, shell: Hands, tmp_path: Path
 ) -> None:
     await store.save(ROUTINE, {"../escape.md": b"x", "ok/note.md": b"fine"})
     memory = await Memory.restore(store, ROUTINE, tmp_path / "run" / "memories")
@@ -156,10 +157,10 @@ async def test_restore_skips_stored_paths_that_would_escape(
     assert memory.stats() == {"files": 1, "bytes": 4, "paths": ["ok/note.md"]}
 
 
-async def test_memory_is_offered_only_when_the_routine_lists_it(shell: LocalShell, tmp_path: Path) -> None:
+async def test_memory_is_offered_only_when_the_routine_lists_it(shell: Hands, tmp_path: Path) -> None:
     memory = Memory(tmp_path / "memories", routine=ROUTINE)
-    assert Toolbox(["bash"], shell=shell, workspace=tmp_path, memory=memory).names == ["bash"]
-    assert Toolbox(["memory"], shell=shell, workspace=tmp_path).names == []
+    assert Toolbox(["bash"], hands=shell, memory=memory).names == ["bash"]
+    assert Toolbox(["memory"], hands=shell).names == []
 
 
 class Recorder:

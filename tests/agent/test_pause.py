@@ -35,11 +35,11 @@ async def test_pause(tmp_path: Path):
         Turn([text("found"), bash("true")]),
         Turn([text("done")]),
     )
-    shell = await LocalSandbox().shell(tmp_path, {})
+    shell = await LocalSandbox().hands(tmp_path, {})
     sink = Sink()
     agent = Agent(
         model,
-        Toolbox(["bash", "web_search"], shell=shell, workspace=tmp_path),
+        Toolbox(["bash", "web_search"], hands=shell),
         sink,
         model_name="m",
         max_turns=5,

@@ -11,7 +11,8 @@ import pytest
 from app.agent.loop import Agent
 from app.agent.tools import Toolbox, server_tool_events
 from app.models.anthropic import AnthropicModel
-from app.sandbox.local import LocalSandbox, LocalShell
+from app.ports import Hands
+from app.sandbox.local import LocalSandbox
 from app.testing.anthropic_server import AnthropicState, Script, Turn, bash, create_app, text
 from app.testing.scripts import load_scripts, play, web_fetch, web_search
 from app.testing.serve import serve_in_thread
@@ -31,15 +32,15 @@ def workspace(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def shell(workspace: Path) -> AsyncIterator[LocalShell]:
-    sh = await LocalSandbox().shell(workspace, {})
+async def shell(workspace: Path) -> AsyncIterator[Hands]:
+    sh = await LocalSandbox().hands(workspace, {})
     yield sh
     await sh.close()
 
 
 @pytest.fixture
-def toolbox(workspace: Path, shell: LocalShell) -> Toolbox:
-    return Toolbox(["bash", "edit", "web_fetch"], shell=shell, workspace=workspace, root="/repo", max_result_chars=400)
+def toolbox(workspace: Path, shell: Hands) -> Toolbox:
+    return Toolbox(["bash", "edit", "web_fetch"], hands=shell, max_result_chars=400)
 
 
 async def call(toolbox: Toolbox, name: str, **params: Any) -> tuple[str, bool]:
@@ -52,13 +53,13 @@ async def edit(toolbox: Toolbox, **params: Any) -> tuple[str, bool]:
     return await call(toolbox, "str_replace_based_edit_tool", **params)
 
 
-def test_definitions_list_only_known_enabled_tools(toolbox: Toolbox, workspace: Path, shell: LocalShell) -> None:
+def test_definitions_list_only_known_enabled_tools(toolbox: Toolbox, workspace: Path, shell: Hands) -> None:
     assert toolbox.definitions() == [
         {"type": "bash_20250124", "name": "bash"},
         {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
         {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 10},
     ]
-    only_edit = Toolbox(["edit"], shell=shell, workspace=workspace, max_view_characters=500)
+    only_edit = Toolbox(["edit"], hands=shell, max_view_characters=500)
     assert only_edit.definitions() == [
         {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool", "max_characters": 500}
     ]
@@ -85,8 +86,8 @@ async def test_long_output_is_cut_for_the_model_but_kept_for_the_log(toolbox: To
     assert content.startswith("1\n2\n") and content.endswith("1999\n2000\n")
 
 
-async def test_view_file_and_ranges(toolbox: Toolbox) -> None:
-    text, is_error = await edit(toolbox, command="view", path="/repo/src/app.py")
+async def test_view_file_and_ranges(toolbox: Toolbox, workspace: Path) -> None:
+    text, is_error = await edit(toolbox, command="view", path=f"{workspace}/src/app.py")
     assert not is_error
     assert text.splitlines()[1:3] == ["     1\tdef main():", "     2\t    return 1"]
     assert len(text.splitlines()) == 6
@@ -96,16 +97,17 @@ async def test_view_file_and_ranges(toolbox: Toolbox) -> None:
     assert is_error and "has 5 lines" in text
 
 
-async def test_view_directory_two_levels_without_hidden(toolbox: Toolbox) -> None:
-    text, is_error = await edit(toolbox, command="view", path="/repo")
+async def test_view_directory_two_levels_without_hidden(shell: Hands, workspace: Path) -> None:
+    text, is_error = await edit(Toolbox(["edit"], hands=shell), command="view", path=str(workspace))
     assert not is_error
-    listing = text.splitlines()[1:]
+    listing = [line.replace(str(workspace), "/repo") for line in text.splitlines()[1:]]
     assert listing == ["/repo/README.md", "/repo/src/", "/repo/src/app.py", "/repo/src/pkg/"]
 
 
 async def test_create_str_replace_insert(toolbox: Toolbox, workspace: Path) -> None:
-    text, is_error = await edit(toolbox, command="create", path="/repo/new/notes.txt", file_text="one\nthree\n")
-    assert (text, is_error) == ("File created: /repo/new/notes.txt", False)
+    notes = f"{workspace}/new/notes.txt"
+    text, is_error = await edit(toolbox, command="create", path=notes, file_text="one\nthree\n")
+    assert (text, is_error) == (f"File created: {notes}", False)
     text, is_error = await edit(toolbox, command="str_replace", path="new/notes.txt", old_str="three", new_str="four")
     assert not is_error and "     2\tfour" in text
     _, is_error = await edit(toolbox, command="insert", path="new/notes.txt", insert_line=1, insert_text="two\nthree")
@@ -136,6 +138,7 @@ async def test_editor_errors_go_back_to_the_model(toolbox: Toolbox) -> None:
 async def test_paths_outside_the_workspace_or_into_git_are_refused(
     toolbox: Toolbox, workspace: Path, path: str
 ) -> None:
+    path = path.replace("/repo", str(workspace))
     outside = workspace.parent / "outside"
     outside.mkdir(exist_ok=True)
     (outside / "x").write_text("secret")
@@ -152,9 +155,9 @@ async def test_paths_outside_the_workspace_or_into_git_are_refused(
     assert not (workspace.parent / "outside.txt").exists()
 
 
-def test_server_tools_are_offered_only_when_listed(workspace: Path, shell: LocalShell) -> None:
-    assert Toolbox(["bash", "edit"], shell=shell, workspace=workspace).names == ["bash", "str_replace_based_edit_tool"]
-    both = Toolbox(["web_fetch", "web_search"], shell=shell, workspace=workspace, server_tool_max_uses=3)
+def test_server_tools_are_offered_only_when_listed(workspace: Path, shell: Hands) -> None:
+    assert Toolbox(["bash", "edit"], hands=shell).names == ["bash", "str_replace_based_edit_tool"]
+    both = Toolbox(["web_fetch", "web_search"], hands=shell, server_tool_max_uses=3)
     assert both.definitions() == [
         {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
         {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 3},
@@ -190,9 +193,7 @@ def test_server_tool_uses_in_a_turn_become_events() -> None:
     ]
 
 
-async def test_server_tool_blocks_round_trip_through_the_sdk_and_the_test_server(
-    workspace: Path, shell: LocalShell
-) -> None:
+async def test_server_tool_blocks_round_trip_through_the_sdk_and_the_test_server(workspace: Path, shell: Hands) -> None:
     state = AnthropicState()
     state.add_script(
         Script(
@@ -214,7 +215,7 @@ async def test_server_tool_blocks_round_trip_through_the_sdk_and_the_test_server
         async def emit(self, type: str, data: Any) -> None:
             events.append((type, data))
 
-    toolbox = Toolbox(["bash", "web_search", "web_fetch"], shell=shell, workspace=workspace)
+    toolbox = Toolbox(["bash", "web_search", "web_fetch"], hands=shell)
     with serve_in_thread(create_app(state)) as served:
         async with AnthropicModel("test-key", served.url, max_retries=0) as model:
             agent = Agent(model, toolbox, Sink(), model_name="claude-sonnet-4-6", max_turns=4, max_minutes=1)

@@ -11,6 +11,7 @@ import pytest
 from app.errors import ForgeError
 from app.forge.local import LocalForge
 from app.workspace import Mirrors
+from tests.test_workspace import snap
 
 GIT_ENV = {
     **os.environ,
@@ -83,6 +84,7 @@ async def test_a_run_round_trip_leaves_its_branch_in_the_repository(project: Pat
     mirrors = Mirrors(tmp_path / "cache")
     ws = await mirrors.checkout(await mirrors.ensure(info.clone_url), info.default_branch, tmp_path / "run" / "work")
     (ws.path / "app.py").write_text("print('v2')\n")
+    await snap(ws)
     sha = await ws.commit("Bump to v2", "Routines", "bot@example.com")
     await ws.push(info.clone_url, "routines/bump/0001", await forge.credentials(info, {}))
     await mirrors.settle()

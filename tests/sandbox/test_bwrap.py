@@ -18,7 +18,7 @@ import pytest
 
 from app.errors import SandboxError
 from app.sandbox.bwrap import CA_INSIDE, DEFAULT_RO_PATHS, BwrapSandbox, Limits, sandbox_available
-from app.sandbox.local import PersistentShell
+from app.sandbox.shell import PersistentShell
 from app.workspace import Mirrors
 
 SECRET = "s3cr3t-worker-value-1234"
