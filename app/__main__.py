@@ -16,6 +16,7 @@ from app import cli_lifecycle
 from app.cli_secrets import add_secrets_parser
 from app.cli_support import redis_for, with_services
 from app.config import Settings
+from app.dispatch import named_repo
 from app.domain import Event, Run, RunState, Trigger
 from app.errors import RoutinesError
 
@@ -101,7 +102,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             services = await build(s)
             try:
                 routine = services.catalog.get(args.name)
-                repo = args.repo or (routine.repos[0] if len(routine.repos) == 1 else None)
+                repo = named_repo(routine, args.repo)[0] if args.repo else None
+                repo = repo or (routine.repos[0] if len(routine.repos) == 1 else None)
                 if repo is None or repo == "*":
                     raise RoutinesError(f"routine {args.name!r} has several repositories; pass --repo OWNER/NAME")
                 run = Run(id=new_run_id(), routine=routine.name, repo=repo, trigger=Trigger("cli", text=args.text))

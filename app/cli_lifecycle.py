@@ -12,7 +12,7 @@ from typing import Any
 from app import routine_admin
 from app.cli_support import with_services
 from app.config import Settings
-from app.dispatch import fire_checked
+from app.dispatch import fire_checked, named_repo
 from app.domain import Trigger
 from app.errors import ConfigError
 from app.lifecycle import ACTIVE, ARCHIVED, PAUSED, Lifecycle, Refused
@@ -87,8 +87,9 @@ def cmd_fire(settings: Settings, args: argparse.Namespace) -> int:
         routine = services.catalog.get(args.name)
         trigger = Trigger("cli", text=args.text, actor="cli")
         cap = settings.max_runs_per_day
+        repo = named_repo(routine, args.repo)[0] if args.repo else None
         try:
-            run = await fire_checked(services.store, services.pool, routine, trigger, args.repo, max_runs_per_day=cap)
+            run = await fire_checked(services.store, services.pool, routine, trigger, repo, max_runs_per_day=cap)
         except Refused as exc:
             print(f"routines: refused ({exc.limit}): {exc}", file=sys.stderr)
             return 1

@@ -38,8 +38,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from app import queue
 from app.dispatch import fire
 from app.domain import JSON, Routine, Run, RunState, Trigger, new_run_id
-from app.errors import ForgeError, StoreError
-from app.followup import follow_up, follow_up_trigger
+from app.errors import ForgeError, RunNotFound, StoreError
+from app.followup import follow_up, follow_up_trigger, refusal
 from app.forge.github_app import GitHubApp
 from app.matching import Match, check, event_repo, github_trigger, paths_match, pull_number
 from app.store import RedisStore
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DELIVERY_JOB = "handle_delivery"
+WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
 CLAIM_TTL_S = 4 * 86400
 PAYLOAD_TTL_S = 3 * 86400
 PREFIX = "routines:delivery:"
@@ -304,6 +305,7 @@ class DeliveryDeps:
     routines: Callable[[], Iterable[Routine]]
     ack: Acknowledger | None = None
     changed_files: Callable[[str, JSON], Awaitable[list[str]]] | None = None  # (event, payload) → file names
+    permission: Callable[[str, str, JSON], Awaitable[str]] | None = None  # (repo, login, payload) → admin/write/…
 
 
 async def process_delivery(deps: DeliveryDeps, guid: str) -> list[Run]:
@@ -326,6 +328,10 @@ async def _process(deps: DeliveryDeps, guid: str) -> list[Run]:
     routines = list(deps.routines())
     wanted = follow_up(event, payload, {r.name: r for r in routines})
     if wanted is not None:
+        why = refusal(wanted, await _run_or_none(deps.store, wanted.parent_run))
+        if why is not None:
+            log.warning("delivery %s (%s): follow-up of %s refused: %s", guid, event, wanted.branch, why)
+            return []
         trigger = follow_up_trigger(github_trigger(event, payload, guid), wanted)
         run = await _fire_once(deps, guid, Match(wanted.routine, wanted.repo, ("follow-up",)), trigger)
         if deps.ack is not None:
@@ -339,6 +345,7 @@ async def _process(deps: DeliveryDeps, guid: str) -> list[Run]:
         else:
             matches.append(result)
     matches = await _apply_paths(deps, guid, event, payload, matches)
+    matches = await _apply_actors(deps, guid, payload, matches)
     if not matches:
         log.info("delivery %s (%s.%s): no routine wants it; ignored", guid, event, payload.get("action") or "")
         return []
@@ -349,6 +356,13 @@ async def _process(deps: DeliveryDeps, guid: str) -> list[Run]:
         refused = [(run.routine, run.error or "refused") for run in runs if run.state is RunState.CANCELLED]
         await deps.ack.acknowledge(trigger, started, refused)
     return runs
+
+
+async def _run_or_none(store: RedisStore, run_id: str) -> Run | None:
+    try:
+        return await store.get_run(run_id)
+    except RunNotFound:
+        return None
 
 
 async def _apply_paths(deps: DeliveryDeps, guid: str, event: str, payload: JSON, matches: list[Match]) -> list[Match]:
@@ -376,6 +390,44 @@ async def _apply_paths(deps: DeliveryDeps, guid: str, event: str, payload: JSON,
         else:
             log.info("delivery %s: routine %s: no changed file matches paths", guid, found.routine.name)
     return kept
+
+
+async def _apply_actors(deps: DeliveryDeps, guid: str, payload: JSON, matches: list[Match]) -> list[Match]:
+    """Keep the CI-event matches whose actor GitHub says has write access to the repository (asked once
+    per actor and repository). Without a GitHub App, or when GitHub cannot say, nothing fires: a run
+    an untrusted actor caused is worse than a missed one, and the log says why."""
+    known: dict[tuple[str, str], str] = {}
+    kept = []
+    for found in matches:
+        if found.actor is None:
+            kept.append(found)
+            continue
+        key = (found.repo, found.actor)
+        if key not in known:
+            known[key] = await _permission(deps, found.repo, found.actor, payload)
+        if known[key] in WRITE_PERMISSIONS:
+            kept.append(replace(found, actor=None))
+        else:
+            log.warning(
+                "delivery %s: routine %s not fired: %r has %s access to %s, not write (name them in authors to allow)",
+                guid,
+                found.routine.name,
+                found.actor,
+                known[key],
+                found.repo,
+            )
+    return kept
+
+
+async def _permission(deps: DeliveryDeps, repo: str, login: str, payload: JSON) -> str:
+    if not login:
+        return "no known"
+    if deps.permission is None:
+        return "unknown (no GitHub App to ask)"
+    try:
+        return await deps.permission(repo, login, payload)
+    except ForgeError as exc:
+        return f"unknown ({exc})"
 
 
 async def _fire_once(deps: DeliveryDeps, guid: str, found: Match, trigger: Trigger) -> Run:
@@ -413,6 +465,13 @@ async def handle_delivery(ctx: dict[str, Any], delivery_id: str) -> list[str]:
             token = await app.token(installation, repo, {"pull_requests": "read"})
             return await app.pull_files(repo, number, token)
 
+        async def permission(repo: str, login: str, payload: JSON) -> str:
+            installation = (payload.get("installation") or {}).get("id")
+            if not isinstance(installation, int):
+                raise ForgeError("the event names no installation")
+            return await app.permission(repo, login, await app.token(installation, repo, {"metadata": "read"}))
+
         deps.changed_files = changed_files
+        deps.permission = permission
     runs = await process_delivery(deps, delivery_id)
     return [run.id for run in runs]

@@ -7,11 +7,14 @@ event), then paused/archived and the daily quotas are checked, then the run join
 
 from __future__ import annotations
 
+import os
+import re
+
 from arq.connections import ArqRedis
 
 from app import queue
-from app.domain import Event, Routine, Run, RunState, Trigger, new_run_id
-from app.errors import ConfigError, InvalidTransition, RunNotFound
+from app.domain import Event, Routine, Run, RunState, Trigger, is_local_repo, new_run_id
+from app.errors import ConfigError, InvalidTransition, NotAllowed, RunNotFound
 from app.lifecycle import Lifecycle, Refused
 from app.routines import render_group
 from app.store import RedisStore
@@ -146,6 +149,36 @@ async def _existing(store: RedisStore, run_id: str) -> Run | None:
         return await store.get_run(run_id)
     except RunNotFound:
         return None
+
+
+_OWNER_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
+
+
+def named_repo(routine: Routine, repo: str) -> tuple[str, bool]:
+    """What a caller may name as the repository of a run of `routine`: `(repo as the routine spells it,
+    whether the App must still be shown to be installed there)`. Raises NotAllowed otherwise.
+
+    A repository of the routine's list is allowed (owner/name ignoring case; a local path only when
+    the routine's own `repo:` is that path). A `*` routine allows any `owner/name` the App is installed
+    on — never a local path, so a fire token cannot point a run at the worker's own disk.
+    """
+    local = is_local_repo(repo)
+    for own in routine.repos:
+        if own == "*" or is_local_repo(own) != local:
+            continue
+        if (local and _same_path(own, repo)) or (not local and own.lower() == repo.lower()):
+            return own, False
+    if not local and "*" in routine.repos and _OWNER_NAME.fullmatch(repo) and ".." not in repo:
+        return repo, True
+    listed = ", ".join(r for r in routine.repos if r != "*") or "any installed owner/name"
+    raise NotAllowed(
+        f"routine {routine.name!r} does not run on {repo!r}; name one of its repositories ({listed}) "
+        f"or leave `repo` out"
+    )
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.normpath(os.path.expanduser(a)) == os.path.normpath(os.path.expanduser(b))
 
 
 def _single_repo(routine: Routine) -> str:

@@ -85,6 +85,11 @@ class Triggers:
     github: dict[str, JSON] = field(default_factory=dict)
 
 
+def is_local_repo(repo: str) -> bool:
+    """A local path (the local forge) rather than a GitHub `owner/name`."""
+    return repo.startswith(("/", "./", "../", "~")) or repo in (".", "..")
+
+
 @dataclass(frozen=True)
 class Routine:
     """One routine: a prompt, a repository, the policy it runs under, and its triggers.

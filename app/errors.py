@@ -33,6 +33,10 @@ class RunNotFound(RoutinesError):
     pass
 
 
+class NotAllowed(RoutinesError):
+    """A caller named something its trigger may not reach (another repository, another routine's run)."""
+
+
 class StoreError(RoutinesError):
     """Redis is unreachable or answered something unexpected."""
 

@@ -2,7 +2,10 @@
 
 A review (`pull_request_review.submitted`) or a review comment (`pull_request_review_comment.created`)
 on a pull request whose head is `routines/<routine>/<run>` continues that run's conversation when a
-trusted person (OWNER, MEMBER, COLLABORATOR — not a bot) mentions `@routines`. Pure: no I/O.
+trusted person (OWNER, MEMBER, COLLABORATOR — not a bot) mentions `@routines`. A branch name is
+only a claim: the pull request must be in one of the routine's repositories and its head in that
+same repository (never a fork); the worker then checks that the named run is that routine's, on
+that repository (`refusal`), before anything runs. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from app.domain import JSON, Routine, Trigger
+from app.domain import JSON, Routine, Run, Trigger
 
 MENTION = re.compile(r"(?<![\w@-])@routines\b", re.IGNORECASE)
 TRUSTED = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
@@ -26,6 +29,8 @@ class FollowUp:
     branch: str
     parent_run: str
     number: int
+    untrusted: str | None = None
+    """Why the pull request cannot be one of the routine's own (a fork, another repository), if so."""
 
 
 def follow_up(event: str, payload: JSON, routines: Mapping[str, Routine]) -> FollowUp | None:
@@ -46,7 +51,31 @@ def follow_up(event: str, payload: JSON, routines: Mapping[str, Routine]) -> Fol
     number = pull.get("number")
     if not isinstance(number, int):
         return None
-    return FollowUp(routine, repo, found.string, found["run"], number)
+    return FollowUp(routine, repo, found.string, found["run"], number, _untrusted(routine, repo, pull))
+
+
+def _untrusted(routine: Routine, repo: str, pull: JSON) -> str | None:
+    """Why this pull request cannot be one the routine opened, from the payload alone (None: it can be)."""
+    if not any(r == "*" or r.lower() == repo.lower() for r in routine.repos):
+        return f"{repo} is not one of routine {routine.name}'s repositories"
+    head = ((pull.get("head") or {}).get("repo") or {}).get("full_name")
+    base = ((pull.get("base") or {}).get("repo") or {}).get("full_name")
+    if not isinstance(head, str) or head.lower() != str(base or repo).lower() or head.lower() != repo.lower():
+        return f"its head is in {head or 'a deleted repository'}, not in {repo}: a fork names branches as it likes"
+    return None
+
+
+def refusal(found: FollowUp, parent: Run | None) -> str | None:
+    """Why `found` must not run, now that the run its branch names has been looked up (None: it may)."""
+    if found.untrusted is not None:
+        return found.untrusted
+    if parent is None:
+        return f"run {found.parent_run} does not exist (or expired)"
+    if parent.routine != found.routine.name:
+        return f"run {found.parent_run} belongs to routine {parent.routine}, not {found.routine.name}"
+    if parent.repo.lower() != found.repo.lower():
+        return f"run {found.parent_run} worked on {parent.repo}, not {found.repo}"
+    return None
 
 
 def follow_up_trigger(trigger: Trigger, found: FollowUp) -> Trigger:

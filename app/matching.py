@@ -15,8 +15,14 @@ optional, must all pass:
   win over earlier ones, as in Actions (`[docs/**, "!docs/internal/**"]`).
 - `draft`: only draft (true) or only ready (false) pull requests.
 - `forks`: pull requests from forks (head repository != base repository) fire only with
-  `forks: true`.
-- `authors`: the sender's login. A Bot sender never fires a routine unless `authors` names it.
+  `forks: true`. The same holds for CI events (`workflow_run`, `check_suite`, `check_run`)
+  whose head is in a fork: GitHub names a fork's branch as it likes, so `branches` alone
+  must not let a fork's `main` through.
+- `authors`: the sender's login (for `workflow_run`, the actor who triggered the run). A Bot
+  never fires a routine unless `authors` names it.
+- CI events carry no `author_association`: unless `authors` names who may fire, the match
+  carries the actor (`Match.actor`) and the worker fires only if GitHub says that login has
+  write access to the repository (`admin`, `maintain` or `write`).
 - `author_association`: of the object the sender wrote (comment, review, or the issue/PR they
   opened or edited). Defaults to OWNER, MEMBER, COLLABORATOR for issues and comments. When
   someone acts on another person's issue (labels it, assigns it), GitHub already required
@@ -38,6 +44,7 @@ from app.domain import JSON, Routine, Trigger
 from app.event_text import clean, render
 
 TRUSTED_ASSOCIATIONS = ("OWNER", "MEMBER", "COLLABORATOR")
+CI_EVENTS = frozenset({"workflow_run", "check_suite", "check_run"})
 ASSOCIATION_DEFAULT_EVENTS = frozenset(
     {"issues", "issue_comment", "pull_request_review", "pull_request_review_comment", "discussion",
      "discussion_comment", "commit_comment"}
@@ -54,6 +61,7 @@ class Match:
     repo: str
     notes: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()  # still to apply to the pull request's changed files
+    actor: str | None = None  # still to be shown to have write access (CI events)
 
 
 def github_trigger(event: str, payload: JSON, delivery: str) -> Trigger:
@@ -110,21 +118,25 @@ def check(routine: Routine, event: str, payload: JSON) -> Match | str:
     types = filters.get("types") or DEFAULT_TYPES.get(event)
     if types and action not in types:
         return f"action {action!r} is not one of {', '.join(types)}"
-    refused = _sender(filters, payload) or _association(event, filters, payload)
-    refused = refused or _labels(filters, payload) or _branches(event, filters, payload)
+    refused = _sender(event, filters, payload) or _association(event, filters, payload)
+    refused = refused or _labels(filters, payload) or _ci_head(event, filters, payload)
+    refused = refused or _branches(event, filters, payload)
     refused = refused or _pull(event, filters, payload) or _mention(event, filters, payload)
     if refused:
         return refused
+    actor = (
+        str(actor_of(event, payload).get("login") or "") if event in CI_EVENTS and not filters.get("authors") else None
+    )
     notes: tuple[str, ...] = ()
     paths = tuple(str(p) for p in filters.get("paths") or ())
     if paths and event == "push":
         if not paths_match(paths, _pushed_files(payload)):
             return "no pushed file matches paths"
     elif paths and pull_number(event, payload) is not None:
-        return Match(routine, repo, paths=paths)
+        return Match(routine, repo, paths=paths, actor=actor)
     elif paths:
         notes = (f"paths filter not applied to {event}: the event carries no list of changed files",)
-    return Match(routine, repo, notes)
+    return Match(routine, repo, notes, actor=actor)
 
 
 def pull_number(event: str, payload: JSON) -> int | None:
@@ -152,8 +164,19 @@ def _repo_allowed(routine: Routine, repo: str) -> bool:
     return any(r == "*" or r.lower() == wanted for r in routine.repos)
 
 
-def _sender(filters: JSON, payload: JSON) -> str | None:
-    sender = payload.get("sender") or {}
+def actor_of(event: str, payload: JSON) -> JSON:
+    """Who caused the event: the user who triggered a workflow run, else the sender."""
+    if event == "workflow_run" and isinstance(payload.get("workflow_run"), dict):
+        run = payload["workflow_run"]
+        for key in ("triggering_actor", "actor"):
+            if isinstance(run.get(key), dict) and run[key].get("login"):
+                return dict(run[key])
+    sender = payload.get("sender")
+    return dict(sender) if isinstance(sender, dict) else {}
+
+
+def _sender(event: str, filters: JSON, payload: JSON) -> str | None:
+    sender = actor_of(event, payload)
     login = str(sender.get("login") or "")
     authors = filters.get("authors")
     if authors:
@@ -226,9 +249,41 @@ def event_branch(event: str, payload: JSON) -> str | None:
         return ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
     if event in _PULL_EVENTS:
         return _dig(payload, "pull_request", "base", "ref")
-    for key in ("check_suite", "workflow_run", "check_run"):
+    if event == "check_run":
+        return _dig(payload, "check_run", "check_suite", "head_branch")
+    for key in ("check_suite", "workflow_run"):
         if isinstance(payload.get(key), dict):
             return _dig(payload, key, "head_branch")
+    return None
+
+
+def _ci_head(event: str, filters: JSON, payload: JSON) -> str | None:
+    if event not in CI_EVENTS or filters.get("forks", False):
+        return None
+    fork = ci_fork(event, payload)
+    return f"the {event}'s head is in the fork {fork} (set forks: true to allow)" if fork else None
+
+
+def ci_fork(event: str, payload: JSON) -> str | None:
+    """The fork a CI event's head comes from, or None when it is in the repository itself.
+
+    `workflow_run` names its head repository. For `check_suite`/`check_run`, GitHub leaves
+    `head_branch` null (and `pull_requests` empty) when the head is in a fork; a listed pull
+    request whose head repository is not its base is a fork too.
+    """
+    repo = event_repo(payload) or ""
+    if event == "workflow_run":
+        head = _dig(payload, "workflow_run", "head_repository", "full_name")
+        return None if head is not None and head.lower() == repo.lower() else head or "(unknown)"
+    check: JSON = payload[event] if isinstance(payload.get(event), dict) else {}
+    suite = check.get("check_suite") if event == "check_run" else check
+    if not isinstance(suite, dict) or not suite.get("head_branch"):
+        return "(not named by GitHub)"
+    for pull in check.get("pull_requests") or []:
+        head_id = ((pull.get("head") or {}).get("repo") or {}).get("id")
+        base_id = ((pull.get("base") or {}).get("repo") or {}).get("id")
+        if head_id != base_id:
+            return str(((pull.get("head") or {}).get("repo") or {}).get("url") or "(unknown)")
     return None
 
 

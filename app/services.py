@@ -15,7 +15,7 @@ from app.agent.memory import RedisMemoryStore
 from app.catalog import ApiRoutines, RoutineCatalog
 from app.config import Settings
 from app.deliveries import DeliveryBatcher
-from app.domain import JSON, Routine, Run
+from app.domain import JSON, Routine, Run, is_local_repo
 from app.errors import ConfigError, StoreError
 from app.forge.github import GitHubForge
 from app.forge.github_outputs import GitHubOutputs
@@ -36,10 +36,6 @@ from app.vault import Vault, secret_key
 from app.workspace import Mirrors
 
 log = logging.getLogger(__name__)
-
-
-def is_local_repo(repo: str) -> bool:
-    return repo.startswith(("/", "./", "../", "~")) or repo == "."
 
 
 @dataclass

@@ -27,7 +27,8 @@ def review_comment(branch: str, number: int, body: str, **changes: Any) -> dict[
     repo = {**payload["repository"], "full_name": "acme/docs", "name": "docs"}
     repo["owner"] = {**repo["owner"], "login": "acme"}
     payload.update(repository=repo, installation={"id": 1})
-    payload["pull_request"].update(number=number, head={**payload["pull_request"]["head"], "ref": branch, "repo": repo})
+    pull = payload["pull_request"]
+    pull.update(number=number, head={**pull["head"], "ref": branch, "repo": repo}, base={**pull["base"], "repo": repo})
     payload["comment"].update(body=body, author_association=changes.pop("association", "MEMBER"))
     payload["sender"] = {**payload["sender"], "login": "reviewer", "type": changes.pop("sender_type", "User")}
     return payload

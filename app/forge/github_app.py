@@ -111,6 +111,15 @@ class GitHubApp:
                 break
         return names
 
+    async def permission(self, repo: str, login: str, token: str) -> str:
+        """`login`'s permission on `repo` as GitHub's legacy field gives it: admin, write, read or none."""
+        if not _LOGIN.fullmatch(login):
+            return "none"
+        found = await self._request(
+            f"read the permission of {login}", repo, "GET", f"/repos/{repo}/collaborators/{login}/permission", token
+        )
+        return str((found or {}).get("permission") or "none")
+
     async def react(self, repo: str, path: str, token: str, content: str = "eyes") -> None:
         """React with `content` to `path` in the repository: `issues/12`, `issues/comments/5`, `pulls/comments/7`."""
         await self._request(
@@ -128,6 +137,9 @@ class GitHubApp:
         """Replace the body of issue comment `comment_id`."""
         path = f"/repos/{repo}/issues/comments/{comment_id}"
         await self._request(f"update comment {comment_id}", repo, "PATCH", path, token, json={"body": body})
+
+
+_LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})(?:\[bot\])?")
 
 
 def _json(response: httpx.Response) -> Any:

@@ -48,6 +48,7 @@ def create_app(state: GitHubState) -> Starlette:
         Route("/app/installations/{installation_id:int}/access_tokens", apps.create_token, methods=["POST"]),
         Route("/repos/{owner}/{repo}/installation", apps.get_repo_installation),
         Route("/repos/{owner}/{repo}", apps.get_repo),
+        Route("/repos/{owner}/{repo}/collaborators/{username}/permission", apps.get_permission),
         Route("/repos/{owner}/{repo}/pulls", pulls.list_pulls, methods=["GET"]),
         Route("/repos/{owner}/{repo}/pulls", pulls.create_pull, methods=["POST"]),
         Route("/repos/{owner}/{repo}/pulls/{number:int}", pulls.get_pull),
@@ -131,6 +132,18 @@ class _AppsApi:
         full_name = f"{request.path_params['owner']}/{request.path_params['repo']}"
         self.state.authorize(bearer(request), full_name, "metadata", "read")
         return JSONResponse(repo_json(self.state, self.state.repos[full_name]))
+
+
+    async def get_permission(self, request: Request) -> Response:
+        """A user's permission on the repository: GitHub's legacy `permission` (admin, write, read, none;
+        maintain counts as write, triage as read) and the `role_name` it comes from."""
+        full_name = f"{request.path_params['owner']}/{request.path_params['repo']}"
+        self.state.authorize(bearer(request), full_name, "metadata", "read")
+        login = request.path_params["username"]
+        role = self.state.repos[full_name].collaborators.get(login, "none")
+        legacy = {"maintain": "write", "triage": "read"}.get(role, role)
+        user = {"login": login, "id": 10_000 + len(login), "type": "User"}
+        return JSONResponse({"permission": legacy, "role_name": role, "user": user})
 
 
 async def _api_error(request: Request, exc: ApiError) -> Response:

@@ -65,6 +65,8 @@ class Repo:
     private: bool
     next_number: int = 1
     issues: dict[int, JSON] = field(default_factory=dict)
+    collaborators: dict[str, str] = field(default_factory=dict)
+    """login → permission (admin, maintain, write, triage, read); anyone else has none."""
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
@@ -12,11 +13,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.dispatch import fire_checked, release
+from app.dispatch import fire_checked, named_repo, release
 from app.domain import Event, Routine, Run, RunState, Trigger
-from app.errors import ConfigError, RoutineNotFound, RunNotFound, StoreError
+from app.errors import ConfigError, ForgeError, NotAllowed, RoutineNotFound, RunNotFound, StoreError
 from app.lifecycle import Lifecycle, Refused
 from app.services import Services
+
+log = logging.getLogger(__name__)
 
 MAX_FIRE_BODY_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 20_000
@@ -88,6 +91,13 @@ async def fire_routine(request: Request) -> Response:
     payload = await _fire_payload(request)
     if isinstance(payload, Response):
         return payload
+    repo = payload.get("repo")
+    if repo is not None:
+        try:
+            repo = await _allowed_repo(services, routine, repo)
+        except NotAllowed as exc:
+            log.warning("fire of %s refused: %s", name, exc)
+            return error(403, str(exc))
     trigger = Trigger(kind="api", text=payload.get("text"), actor="api")
     try:
         run = await fire_checked(
@@ -95,7 +105,7 @@ async def fire_routine(request: Request) -> Response:
             services.pool,
             routine,
             trigger,
-            repo=payload.get("repo"),
+            repo=repo,
             max_runs_per_day=services.settings.max_runs_per_day,
         )
     except Refused as exc:
@@ -105,6 +115,19 @@ async def fire_routine(request: Request) -> Response:
     return JSONResponse(
         {"run_id": run.id, "url": services.settings.run_url(run.id), "state": run.state.value}, status_code=202
     )
+
+
+async def _allowed_repo(services: Services, routine: Routine, repo: str) -> str:
+    """`repo` as the run will use it, when the routine may run there (NotAllowed otherwise)."""
+    named, check_installed = named_repo(routine, repo)
+    if not check_installed:
+        return named
+    if services.github is None:
+        raise NotAllowed(f"routine {routine.name!r} runs on any installed repository, but no GitHub App is set up")
+    try:
+        return (await services.github.resolve(named)).full_name
+    except ForgeError as exc:
+        raise NotAllowed(f"routine {routine.name!r} cannot run on {repo!r}: {exc}") from None
 
 
 async def _fire_payload(request: Request) -> dict[str, Any] | Response:
