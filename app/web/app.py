@@ -37,7 +37,10 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         built = await build(settings, check_redis=False)
         try:
             await built.store.ping()
-        except StoreError as exc:
+            link = await setup.setup_link(built)
+            if link is not None:
+                log.warning("no GitHub App is set up yet; to create one, open the one-time setup link %s", link)
+        except (StoreError, RedisError, OSError) as exc:
             log.warning("%s; answering 503 until it is back", exc)
         if settings.api_token is None:
             log.warning(

@@ -1,15 +1,23 @@
 """`/setup`: create the GitHub App from `app.yml` with GitHub's manifest flow, then keep its credentials.
 
-GET /setup answers a form that POSTs the manifest to GitHub (`{web}/settings/apps/new`, or an
-organisation's); GitHub sends the browser back to `/setup/done?code=…&state=…`, where the code is
-exchanged (`POST /app-manifests/{code}/conversions`, unauthenticated) for the App's id, private key and
-webhook secret. They are written to ROUTINES_DATA_DIR (mode 0600), never shown; the page says what to set.
+Only the operator may do it: while no App exists, the web process prints a one-time setup link
+(`/setup?key=…`, the key shared by every web process through Redis, valid 7 days) in its log.
+Opening it (or sending ROUTINES_API_TOKEN as a bearer) starts a setup session: an HttpOnly,
+SameSite=Lax cookie scoped to /setup, and a redirect that drops the key from the address bar (so
+no Referer carries it). GET /setup with that cookie answers a form that POSTs the manifest to
+GitHub (`{web}/settings/apps/new`, or an organisation's) with a `state` bound to the session;
+GitHub sends the browser back to `/setup/done?code=…&state=…`, which needs the same cookie. The
+code is exchanged (`POST /app-manifests/{code}/conversions`) for the App's id, private key and
+webhook secret, written to ROUTINES_DATA_DIR (mode 0600) and never shown; the key is then spent.
+Any other request gets 403, and once an App exists `/setup` offers nothing.
 """
 
 from __future__ import annotations
 
+import hmac
 import html
 import json
+import logging
 import os
 import re
 import secrets
@@ -20,14 +28,18 @@ from urllib.parse import quote, urlsplit
 import httpx
 import yaml
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from app.config import Settings
 from app.services import Services
-from app.web.api import services_of
+from app.web.api import bearer_token, is_admin, services_of
+
+log = logging.getLogger(__name__)
 
 STATE_TTL_S = 3600
+KEY_TTL_S = 7 * 86400
+COOKIE = "routines_setup"
 APP_FILE = "github-app.json"
 KEY_FILE = "github-app.pem"
 _CODE = re.compile(r"[A-Za-z0-9_-]{1,200}")
@@ -66,26 +78,81 @@ def _manifest_file(settings: Settings) -> Path | None:
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status)
+    page = HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status)
+    page.headers["referrer-policy"] = "no-referrer"
+    page.headers["cache-control"] = "no-store"
+    return page
 
 
 def _already(services: Services) -> HTMLResponse | None:
     settings = services.settings
-    if settings.github_app_configured:
-        return _page(
-            "Already set up", f"<p>GitHub App {html.escape(settings.github_app_id or '')} is configured.</p>", 409
-        )
-    if (settings.data_dir / APP_FILE).exists():
-        where = html.escape(str((settings.data_dir / APP_FILE).resolve()))
-        return _page("Already created", f"<p>An App was created; its settings are in <code>{where}</code>.</p>", 409)
+    if settings.github_app_configured or (settings.data_dir / APP_FILE).exists():
+        return _page("Already set up", "<p>Routines is already connected to a GitHub App.</p>", 409)
     return None
 
 
+def _key_name(services: Services) -> str:
+    return f"{services.store.prefix}setup:key"
+
+
+async def setup_link(services: Services) -> str | None:
+    """The one-time setup link while no App exists (None once one does); made once, shared through Redis."""
+    if _already(services) is not None:
+        return None
+    redis = services.store.redis
+    await redis.set(_key_name(services), secrets.token_urlsafe(24), nx=True, ex=KEY_TTL_S)
+    key = await redis.get(_key_name(services))
+    return f"{services.settings.base_url}/setup?key={key.decode()}" if key else None
+
+
+async def _session(request: Request, services: Services) -> str | None:
+    """The setup session of the browser's cookie, when it is one this installation started."""
+    session = request.cookies.get(COOKIE, "")
+    if not session or not re.fullmatch(r"[A-Za-z0-9_-]{20,64}", session):
+        return None
+    return session if await services.store.redis.exists(f"{services.store.prefix}setup:session:{session}") else None
+
+
+async def _opened_with_key(request: Request, services: Services) -> bool:
+    if is_admin(services, bearer_token(request)):
+        return True
+    given = request.query_params.get("key", "")
+    stored = await services.store.redis.get(_key_name(services)) if given else None
+    return stored is not None and hmac.compare_digest(given.encode(), stored)
+
+
+async def _begin(request: Request, services: Services) -> Response:
+    """The key was right: start a session bound to this browser and come back without the key in the URL."""
+    session = secrets.token_urlsafe(32)
+    await services.store.redis.set(f"{services.store.prefix}setup:session:{session}", "1", ex=STATE_TTL_S)
+    org = request.query_params.get("org")
+    back = RedirectResponse("/setup" + (f"?org={quote(org)}" if org else ""), status_code=303)
+    back.headers["referrer-policy"] = "no-referrer"
+    secure = services.settings.base_url.startswith("https://")
+    back.set_cookie(COOKIE, session, max_age=STATE_TTL_S, path="/setup", httponly=True, samesite="lax", secure=secure)
+    return back
+
+
+async def _refuse(services: Services) -> Response:
+    link = await setup_link(services)
+    if link is not None:
+        log.warning("someone asked for /setup without the setup link; the link is %s", link)
+    return _page(
+        "Setup link needed",
+        "<p>Creating the GitHub App is for the operator: open the one-time setup link that the web process "
+        "printed in its log (it prints it again now), or send <code>ROUTINES_API_TOKEN</code> as a bearer token.</p>",
+        403,
+    )
+
+
 async def start(request: Request) -> Response:
-    """GET /setup[?org=NAME]: the form that sends the manifest to GitHub."""
+    """GET /setup[?org=NAME][&key=KEY]: with the key, start a session; with a session, the form for GitHub."""
     services = services_of(request)
     if (done := _already(services)) is not None:
         return done
+    session = await _session(request, services)
+    if session is None:
+        return await _begin(request, services) if await _opened_with_key(request, services) else await _refuse(services)
     source = _manifest_file(services.settings)
     if source is None:
         return _page("No app.yml", "<p>Run Routines from the folder that holds <code>app.yml</code>.</p>", 500)
@@ -93,7 +160,7 @@ async def start(request: Request) -> Response:
     if org is not None and not _ORG.fullmatch(org):
         return _page("Bad organisation", "<p><code>org</code> must be a GitHub organisation login.</p>", 400)
     state = secrets.token_urlsafe(24)
-    await services.store.redis.set(f"{services.store.prefix}setup:state:{state}", "1", ex=STATE_TTL_S)
+    await services.store.redis.set(f"{services.store.prefix}setup:state:{state}", session, ex=STATE_TTL_S)
     web = github_web_url(services.settings.github_api_url)
     action = f"{web}/organizations/{org}/settings/apps/new" if org else f"{web}/settings/apps/new"
     body = (
@@ -112,10 +179,15 @@ async def done(request: Request) -> Response:
     if (already := _already(services)) is not None:
         return already
     code, state = request.query_params.get("code", ""), request.query_params.get("state", "")
-    key = f"{services.store.prefix}setup:state:{state}"
-    if not state or not await services.store.redis.getdel(key):
+    session = await _session(request, services)
+    if session is None:
+        return await _refuse(services)
+    bound = await services.store.redis.getdel(f"{services.store.prefix}setup:state:{state}") if state else None
+    if bound is None or not hmac.compare_digest(bound, session.encode()):
         return _page(
-            "Setup expired", '<p>This link was not started here or expired; <a href="/setup">start again</a>.</p>', 400
+            "Setup expired",
+            '<p>This return was not started in this browser, or it expired; <a href="/setup">start again</a>.</p>',
+            400,
         )
     if not _CODE.fullmatch(code):
         return _page("No code", '<p>GitHub sent no usable code; <a href="/setup">start again</a>.</p>', 400)
@@ -133,7 +205,9 @@ async def done(request: Request) -> Response:
         return _page(
             "GitHub refused", f"<p>{reason} (HTTP {answer.status_code}); <a href='/setup'>start again</a>.</p>", 502
         )
-    return _page("GitHub App created", _instructions(*save_app(settings.data_dir, answer.json())))
+    saved = save_app(settings.data_dir, answer.json())
+    await services.store.redis.delete(_key_name(services), f"{services.store.prefix}setup:session:{session}")
+    return _page("GitHub App created", _instructions(*saved))
 
 
 def save_app(data_dir: Path, app: dict[str, Any]) -> tuple[dict[str, Any], Path, Path]:
