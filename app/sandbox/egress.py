@@ -6,8 +6,10 @@ address checks (no loopback, private, link-local, multicast or metadata addresse
 connects to the exact address it checked. A host that carries none of the run's secrets is tunnelled
 untouched; a secret's host is intercepted: TLS terminated with a leaf certificate of the run's CA,
 placeholders in request headers swapped for the current value, and the request forwarded over verified
-TLS. Plain-HTTP requests get the same treatment, but sending secrets over plain HTTP is discouraged:
-anyone on the path reads them.
+TLS. An intercepted request must name the tunnel's host in its `Host` header (and in an absolute-form
+target): otherwise a shared front (a CDN) could route the swapped secret to another customer's site,
+so the request is refused and reported as `egress.denied`. Plain-HTTP requests get the same
+treatment, but sending secrets over plain HTTP is discouraged: anyone on the path reads them.
 """
 
 from __future__ import annotations
@@ -215,6 +217,10 @@ class EgressProxy:
             event = await tls_client.next_event()
             if not isinstance(event, h11.Request):
                 return
+            other = _other_host(event, host, port)
+            if other is not None:
+                await self._deny(tls_client, host, port, other)
+                return
             headers, swapped = swap_headers(event.headers, await self.policy.secrets(), host)
             status = await forward(tls_client, event, upstream, target=event.target, headers=headers)
             await self._emit(
@@ -242,6 +248,10 @@ class EgressProxy:
             host, port = "", 0
         if url.scheme != "http" or not host:
             await respond(client, 400, "send http://HOST/PATH to this proxy, or CONNECT HOST:PORT for https")
+            return False
+        other = _other_host(request, host, port)
+        if other is not None:
+            await self._deny(client, host, port, other)
             return False
         upstream = upstreams.get((host, port))
         if upstream is None:
@@ -271,3 +281,21 @@ class EgressProxy:
         if not upstream.reusable():
             await upstreams.pop((host, port)).close()
         return True
+
+
+def _other_host(request: h11.Request, host: str, port: int) -> str | None:
+    """Why `request` names another destination than host:port (its Host header, or an absolute-form
+    target), or None when it names the same one."""
+    named = [value.decode("latin-1") for name, value in request.headers if name == b"host"]
+    target = request.target.decode("ascii", "replace")
+    if "://" in target:
+        named.append(urlsplit(target).netloc.rpartition("@")[2])
+    for value in named:
+        parts = urlsplit(f"//{value.strip()}")
+        try:
+            other_host, other_port = (parts.hostname or "").rstrip("."), parts.port
+        except ValueError:
+            return f"the request names the malformed host {value!r}"
+        if other_host.lower() != host.lower().rstrip(".") or other_port not in (None, port):
+            return f"the request names {value!r}, not {host}:{port} where it was sent; each host needs its own request"
+    return None

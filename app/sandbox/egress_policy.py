@@ -30,6 +30,10 @@ DEFAULT_ALLOW: tuple[str, ...] = (
 
 METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# IPv6 ranges that carry an IPv4 address in their last 32 bits: NAT64 (RFC 6052, RFC 8215), and the
+# deprecated IPv4-compatible form (::a.b.c.d).
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_COMPATIBLE = ipaddress.ip_network("::/96")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -86,8 +90,31 @@ def host_matches(host: str, patterns: Iterable[str]) -> bool:
     return False
 
 
+def embedded_ipv4(ip: IPAddress) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (mapped, 6to4, Teredo server and client, NAT64,
+    IPv4-compatible), which is where a packet to it may end up; [] for the rest."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        return list(ip.teredo)
+    low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if any(ip in net for net in _NAT64) or (ip in _COMPATIBLE and int(ip) > 1):
+        return [low]
+    return []
+
+
 def forbidden_reason(ip: IPAddress) -> str | None:
-    """Why the proxy must not connect to `ip` (metadata, loopback, private…), or None when it is public."""
+    """Why the proxy must not connect to `ip` (metadata, loopback, private…), or None when it is public.
+
+    An IPv6 address that carries an IPv4 one is judged by that IPv4 address too."""
+    for inner in embedded_ipv4(ip):
+        reason = forbidden_reason(inner)
+        if reason is not None:
+            return f"{ip} carries {inner}: {reason}"
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     checks: Sequence[tuple[bool, str]] = (
