@@ -17,7 +17,7 @@ async def deliver_and_record(ctx: RunContext, deps: RunnerDeps, error: str | Non
     """Deliver whatever changed — also after a limit or a failure, as an incomplete draft — and end the run."""
     outcome = ctx.outcome
     limit = outcome.limit if outcome else None
-    error = error or (outcome.error if outcome else None)
+    error = error or (outcome.error if outcome else None) or ctx.snapshot_error
     incomplete = error is not None
     fields: dict[str, Any] = {"incomplete": incomplete}
     if outcome is not None:

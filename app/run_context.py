@@ -68,3 +68,5 @@ class RunContext:
     """The event log before this attempt, when the run is being resumed after its worker died."""
     skipped: list[JSON] = field(default_factory=list)
     """Files the final snapshot left out (too big, not UTF-8 names), with why."""
+    snapshot_error: str | None = None
+    """Why the final snapshot failed, if it did: the run then delivers its last checkpoint and fails."""

@@ -153,6 +153,7 @@ async def _final_snapshot(ctx: RunContext, hands: Hands) -> None:
         staged = await ctx.checkout.snapshot(hands)
     except RoutinesError as exc:
         await ctx.events.emit("workspace.snapshot_failed", {"final": True, "error": str(exc)})
+        ctx.snapshot_error = f"the work tree could not be read at the end ({exc}); the last checkpoint is what was kept"
         return
     ctx.skipped = staged.skipped
     if staged.skipped:

@@ -81,26 +81,43 @@ def _write(
 
 
 def _children(repo: pygit2.Repository, oid: str, depth: int, max_depth: int) -> list[tuple[str, int, int]]:
-    try:
-        tree = repo[oid]
-        entries = list(tree) if isinstance(tree, pygit2.Tree) else None
-    except (pygit2.GitError, ValueError) as exc:
-        raise WorkspaceError(f"tree {oid} cannot be read ({exc})") from None
-    if entries is None:
-        raise WorkspaceError(f"object {oid} is not a tree")
+    """The objects tree `oid` names that `repo` lacks. The raw entries are read here, not through libgit2,
+    which would quietly normalise a file mode git's fsck refuses."""
     wanted = []
-    for entry in entries:
-        check_name(entry.raw_name or b"", entry.filemode)
-        if entry.filemode == _GITLINK:
+    for mode, name, target in tree_entries(repo.odb.read(oid)[1]):
+        check_name(name, mode)
+        if mode == _GITLINK:
             continue
-        kind = _MODES.get(entry.filemode)
-        if kind is None:
-            raise WorkspaceError(f"{entry.raw_name!r} has the file mode {entry.filemode:o}, which git does not write")
+        kind = _MODES[mode]
         if kind == TREE and depth + 1 > max_depth:
             raise WorkspaceError(f"the work tree is nested deeper than {max_depth} folders")
-        if entry.id not in repo.odb:
-            wanted.append((str(entry.id), kind, depth + 1))
+        if pygit2.Oid(hex=target) not in repo.odb:
+            wanted.append((target, kind, depth + 1))
     return wanted
+
+
+def tree_entries(data: bytes) -> list[tuple[int, bytes, str]]:
+    """(mode, name, id) of a raw tree object, checked as git's fsck would: known modes written without
+    leading zeros, names in git's order and each once."""
+    entries: list[tuple[int, bytes, str]] = []
+    at, previous = 0, b""
+    while at < len(data):
+        space, nul = data.find(b" ", at), data.find(b"\0", at)
+        if space < 0 or nul < space or nul + 21 > len(data):
+            raise WorkspaceError("a tree object is malformed")
+        raw_mode, name = data[at:space], data[space + 1 : nul]
+        mode = int(raw_mode, 8) if raw_mode.isdigit() and not raw_mode.startswith(b"0") else -1
+        if mode not in (*_MODES, _GITLINK):
+            raise WorkspaceError(
+                f"{name!r} has the file mode {raw_mode.decode(errors='replace')}, which git does not write"
+            )
+        key = name + b"/" if mode == 0o040000 else name
+        if entries and key <= previous:
+            raise WorkspaceError(f"a tree lists {name!r} out of order or twice")
+        previous = key
+        entries.append((mode, name, data[nul + 1 : nul + 21].hex()))
+        at = nul + 21
+    return entries
 
 
 def check_name(raw: bytes, mode: int) -> None:

@@ -67,7 +67,7 @@ def test_every_escape_is_contained_and_the_run_continues(stack: Stack, tmp_path:
     assert "response 403" in results["unlisted host"]["output"]
     assert results["loopback name"]["output"].strip().endswith("403")
     bomb = results["fork bomb"]["output"]  # it forks in the background, against the cgroup's pids.max
-    assert bomb == "(no output)" or "Resource temporarily unavailable" in bomb
+    assert "process limit" in bomb and "restarted" in bomb, "what the bomb left is killed"
     after = [e["data"]["output"] for e in events if e["type"] == "tool.result"][len(attempts)]
     assert after.strip() == "still here"  # the shell works again after the bomb, the flood and the hang
     assert "output cut" in results["2 GB of output"]["output"] and len(results["2 GB of output"]["output"]) < 100_000

@@ -10,6 +10,7 @@ at most `MAX_LISTED` entries; names that are not UTF-8 are shown with U+FFFD.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from typing import Any
@@ -63,8 +64,10 @@ class Editor:
             raise EditorError(f"{raw} is outside the workspace; use a path under {self.root}")
         try:
             real = os.path.realpath(os.path.join(self.real, relative))
-        except (OSError, ValueError) as exc:
-            raise EditorError(f"{raw} cannot be resolved ({exc}); use a shorter path under {self.root}") from None
+        except ValueError as exc:
+            raise EditorError(f"{raw} cannot be resolved ({exc}); use a path under {self.root}") from None
+        except OSError as exc:
+            raise EditorError(f"{raw} changed while it was resolved ({exc.strerror}); try again") from None
         if not _under(real, self.real):
             raise EditorError(f"{raw} resolves outside the workspace; use a path under {self.root}")
         if ".git" in os.path.relpath(real, self.real).split("/"):
@@ -201,6 +204,10 @@ def _write(path: str, data: bytes, shown: str, *, create: bool) -> bool:
             raise
         fd = os.open(path, _WRITE_FLAGS | os.O_CREAT | os.O_EXCL, 0o666)
         existed = False
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.ENODEV):  # a FIFO without reader, a socket, a device
+            raise EditorError(f"{shown} is not a regular file (a FIFO, socket or device); write one that is") from None
+        raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

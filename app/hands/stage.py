@@ -22,6 +22,7 @@ import pygit2
 _WRITTEN = pygit2.enums.FileStatus.WT_NEW | pygit2.enums.FileStatus.WT_MODIFIED | pygit2.enums.FileStatus.WT_TYPECHANGE
 _SENDABLE = {pygit2.enums.ObjectType.TREE.value, pygit2.enums.ObjectType.BLOB.value}
 _NO_SEARCH = pygit2.enums.RepositoryOpenFlag.NO_SEARCH
+MAX_DEPTH = 90  # libgit2 refuses paths nested deeper than 100 folders
 
 
 class StageError(Exception):
@@ -52,7 +53,7 @@ class Stager:
         index = repo.index
         skipped: list[dict[str, str]] = []
         total = 0
-        for path, flags in sorted(repo.status(untracked_files="all").items()):
+        for path, flags in sorted(self._status(repo, skipped).items()):
             try:
                 path.encode()
             except UnicodeEncodeError:
@@ -81,6 +82,25 @@ class Stager:
             raise StageError(f"the workspace holds {len(index):,} files, over the {max_files:,} a run may commit")
         index.write()
         return {"tree": str(index.write_tree()), "files": len(index), "skipped": skipped}
+
+    def _status(self, repo: pygit2.Repository, skipped: list[dict[str, str]]) -> dict[str, int]:
+        """What changed. libgit2 refuses a tree nested deeper than it allows: the folders past MAX_DEPTH
+        are then left out (ignored, and reported) and the rest is staged."""
+        self._exclude([])
+        try:
+            return dict(repo.status(untracked_files="all"))
+        except pygit2.GitError as exc:
+            if "nesting too deep" not in str(exc):
+                raise
+        deep = _too_deep(self.workspace, MAX_DEPTH)
+        self._exclude(deep)
+        skipped += [{"path": _printable(p), "reason": f"nested deeper than {MAX_DEPTH} folders"} for p in deep]
+        return dict(repo.status(untracked_files="all"))
+
+    def _exclude(self, paths: list[str]) -> None:
+        patterns = "".join(f"/{_escape(p)}/\n" for p in paths if "\n" not in p)
+        with open(os.path.join(self.gitdir, "info", "exclude"), "w") as out:
+            out.write("/.git\n" + patterns)
 
     def objects(self, oids: list[str]) -> list[tuple[str, int, bytes]]:
         """(id, type, raw data) of each tree or blob in `oids`; StageError for anything else."""
@@ -131,10 +151,28 @@ def _init(gitdir: str, workspace: str, alternates: list[str]) -> None:
             "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
             f"\tsymlinks = true\n\tworktree = {workspace}\n"
         )
-    with open(os.path.join(gitdir, "info", "exclude"), "w") as out:
-        out.write("/.git\n")
     with open(os.path.join(gitdir, "HEAD"), "w") as out:
         out.write("ref: refs/heads/unborn\n")
+
+
+def _too_deep(root: str, depth: int) -> list[str]:
+    """The folders exactly `depth` levels below `root` (relative, as git names them); links not followed."""
+    found = []
+    for folder, dirs, _ in os.walk(root):
+        relative = os.path.relpath(folder, root)
+        level = 0 if relative == "." else relative.count("/") + 1
+        if relative == ".":
+            dirs[:] = [d for d in dirs if d != ".git"]
+        if level >= depth:
+            found.append(relative)
+            dirs.clear()
+    return found
+
+
+def _escape(path: str) -> str:
+    """`path` as a gitignore pattern that matches only itself."""
+    escaped = "".join(f"\\{c}" if c in "*?[]\\!#" else c for c in path)
+    return escaped[:-1] + "\\ " if escaped.endswith(" ") else escaped
 
 
 def _size(path: str) -> int:

@@ -296,6 +296,9 @@ class _BwrapLauncher:
     async def reap(self) -> None:
         self._cgroup.kill()
 
+    def crowded(self) -> bool:
+        return self._cgroup.crowded()
+
     async def close(self) -> None:
         await asyncio.to_thread(self._cgroup.remove)
 

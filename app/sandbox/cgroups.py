@@ -25,6 +25,8 @@ class SandboxCgroup:
 
     dirs: list[Path] = field(default_factory=list)
     holds: dict[str, str] = field(default_factory=dict)
+    _pids: Path | None = None
+    _refusals = 0
 
     @classmethod
     def create(cls, name: str, *, memory_bytes: int, max_processes: int) -> SandboxCgroup:
@@ -51,6 +53,18 @@ class SandboxCgroup:
     @property
     def procs_files(self) -> list[Path]:
         return [d / "cgroup.procs" for d in self.dirs]
+
+    def crowded(self) -> bool:
+        """Whether the process limit was hit since the last call (a fork was refused) or 90% of it is in use:
+        what a fork bomb leaves. False when no cgroup holds the process count."""
+        if self._pids is None:
+            return False
+        events = _read(self._pids / "pids.events").split()
+        refusals = int(events[events.index("max") + 1]) if "max" in events[:-1] else 0
+        hit, self._refusals = refusals > self._refusals, refusals
+        current, limit = _read(self._pids / "pids.current").strip(), _read(self._pids / "pids.max").strip()
+        full = current.isdigit() and limit.isdigit() and int(current) >= 0.9 * int(limit)
+        return hit or full
 
     def kill(self) -> None:
         """SIGKILL every process still in the sandbox's cgroups (they may have left its process group)."""
@@ -98,6 +112,8 @@ class SandboxCgroup:
             return
         self.dirs.append(directory)
         self.holds.update(dict.fromkeys(held, kind))
+        if "pids" in held:
+            self._pids = directory
 
 
 def _cgroup_mounts() -> dict[str, tuple[Path, str]]:

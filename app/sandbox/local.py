@@ -88,6 +88,9 @@ class _LocalLauncher:
     async def reap(self) -> None:
         return None
 
+    def crowded(self) -> bool:
+        return False
+
     async def close(self) -> None:
         if self._home is not None:
             await asyncio.to_thread(shutil.rmtree, self._home, True)

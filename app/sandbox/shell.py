@@ -18,6 +18,12 @@ from app.errors import SandboxError
 from app.ports import CommandResult
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_BURST = 0
+_SETTLE_S = 0.1
+_CROWDED = (
+    "[{what} running at the sandbox's process limit (a fork bomb?); they were killed and the shell restarted, "
+    "so the working directory and variables are reset]"
+)
 _CHUNK_BYTES = 64 * 1024
 
 
@@ -30,6 +36,10 @@ class Launcher(Protocol):
 
     async def reap(self) -> None:
         """Called after the process group was killed: end whatever else the shell left behind."""
+        ...
+
+    def crowded(self) -> bool:
+        """Whether what earlier commands left behind fills the sandbox's process limit (a fork bomb)."""
         ...
 
     async def close(self) -> None:
@@ -55,24 +65,22 @@ class PersistentShell:
         self._launcher = launcher
         self._max_output_bytes = max_output_bytes
         self._crowded = None if max_processes is None else max(int(max_processes * 0.9), 1)
+        self._processes = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
 
     async def run(self, command: str, timeout_s: float) -> CommandResult:
         """Run `command`; output is capped (head and tail kept) while all of it is drained."""
         async with self._lock:
+            before = ""
             if self._proc is None or self._proc.returncode is not None:
                 await self._start()
-            proc = self._proc
-            if proc is None or proc.stdin is None or proc.stdout is None:
-                raise SandboxError("the shell has no pipes; this is a bug in PersistentShell")
-            marker = f"__ROUTINES_DONE_{secrets.token_hex(8)}__"
-            capture = _Capture(self._max_output_bytes, marker.encode())
+            elif self._launcher.crowded():
+                await self._start()
+                before = _CROWDED.format(what="processes earlier commands left")
+            capture = _Capture(self._max_output_bytes, _marker().encode())
             try:
-                proc.stdin.write(_wrap(command, marker).encode())
-                await proc.stdin.drain()
-                async with asyncio.timeout(timeout_s):
-                    await _read_until_done(proc.stdout, capture)
+                await self._send(_wrap(command, capture.marker), capture, timeout_s)
             except TimeoutError:
                 await self._start()
                 note = (
@@ -83,18 +91,38 @@ class PersistentShell:
             except (BrokenPipeError, ConnectionResetError):
                 pass
             if capture.exit_code is not None:
-                if self._crowded is not None and capture.processes >= self._crowded:
+                if await self._left_a_crowd(capture.processes):
                     await self._start()
-                    note = (
-                        f"[the command left {capture.processes} processes running, at the sandbox's process limit;"
-                        " they were killed and the shell restarted, so the working directory and variables are reset]"
-                    )
-                    return capture.result(capture.exit_code, note=note)
-                return capture.result(capture.exit_code)
-            code = await _wait(proc)
+                    return capture.result(capture.exit_code, note=_CROWDED.format(what="the command left processes"))
+                return capture.result(capture.exit_code, before=before)
+            code = await _wait(self._proc) if self._proc is not None else None
             await self._start()
             note = f"[the shell exited with code {code}; a new shell was started, so the working directory is reset]"
             return capture.result(code, note=note)
+
+    async def _send(self, script: str, capture: _Capture, timeout_s: float) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdout is None:
+            raise SandboxError("the shell has no pipes; this is a bug in PersistentShell")
+        proc.stdin.write(script.encode())
+        await proc.stdin.drain()
+        async with asyncio.timeout(timeout_s):
+            await _read_until_done(proc.stdout, capture)
+
+    async def _left_a_crowd(self, processes: int) -> bool:
+        """Whether the command left the sandbox at its process limit. A command that left more processes
+        running than before (a fork bomb needs a few milliseconds to fill the limit) is looked at again
+        `_SETTLE_S` later."""
+        if self._crowded is None:
+            return self._launcher.crowded()
+        burst, self._processes = processes > self._processes + _BURST, processes
+        if processes >= self._crowded or self._launcher.crowded():
+            return True
+        if not burst:
+            return False
+        await asyncio.sleep(_SETTLE_S)
+        self._processes = await self._count()
+        return self._processes == 0 or self._processes >= self._crowded or self._launcher.crowded()
 
     async def restart(self) -> None:
         """Kill the current shell (if any) with its process group and start a fresh one."""
@@ -114,7 +142,20 @@ class PersistentShell:
 
     async def _start(self) -> None:
         await self._kill()
+        self._launcher.crowded()  # forget the limit hits of what was just killed
+        self._processes = 0
         self._proc = await self._launcher.spawn()
+        if self._crowded is not None:
+            self._processes = await self._count()
+
+    async def _count(self) -> int:
+        """How many processes the sandbox holds now (0 when the shell does not answer)."""
+        probe = _Capture(self._max_output_bytes, _marker().encode())
+        try:
+            await self._send(_count(probe.marker), probe, 10)
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
+            return 0
+        return probe.processes
 
     async def _kill(self) -> None:
         proc, self._proc = self._proc, None
@@ -151,6 +192,15 @@ def _wrap(command: str, marker: str) -> str:
     )
 
 
+def _marker() -> str:
+    return f"__ROUTINES_DONE_{secrets.token_hex(8)}__"
+
+
+def _count(marker: str) -> str:
+    """A script that only prints the marker with the process count (builtins only: works at the limit)."""
+    return f"__routines_ps=(/proc/[0-9]*); printf '%s 0 %d\\n' '{marker}' \"${{#__routines_ps[@]}}\"\n"
+
+
 async def _read_until_done(stdout: asyncio.StreamReader, capture: _Capture) -> None:
     while capture.exit_code is None:
         chunk = await stdout.read(_CHUNK_BYTES)
@@ -170,6 +220,7 @@ class _Capture:
     """Keeps the first and last `limit // 2` bytes of a stream and finds the end marker in it."""
 
     def __init__(self, limit: int, marker: bytes) -> None:
+        self.marker = marker.decode()
         self._half = max(limit // 2, 1)
         self._pattern = re.compile(re.escape(marker) + rb" (-?\d+)(?: (\d+))?\n")
         self._overlap = len(marker) + 16
@@ -198,7 +249,9 @@ class _Capture:
         if len(self._tail) > 2 * (self._half + self._overlap):
             del self._tail[: -(self._half + self._overlap)]
 
-    def result(self, exit_code: int | None, *, note: str = "", timed_out: bool = False) -> CommandResult:
+    def result(
+        self, exit_code: int | None, *, note: str = "", before: str = "", timed_out: bool = False
+    ) -> CommandResult:
         end = self._total if self._end is None else self._end
         head = bytes(self._head[:end])
         tail_start = self._total - len(self._tail)
@@ -213,4 +266,6 @@ class _Capture:
         text += tail.decode(errors="replace")
         if note:
             text = f"{text.rstrip()}\n{note}" if text.strip() else note
+        if before:
+            text = f"{before}\n{text}"
         return CommandResult(output=text, exit_code=exit_code, timed_out=timed_out, truncated=cut > 0)

@@ -175,6 +175,23 @@ async def test_a_fork_bomb_is_contained(shell: PersistentShell, workspace: Path)
     await still_works(shell, workspace)
 
 
+async def test_a_fork_bomb_left_running_is_killed_and_the_next_command_answers_alone(
+    shell: PersistentShell, workspace: Path
+) -> None:
+    await shell.run("cd src 2>/dev/null; export KEPT=1", 10)
+    bomb = await shell.run("bash -c ':(){ :|:& };:'", 10)
+    assert "process limit" in bomb.output and "restarted" in bomb.output
+    after = await shell.run("echo after", 10)
+    assert (after.output, after.exit_code) == ("after\n", 0)
+    await still_works(shell, workspace)
+
+
+async def test_background_processes_below_the_limit_keep_running(shell: PersistentShell, workspace: Path) -> None:
+    started = await shell.run("for i in 1 2 3; do sleep 300 & done; echo started", 10)
+    assert started.output == "started\n"
+    assert (await shell.run("jobs | wc -l", 10)).output == "3\n"
+
+
 async def test_two_gigabytes_of_output_are_capped(shell: PersistentShell, workspace: Path) -> None:
     tracemalloc.start()
     try:

@@ -56,12 +56,23 @@ async def net(tmp_path: Path, aredis: aioredis.Redis) -> AsyncIterator[Net]:
     await vault.set("SENTRY_AUTH_TOKEN", VALUE, ["api.allowed.test"])
     placeholders = await vault.placeholders("run1", ["SENTRY_AUTH_TOKEN"])
     policy = EgressPolicy(
-        allow=("api.allowed.test", "*.allowed.test", "plain.allowed.test", "sneaky.test"),
+        allow=(
+            "api.allowed.test",
+            "*.allowed.test",
+            "plain.allowed.test",
+            "sneaky.test",
+            "nat64.test",
+            "sixtofour.test",
+        ),
         secrets=live_secrets(vault, placeholders),
     )
     resolver = SystemResolver(
         overrides={h: "127.0.0.1" for h in ("api.allowed.test", "other.allowed.test", "plain.allowed.test")},
-        hosts={"sneaky.test": ["127.0.0.1"]},
+        hosts={
+            "sneaky.test": ["127.0.0.1"],
+            "nat64.test": ["64:ff9b::7f00:1"],
+            "sixtofour.test": ["2002:a9fe:a9fe::1"],
+        },
     )
     trust = ssl.create_default_context(cafile=str(upstream_ca.cert_path))
     events: list[tuple[str, dict[str, object]]] = []
@@ -217,6 +228,9 @@ async def test_plain_http_is_allowlisted_and_swapped(net: Net) -> None:
         ("https://localhost/", "not in the routine's network.allow"),
         ("https://127.0.0.1:6379/", "127.0.0.1 is a loopback address"),
         ("https://169.254.169.254/", "cloud metadata address"),
+        ("https://nat64.test/", "carries 127.0.0.1: 127.0.0.1 is a loopback address"),
+        ("https://sixtofour.test/", "carries 169.254.169.254: 169.254.169.254 is a cloud metadata address"),
+        ("https://[64:ff9b::a00:1]/", "carries 10.0.0.1"),
     ],
 )
 async def test_denied_destinations_get_403_and_an_event(net: Net, url: str, reason: str) -> None:
@@ -224,6 +238,38 @@ async def test_denied_destinations_get_403_and_an_event(net: Net, url: str, reas
     assert code != 0 and "403" in err
     [(kind, data)] = net.events
     assert kind == "egress.denied" and reason in str(data["reason"])
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host_header"),
+    [
+        ("https", "other.allowed.test"),  # another site behind the same front
+        ("https", "api.allowed.test:1"),  # the right name, another port
+        ("https", "evil.example"),
+        ("http", "evil.example"),
+    ],
+)
+async def test_a_request_naming_another_host_than_its_tunnel_is_refused(
+    net: Net, scheme: str, host_header: str
+) -> None:
+    await net.vault.set("SENTRY_AUTH_TOKEN", VALUE, ["api.allowed.test", "plain.allowed.test"])
+    host, port = ("api.allowed.test", net.api_port) if scheme == "https" else ("plain.allowed.test", net.plain_port)
+    code, out, err = await curl(
+        net, f"{scheme}://{host}:{port}/echo", f"Host: {host_header}", f"Authorization: Bearer {net.placeholder}"
+    )
+    assert "403" in out + err or "not " in out, (code, out, err)
+    assert "each host needs its own request" in out
+    assert net.api.requests == [] and net.plain.requests == [], "nothing reached the upstream"
+    denied = [d for t, d in net.events if t == "egress.denied"]
+    assert denied and denied[0]["host"] == host and host_header in str(denied[0]["reason"])
+    assert secret_free(net.events)
+
+
+async def test_the_same_host_in_another_spelling_is_the_same_host(net: Net) -> None:
+    code, out, err = await curl(
+        net, f"https://api.allowed.test:{net.api_port}/echo", f"Host: API.allowed.test.:{net.api_port}"
+    )
+    assert code == 0 and json.loads(out)["path"] == "/echo", (out, err)
 
 
 async def test_connect_to_redis_port_is_refused_even_when_allowlisted(tmp_path: Path) -> None:
@@ -295,9 +341,15 @@ def test_address_rules() -> None:
         "224.0.0.1",
         "0.0.0.0",
         "::ffff:127.0.0.1",
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b:1::a9fe:a9fe",  # local-use NAT64 of the metadata address
+        "2002:0a00:0001::1",  # 6to4 of 10.0.0.1
+        "::127.0.0.1",  # IPv4-compatible
+        "::10.0.0.1",
     ):
         assert forbidden_reason(ipaddress.ip_address(ip)) is not None, ip
-    assert forbidden_reason(ipaddress.ip_address("93.184.216.34")) is None
+    for ip in ("93.184.216.34", "64:ff9b::5db8:d822", "2002:5db8:d822::1", "2606:4700::1111"):
+        assert forbidden_reason(ipaddress.ip_address(ip)) is None, ip
     assert host_matches("api.sentry.io", ["*.sentry.io"]) and not host_matches("sentry.io", ["*.sentry.io"])
     assert not host_matches("evilsentry.io", ["*.sentry.io"]) and host_matches("Sentry.IO.", ["sentry.io"])
 
