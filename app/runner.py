@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # Bytecode caches would land in the PR of a repo without a .gitignore, and a same-second,
 # same-size edit would run the stale .pyc.
 SANDBOX_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
+MAX_CHECKPOINT_PATCH_CHARS = 8 * 1024 * 1024  # the event log is no place for a gigabyte of diff
 
 
 async def execute(run_id: str, deps: RunnerDeps) -> Run:
@@ -139,8 +140,12 @@ async def _checkpoint(ctx: RunContext, hands: Hands, turn: int) -> None:
     if staged.skipped:
         await ctx.events.emit("workspace.skipped", {"turn": turn, "files": staged.skipped[:50]})
     if sha is not None:
-        patch = await asyncio.to_thread(ctx.checkout.diff)
-        await ctx.events.emit("workspace.checkpoint", {"turn": turn, "commit": sha, "patch": patch})
+        patch: str | None = await asyncio.to_thread(ctx.checkout.diff)
+        size = len(patch or "")
+        if size > MAX_CHECKPOINT_PATCH_CHARS:
+            patch = None  # another machine resumes from the base; this one still has the commit
+        data: JSON = {"turn": turn, "commit": sha, "patch": patch, "patch_chars": size}
+        await ctx.events.emit("workspace.checkpoint", data)
 
 
 async def _final_snapshot(ctx: RunContext, hands: Hands) -> None:

@@ -46,7 +46,7 @@ class Toolbox:
     `tools` names: "bash", "edit", "memory" (needs `memory`), "web_search", "web_fetch"; others are
     ignored. Every tool of `connectors` is offered. Server tools may be used `server_tool_max_uses`
     times per model request. Tool errors never raise: they come back as `is_error` results the
-    model can act on.
+    model can act on; an OSError of a tool (a file the agent made) is such a result too.
     """
 
     def __init__(
@@ -121,6 +121,8 @@ class Toolbox:
                 raise ToolError(f"the tool {name!r} is not available in this run; use one of {self.names}")
         except ToolError as exc:
             output, is_error = f"Error: {exc}", True
+        except OSError as exc:  # whatever the files the agent made do to a tool, the run goes on
+            output, is_error = f"Error: {name} failed: {exc.strerror or exc}", True
         content = _cut(output, self._max_result_chars)
         result = {"type": "tool_result", "tool_use_id": block.get("id", ""), "content": content, "is_error": is_error}
         return ToolOutput(result, output, is_error, exit_code, self.connector_of(name))

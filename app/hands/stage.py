@@ -53,7 +53,10 @@ class Stager:
         index = repo.index
         skipped: list[dict[str, str]] = []
         total = 0
-        for path, flags in sorted(self._status(repo, skipped).items()):
+        changed = self._status(repo, skipped)
+        if len(changed) > max_files:
+            raise StageError(f"{len(changed):,} files changed, over the {max_files:,} a run may commit")
+        for path, flags in sorted(changed.items()):
             try:
                 path.encode()
             except UnicodeEncodeError:

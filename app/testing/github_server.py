@@ -133,7 +133,6 @@ class _AppsApi:
         self.state.authorize(bearer(request), full_name, "metadata", "read")
         return JSONResponse(repo_json(self.state, self.state.repos[full_name]))
 
-
     async def get_permission(self, request: Request) -> Response:
         """A user's permission on the repository: GitHub's legacy `permission` (admin, write, read, none;
         maintain counts as write, triage as read) and the `role_name` it comes from."""
