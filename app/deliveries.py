@@ -41,7 +41,7 @@ from app.domain import JSON, Routine, Run, RunState, Trigger, new_run_id
 from app.errors import ForgeError, RunNotFound, StoreError
 from app.followup import follow_up, follow_up_trigger, refusal
 from app.forge.github_app import GitHubApp
-from app.matching import Match, check, event_repo, github_trigger, paths_match, pull_number
+from app.matching import WRITE_ACCESS, Match, check, event_repo, github_trigger, paths_match, pull_number
 from app.store import RedisStore
 from app.tracking import Acknowledger
 
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DELIVERY_JOB = "handle_delivery"
-WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
 CLAIM_TTL_S = 4 * 86400
 PAYLOAD_TTL_S = 3 * 86400
 PREFIX = "routines:delivery:"
@@ -329,6 +328,10 @@ async def _process(deps: DeliveryDeps, guid: str) -> list[Run]:
     wanted = follow_up(event, payload, {r.name: r for r in routines})
     if wanted is not None:
         why = refusal(wanted, await _run_or_none(deps.store, wanted.parent_run))
+        login = str((payload.get("sender") or {}).get("login") or "")
+        level = await _permission(deps, wanted.repo, login, payload) if why is None else ""
+        if why is None and level not in WRITE_ACCESS:
+            why = f"{login!r} has {level} access to {wanted.repo}, not write"
         if why is not None:
             log.warning("delivery %s (%s): follow-up of %s refused: %s", guid, event, wanted.branch, why)
             return []
@@ -405,11 +408,11 @@ async def _apply_actors(deps: DeliveryDeps, guid: str, payload: JSON, matches: l
         key = (found.repo, found.actor)
         if key not in known:
             known[key] = await _permission(deps, found.repo, found.actor, payload)
-        if known[key] in WRITE_PERMISSIONS:
+        if known[key] in found.access:
             kept.append(replace(found, actor=None))
         else:
             log.warning(
-                "delivery %s: routine %s not fired: %r has %s access to %s, not write (name them in authors to allow)",
+                "delivery %s: routine %s not fired: %r has %s access to %s, too little (name them in authors to allow)",
                 guid,
                 found.routine.name,
                 found.actor,

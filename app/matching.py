@@ -20,9 +20,12 @@ optional, must all pass:
   must not let a fork's `main` through.
 - `authors`: the sender's login (for `workflow_run`, the actor who triggered the run). A Bot
   never fires a routine unless `authors` names it.
-- CI events carry no `author_association`: unless `authors` names who may fire, the match
-  carries the actor (`Match.actor`) and the worker fires only if GitHub says that login has
-  write access to the repository (`admin`, `maintain` or `write`).
+- Who may fire, unless the routine says otherwise (`authors`, or an explicit `author_association`):
+  for issues, comments, reviews and CI events, the match carries the actor (`Match.actor`) and the
+  worker fires only if GitHub says that login has write access to the repository (`admin`,
+  `maintain` or `write`; `triage` too when they act on someone else's issue or pull request,
+  e.g. label it). `author_association` is only a first, free filter: MEMBER and COLLABORATOR
+  include people with read access.
 - `author_association`: of the object the sender wrote (comment, review, or the issue/PR they
   opened or edited). Defaults to OWNER, MEMBER, COLLABORATOR for issues and comments. When
   someone acts on another person's issue (labels it, assigns it), GitHub already required
@@ -45,6 +48,8 @@ from app.event_text import clean, render
 
 TRUSTED_ASSOCIATIONS = ("OWNER", "MEMBER", "COLLABORATOR")
 CI_EVENTS = frozenset({"workflow_run", "check_suite", "check_run"})
+WRITE_ACCESS = frozenset({"admin", "maintain", "write"})
+TRIAGE_ACCESS = WRITE_ACCESS | {"triage"}
 ASSOCIATION_DEFAULT_EVENTS = frozenset(
     {"issues", "issue_comment", "pull_request_review", "pull_request_review_comment", "discussion",
      "discussion_comment", "commit_comment"}
@@ -61,7 +66,8 @@ class Match:
     repo: str
     notes: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()  # still to apply to the pull request's changed files
-    actor: str | None = None  # still to be shown to have write access (CI events)
+    actor: str | None = None  # a login still to be shown to hold one of `access` on the repository
+    access: frozenset[str] = WRITE_ACCESS
 
 
 def github_trigger(event: str, payload: JSON, delivery: str) -> Trigger:
@@ -124,19 +130,29 @@ def check(routine: Routine, event: str, payload: JSON) -> Match | str:
     refused = refused or _pull(event, filters, payload) or _mention(event, filters, payload)
     if refused:
         return refused
-    actor = (
-        str(actor_of(event, payload).get("login") or "") if event in CI_EVENTS and not filters.get("authors") else None
-    )
+    actor, access = _actor_check(event, filters, payload)
     notes: tuple[str, ...] = ()
     paths = tuple(str(p) for p in filters.get("paths") or ())
     if paths and event == "push":
         if not paths_match(paths, _pushed_files(payload)):
             return "no pushed file matches paths"
     elif paths and pull_number(event, payload) is not None:
-        return Match(routine, repo, paths=paths, actor=actor)
+        return Match(routine, repo, paths=paths, actor=actor, access=access)
     elif paths:
         notes = (f"paths filter not applied to {event}: the event carries no list of changed files",)
-    return Match(routine, repo, notes, actor=actor)
+    return Match(routine, repo, notes, actor=actor, access=access)
+
+
+def _actor_check(event: str, filters: JSON, payload: JSON) -> tuple[str | None, frozenset[str]]:
+    """The login whose access the worker must still check, and the access levels that may fire."""
+    if filters.get("authors"):
+        return None, WRITE_ACCESS
+    login = str(actor_of(event, payload).get("login") or "")
+    if event in CI_EVENTS:
+        return login, WRITE_ACCESS
+    if event in ASSOCIATION_DEFAULT_EVENTS and filters.get("author_association") is None:
+        return login, WRITE_ACCESS if _authored(event, payload) is not None else TRIAGE_ACCESS
+    return None, WRITE_ACCESS
 
 
 def pull_number(event: str, payload: JSON) -> int | None:

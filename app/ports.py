@@ -82,8 +82,9 @@ class TreeSource(Protocol):
         """Stage every change since commit `base`; `seed` is an index with stat data of the checkout."""
         ...
 
-    async def objects(self, oids: list[str]) -> list[tuple[str, int, bytes]]:
-        """(id, git object type, raw data) of each tree or blob in `oids`, unverified."""
+    async def objects(self, oids: list[str], max_bytes: int, budget: int) -> list[tuple[str, int, bytes]]:
+        """(id, git object type, raw data) of each tree or blob in `oids`, unverified: none over `max_bytes`,
+        all together at most `budget` bytes (else WorkspaceError)."""
         ...
 
 

@@ -36,6 +36,7 @@ from app.worktree import write_tree
 
 logger = logging.getLogger(__name__)
 
+SNAPSHOT_TIMEOUT_S = 300.0
 MIRROR_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 _GITLINK = 0o160000
 
@@ -246,6 +247,13 @@ class Workspace:
         return cls(path, marker.read_text().strip())
 
     def _repo(self) -> pygit2.Repository:
+        """The private git directory without its work tree: libgit2 then reads nothing the agent wrote
+        (not even a `.gitattributes`, which a diff would otherwise open, follow or block on)."""
+        flags = pygit2.enums.RepositoryOpenFlag.NO_SEARCH | pygit2.enums.RepositoryOpenFlag.BARE
+        return pygit2.Repository(str(self._gitdir), flags)
+
+    def _worktree_repo(self) -> pygit2.Repository:
+        """The private git directory with its work tree, for a restore into a checkout no sandbox ran on yet."""
         return pygit2.Repository(str(self._gitdir), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
 
     @property
@@ -262,10 +270,16 @@ class Workspace:
         if not self._seeded:
             index = self._gitdir / "index"
             seed = await asyncio.to_thread(index.read_bytes) if index.is_file() else None
-        staged = await source.stage(self.base_commit, seed, limits or StageLimits())
-        self._seeded = True
-        repo = await asyncio.to_thread(self._repo)
-        await import_tree(repo, source, staged.tree)
+        try:
+            async with asyncio.timeout(SNAPSHOT_TIMEOUT_S):
+                staged = await source.stage(self.base_commit, seed, limits or StageLimits())
+                self._seeded = True
+                repo = await asyncio.to_thread(self._repo)
+                await import_tree(repo, source, staged.tree)
+        except TimeoutError:
+            raise WorkspaceError(
+                f"the snapshot of the work tree took over {SNAPSHOT_TIMEOUT_S:g} s; not taken"
+            ) from None
         self._tree = staged.tree
         return staged
 
@@ -332,7 +346,7 @@ class Workspace:
         return await asyncio.to_thread(self._restore, commit, patch)
 
     def _restore(self, commit: str | None, patch: str) -> str:
-        repo = self._repo()
+        repo = self._worktree_repo()
         try:
             if commit is not None and pygit2.Oid(hex=commit) in repo.odb:
                 tree = repo[commit].peel(pygit2.Tree)

@@ -63,7 +63,7 @@ class InstantHands:
     async def stage(self, base: str, seed: bytes | None, limits: StageLimits) -> Staged:
         return Staged(base)
 
-    async def objects(self, oids: list[str]) -> list[tuple[str, int, bytes]]:
+    async def objects(self, oids: list[str], max_bytes: int, budget: int) -> list[tuple[str, int, bytes]]:
         return []
 
     async def restart(self) -> None: ...

@@ -47,6 +47,7 @@ def hooks(tmp_path: Path, redis_url: str) -> Iterator[HookStack]:
     (routines / "labels.md").write_text(routine_text("labels", "issues: {types: [labeled]}"))
     with webhook_stack(tmp_path, redis_url, routines_dir=routines) as stack:
         stack.github.add_repo("acme/api", stack.installation)
+        stack.github.repos["acme/api"].collaborators["Codertocat"] = "write"  # who comments in the payloads
         yield stack
 
 
@@ -166,7 +167,8 @@ def test_a_retried_job_starts_no_second_run_and_posts_no_second_comment(hooks: H
         pool = queue.connect(hooks.settings.redis_url or "")
         store = RedisStore(pool)
         try:
-            return await process_delivery(DeliveryDeps(store, pool, lambda: _routines(hooks)), guid)
+            deps = DeliveryDeps(store, pool, lambda: _routines(hooks), permission=_writer)
+            return await process_delivery(deps, guid)
         finally:
             await pool.aclose()
 
@@ -174,6 +176,10 @@ def test_a_retried_job_starts_no_second_run_and_posts_no_second_comment(hooks: H
     assert asyncio.run(again()) == [], "once handled, a retried job finds nothing to do"
     assert len(hooks.drain()) == 2
     assert len([c for c in hooks.github.comments("acme/api") if c["user"]["type"] == "Bot"]) == 2
+
+
+async def _writer(repo: str, login: str, payload: dict[str, Any]) -> str:
+    return "write"
 
 
 def _routines(hooks: HookStack) -> list[Any]:
@@ -227,6 +233,7 @@ def test_a_pull_request_paths_filter_is_applied_to_the_files_github_lists(tmp_pa
     (routines / "docs.md").write_text(routine_text("docs", "pull_request: {paths: ['docs/**', '!docs/drafts/**']}"))
     with webhook_stack(tmp_path, redis_url, routines_dir=routines) as hooks:
         hooks.github.add_repo("acme/api", hooks.installation)
+        hooks.github.repos["acme/api"].collaborators["Codertocat"] = "write"  # who comments in the payloads
         hooks.github.commit_files("acme/api", "drafts", {"docs/drafts/idea.md": "maybe\n"})
         hooks.github.commit_files("acme/api", "guide", {"docs/guide.md": "how\n", "src/app.py": "x = 1\n"})
         for head in ("drafts", "guide"):

@@ -65,6 +65,7 @@ def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
     (folder / "docs-fix.md").write_text(ROUTINE)
     with running_stack(tmp_path, redis_url, routines_dir=folder, github_webhook_secret=SECRET) as s:
         s.github.add_repo("acme/docs", s.installation)
+        s.github.repos["acme/docs"].collaborators["reviewer"] = "write"
         yield s
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from app.domain import Routine
 from app.event_text import clean, render
-from app.matching import Match, check, github_trigger, match, paths_match
+from app.matching import TRIAGE_ACCESS, Match, check, github_trigger, match, paths_match
 from app.routines import parse_routine
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -52,7 +52,8 @@ def fires(r: Routine, event: str, data: dict[str, Any]) -> bool:
 def test_every_event_the_routines_use_matches_its_real_payload(name: str, event: str, config: str) -> None:
     data = payload(name)
     r = routine(config, repo=data["repository"]["full_name"])
-    actor = "Codertocat" if event in ("workflow_run", "check_suite") else None  # CI events: write access checked
+    unchecked = ("pull_request", "push", "release")  # for the rest, the worker checks their actor's access
+    actor = None if event in unchecked else "Codertocat"
     assert check(r, event, data) == Match(r, data["repository"]["full_name"], actor=actor)
     other = routine("watch: null", repo=data["repository"]["full_name"])
     assert "does not listen" in str(check(other, event, data))
@@ -76,9 +77,22 @@ def test_labels_use_the_label_being_added_for_labeled_else_the_labels_present() 
     assert fires(routine("issues: {types: [opened], labels: ['routine:fix', other]}"), "issues", opened)
 
 
+def test_who_may_fire_is_checked_for_issues_comments_reviews_and_ci_unless_the_routine_names_them() -> None:
+    comment = payload("issue_comment.created")
+    assert check(routine("issue_comment: null"), "issue_comment", comment).actor == "Codertocat"  # type: ignore[union-attr]
+    named = check(routine("issue_comment: {authors: [Codertocat]}"), "issue_comment", comment)
+    explicit = check(routine("issue_comment: {author_association: [OWNER]}"), "issue_comment", comment)
+    assert named.actor is None and explicit.actor is None  # type: ignore[union-attr]  # the routine decided
+    push = payload("push")
+    assert check(routine("push: null", repo=push["repository"]["full_name"]), "push", push).actor is None  # type: ignore[union-attr]
+
+
 def test_repo_star_list_and_single() -> None:
     data = payload("issues.labeled")
-    assert check(routine("issues: null", repo="*"), "issues", data) == Match(routine("issues: null", "*"), REPO)
+    star = routine("issues: null", "*")
+    assert check(star, "issues", data) == Match(star, REPO, actor="Codertocat")
+    data["sender"]["login"] = "maintainer"  # labelling someone else's issue: triage is enough
+    assert check(star, "issues", data) == Match(star, REPO, actor="maintainer", access=TRIAGE_ACCESS)
     assert fires(routine("issues: null", repo=["acme/api", "codertocat/hello-world"]), "issues", data)  # type: ignore[arg-type]
     assert "not Codertocat/Hello-World" in str(check(routine("issues: null", repo="acme/api"), "issues", data))
 

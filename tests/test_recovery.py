@@ -62,6 +62,7 @@ def stack(tmp_path: Path, redis_url: str) -> Any:
 def hooks(tmp_path: Path, redis_url: str) -> Iterator[HookStack]:
     with stack(tmp_path, redis_url) as s:
         s.github.add_repo("acme/api", s.installation)
+        s.github.repos["acme/api"].collaborators["Codertocat"] = "write"  # who acts in the payloads
         yield s
 
 
@@ -100,6 +101,7 @@ def outage_burst(tmp_path: Path, outage_s: float) -> None:
     try:
         with stack(tmp_path, redis.url) as hooks:
             hooks.github.add_repo("acme/api", hooks.installation)
+            hooks.github.repos["acme/api"].collaborators["Codertocat"] = "write"
             before = [hooks.send("issues", labeled(hooks, n)) for n in range(5)]
             redis.stop()
             during: list[str] = []

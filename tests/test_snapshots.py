@@ -31,7 +31,7 @@ class Source:
     async def stage(self, base: str, seed: bytes | None, limits: StageLimits) -> Staged:
         raise NotImplementedError
 
-    async def objects(self, oids: list[str]) -> list[tuple[str, int, bytes]]:
+    async def objects(self, oids: list[str], max_bytes: int, budget: int) -> list[tuple[str, int, bytes]]:
         return [(o, *self.store[o]) for o in oids]
 
 
@@ -120,7 +120,7 @@ async def test_depth_count_and_size_are_bounded(tmp_path: Path) -> None:
         [
             (ImportLimits(max_depth=3), "deeper than 3 folders"),
             (ImportLimits(max_objects=3), "over 3 objects"),
-            (ImportLimits(max_bytes=500), "or 500 bytes"),
+            (ImportLimits(max_bytes=500), "over 500 bytes"),
         ]
     ):
         repo = pygit2.init_repository(str(tmp_path / f"repo{n}.git"), bare=True)

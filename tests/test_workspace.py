@@ -334,3 +334,20 @@ async def test_spare_work_tree_is_used_once_and_follows_new_commits(origin: Path
     assert reopened.base_commit == new_head
     reopened.cleanup()
     assert not third.path.exists() and not (tmp_path / "runs" / "3.gitdir").exists()
+
+
+async def test_the_worker_reads_no_git_file_of_the_agent(origin: Path, tmp_path: Path) -> None:
+    """Diff, checkpoint and commit work on git objects only: a FIFO `.gitattributes` (which would block a
+    reader) or one linked to a host file, made after the snapshot, is never opened by the worker."""
+    ws = await checkout(await Mirrors(tmp_path / "cache").ensure(str(origin)), "main", tmp_path / "work")
+    (ws.path / "README.md").write_text("# changed\n")
+    await snap(ws)
+    os.mkfifo(ws.path / ".gitattributes")
+    (ws.path / "src" / ".gitattributes").symlink_to(tmp_path / "host-secret")
+    (tmp_path / "host-secret").write_text("* diff=secret\n")
+
+    async with asyncio.timeout(20):
+        patch = await asyncio.to_thread(ws.diff)
+        assert await ws.checkpoint("refs/routines/checkpoints/x") is not None
+        assert await ws.commit("Change", "Routines", "bot@example.com") is not None
+    assert "+# changed" in patch and ws.changed_files() == ["README.md"]

@@ -112,13 +112,15 @@ class GitHubApp:
         return names
 
     async def permission(self, repo: str, login: str, token: str) -> str:
-        """`login`'s permission on `repo` as GitHub's legacy field gives it: admin, write, read or none."""
+        """`login`'s role on `repo`: admin, maintain, write, triage, read or none (a custom role counts as the
+        base permission GitHub reports for it)."""
         if not _LOGIN.fullmatch(login):
             return "none"
         found = await self._request(
             f"read the permission of {login}", repo, "GET", f"/repos/{repo}/collaborators/{login}/permission", token
         )
-        return str((found or {}).get("permission") or "none")
+        role, legacy = str((found or {}).get("role_name") or ""), str((found or {}).get("permission") or "none")
+        return role if role in ("admin", "maintain", "write", "triage", "read") else legacy
 
     async def react(self, repo: str, path: str, token: str, content: str = "eyes") -> None:
         """React with `content` to `path` in the repository: `issues/12`, `issues/comments/5`, `pulls/comments/7`."""

@@ -9,7 +9,8 @@ Requests are `wire` frames of JSON; `frames: n` announces n raw frames that foll
 - `{"op": "edit", "params": {...}, "max_characters": n|null}` → `{"ok": true, "output": "..."}`
 - `{"op": "stage", "base": oid, "max_file_bytes": n, "max_total_bytes": n, "max_files": n, "frames": 0|1}`
   → `{"ok": true, "tree": oid, "files": n, "skipped": [...]}`
-- `{"op": "objects", "oids": [...]}` → `{"ok": true, "objects": [[oid, type, size], ...]}` + one frame each
+- `{"op": "objects", "oids": [...], "max_bytes": n}` → `{"ok": true, "objects": [[oid, type, size], ...]}` + a
+  frame each
 
 A refused request answers `{"ok": false, "error": "..."}` and the process goes on; a broken frame ends it.
 """
@@ -76,7 +77,7 @@ class Hands:
                 staged = self.stager().stage(str(request["base"]), seed=extra[0] if extra else None, **limits)
                 return {"ok": True, **staged}, []
             if op == "objects":
-                found = self.stager().objects([str(oid) for oid in request.get("oids") or []])
+                found = self.stager().objects([str(o) for o in request.get("oids") or []], int(request["max_bytes"]))
                 return {"ok": True, "objects": [[oid, kind, len(data)] for oid, kind, data in found]}, [
                     data for _, _, data in found
                 ]

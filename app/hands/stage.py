@@ -23,6 +23,7 @@ _WRITTEN = pygit2.enums.FileStatus.WT_NEW | pygit2.enums.FileStatus.WT_MODIFIED 
 _SENDABLE = {pygit2.enums.ObjectType.TREE.value, pygit2.enums.ObjectType.BLOB.value}
 _NO_SEARCH = pygit2.enums.RepositoryOpenFlag.NO_SEARCH
 MAX_DEPTH = 90  # libgit2 refuses paths nested deeper than 100 folders
+GIT_FILE_BYTES = 1024 * 1024
 
 
 class StageError(Exception):
@@ -53,6 +54,9 @@ class Stager:
         index = repo.index
         skipped: list[dict[str, str]] = []
         total = 0
+        problem = _unreadable_git_file(self.workspace, repo)
+        if problem is not None:
+            raise StageError(problem)
         changed = self._status(repo, skipped)
         if len(changed) > max_files:
             raise StageError(f"{len(changed):,} files changed, over the {max_files:,} a run may commit")
@@ -68,17 +72,26 @@ class Stager:
                 continue
             if not flags & _WRITTEN:
                 continue
+            if path.endswith("/"):
+                skipped.append({"path": path, "reason": "a git repository of its own inside the workspace"})
+                continue
             size = _size(os.path.join(self.workspace, path))
-            if size > max_file_bytes:
-                skipped.append({"path": path, "reason": f"{size:,} bytes, over the {max_file_bytes:,} a file may have"})
-                continue
-            if total + size > max_total_bytes:
-                skipped.append({"path": path, "reason": f"over the {max_total_bytes:,} bytes one snapshot may add"})
-                continue
-            try:
-                index.add(path)
-            except (OSError, ValueError, pygit2.GitError) as exc:
-                skipped.append({"path": path, "reason": f"could not be read ({exc})"})
+            reason = _too_big(size, total, max_file_bytes, max_total_bytes)
+            if reason is None:
+                before = _entry(index, path)
+                try:
+                    index.add(path)
+                except (OSError, ValueError, pygit2.GitError) as exc:
+                    reason = f"could not be read ({exc})"
+                else:  # the file may have grown since it was measured: what was read counts
+                    size = repo.odb.read_header(index[path].id)[1]
+                    reason = _too_big(size, total, max_file_bytes, max_total_bytes)
+                    if reason is not None and before is not None:
+                        index.add(before)
+                    elif reason is not None:
+                        index.remove(path)
+            if reason is not None:
+                skipped.append({"path": path, "reason": reason})
                 continue
             total += size
         if len(index) > max_files:
@@ -105,8 +118,9 @@ class Stager:
         with open(os.path.join(self.gitdir, "info", "exclude"), "w") as out:
             out.write("/.git\n" + patterns)
 
-    def objects(self, oids: list[str]) -> list[tuple[str, int, bytes]]:
-        """(id, type, raw data) of each tree or blob in `oids`; StageError for anything else."""
+    def objects(self, oids: list[str], max_bytes: int) -> list[tuple[str, int, bytes]]:
+        """(id, type, raw data) of each tree or blob in `oids`; StageError for anything else, or for an
+        object over `max_bytes`."""
         repo = self._repo
         if repo is None:
             raise StageError("nothing was staged yet; stage before asking for objects")
@@ -118,6 +132,8 @@ class Stager:
                 raise StageError(f"object {oid} is not here") from None
             if kind not in _SENDABLE:
                 raise StageError(f"object {oid} is not a tree or a blob")
+            if len(data) > max_bytes:
+                raise StageError(f"object {oid} is {len(data):,} bytes, over the {max_bytes:,} asked for")
             found.append((oid, int(kind), data))
         return found
 
@@ -176,6 +192,62 @@ def _escape(path: str) -> str:
     """`path` as a gitignore pattern that matches only itself."""
     escaped = "".join(f"\\{c}" if c in "*?[]\\!#" else c for c in path)
     return escaped[:-1] + "\\ " if escaped.endswith(" ") else escaped
+
+
+def _too_big(size: int, total: int, max_file_bytes: int, max_total_bytes: int) -> str | None:
+    if size > max_file_bytes:
+        return f"{size:,} bytes, over the {max_file_bytes:,} a file may have"
+    if total + size > max_total_bytes:
+        return f"over the {max_total_bytes:,} bytes one snapshot may add"
+    return None
+
+
+def _unreadable_git_file(root: str, repo: pygit2.Repository) -> str | None:
+    """Why libgit2 must not read the tree's `.gitignore`/`.gitattributes` (or the top `.gitmodules`): one
+    that is a FIFO would block it, a symlink could name /dev/zero, a huge one fill memory. Walks the
+    folders libgit2 walks (not the ignored ones), checking each folder's files before asking about
+    its subfolders. None when they are all plain files of at most GIT_FILE_BYTES."""
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        try:
+            with os.scandir(os.path.join(root, relative)) as found:
+                entries = {entry.name: entry for entry in found}
+        except OSError:
+            continue
+        names = (".gitignore", ".gitattributes", ".gitmodules") if not relative else (".gitignore", ".gitattributes")
+        for name in names:
+            if name in entries:
+                info = entries[name].stat(follow_symlinks=False)
+                if not stat.S_ISREG(info.st_mode) or info.st_size > GIT_FILE_BYTES:
+                    where = f"{relative}/{name}" if relative else name
+                    return (
+                        f"{_printable(where)} is not a plain file of at most {GIT_FILE_BYTES:,} bytes, so git "
+                        "cannot read it; make it a regular text file or remove it"
+                    )
+        if relative.count("/") + 1 >= MAX_DEPTH:
+            continue
+        for name, entry in entries.items():
+            if name == ".git" or not entry.is_dir(follow_symlinks=False) or ".git" in _names(entry.path):
+                continue
+            child = f"{relative}/{name}" if relative else name
+            if not repo.path_is_ignored(child + "/"):
+                pending.append(child)
+    return None
+
+
+def _entry(index: pygit2.Index, path: str) -> pygit2.IndexEntry | None:
+    try:
+        return index[path]
+    except KeyError:
+        return None
+
+
+def _names(folder: str) -> set[str]:
+    try:
+        return set(os.listdir(folder)) & {".git"}
+    except OSError:
+        return set()
 
 
 def _size(path: str) -> int:

@@ -152,8 +152,8 @@ class EgressProxy:
 
     async def _connect(self, client: HttpStream, request: h11.Request) -> None:
         target = request.target.decode("ascii", "replace")
-        parts = urlsplit(f"//{target}")
         try:
+            parts = urlsplit(f"//{target}")
             host, port = parts.hostname or "", parts.port or 443
         except ValueError:
             host, port = "", 0
@@ -241,12 +241,12 @@ class EgressProxy:
         self, client: HttpStream, request: h11.Request, upstreams: dict[tuple[str, int], HttpStream]
     ) -> bool:
         """Forward one absolute-URI request; False when the client connection must close."""
-        url = urlsplit(request.target.decode("ascii", "replace"))
         try:
-            host, port = url.hostname or "", url.port or 80
+            url = urlsplit(request.target.decode("ascii", "replace"))
+            host, port, scheme, netloc = url.hostname or "", url.port or 80, url.scheme, url.netloc
         except ValueError:
-            host, port = "", 0
-        if url.scheme != "http" or not host:
+            host, port, scheme, netloc = "", 0, "", ""
+        if scheme != "http" or not host or "@" in netloc:
             await respond(client, 400, "send http://HOST/PATH to this proxy, or CONNECT HOST:PORT for https")
             return False
         other = _other_host(request, host, port)
@@ -284,18 +284,22 @@ class EgressProxy:
 
 
 def _other_host(request: h11.Request, host: str, port: int) -> str | None:
-    """Why `request` names another destination than host:port (its Host header, or an absolute-form
-    target), or None when it names the same one."""
+    """Why `request` names another destination than host:port, or None when every name it gives (its Host
+    header, an absolute-form target's authority) is exactly that host, optionally with that port.
+
+    Exact, not parsed: a front that reads `evil.example@host`, `host/.evil.example` or `host#x` its
+    own way must never see the secret."""
     named = [value.decode("latin-1") for name, value in request.headers if name == b"host"]
-    target = request.target.decode("ascii", "replace")
+    target = request.target.decode("latin-1")
     if "://" in target:
-        named.append(urlsplit(target).netloc.rpartition("@")[2])
+        named.append(target.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0])
     for value in named:
-        parts = urlsplit(f"//{value.strip()}")
-        try:
-            other_host, other_port = (parts.hostname or "").rstrip("."), parts.port
-        except ValueError:
-            return f"the request names the malformed host {value!r}"
-        if other_host.lower() != host.lower().rstrip(".") or other_port not in (None, port):
+        if value.strip().lower() not in _spellings(host, port):
             return f"the request names {value!r}, not {host}:{port} where it was sent; each host needs its own request"
     return None
+
+
+def _spellings(host: str, port: int) -> set[str]:
+    name = host.lower().rstrip(".")
+    name = f"[{name}]" if ":" in name else name
+    return {spelled + suffix for spelled in (name, f"{name}.") for suffix in ("", f":{port}")}

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 EDIT_TIMEOUT_S = 30.0
-STAGE_TIMEOUT_S = 600.0
+STAGE_TIMEOUT_S = 120.0
 _STDERR_LINES = 20
 
 
@@ -53,18 +53,27 @@ class HandsProcess:
         self.starts = 0
 
     async def request(
-        self, message: JSON, *, timeout_s: float, frames: Sequence[bytes] = (), max_frame_bytes: int = MAX_ANSWER_BYTES
+        self,
+        message: JSON,
+        *,
+        timeout_s: float,
+        frames: Sequence[bytes] = (),
+        max_frames: int = 0,
+        max_frame_bytes: int = MAX_ANSWER_BYTES,
+        max_total_bytes: int = MAX_ANSWER_BYTES,
     ) -> tuple[JSON, list[bytes]]:
         """Send `message` (and `frames`); the JSON answer and the raw frames it announces.
 
-        Raises SandboxError when the process cannot be started, dies, breaks the framing or does not
-        answer within `timeout_s` (it is then killed).
+        At most `max_frames` frames of `max_frame_bytes` each and `max_total_bytes` together are read.
+        Raises SandboxError when the process cannot be started, dies, breaks the framing or a limit,
+        or does not answer within `timeout_s` (it is then killed).
         """
         async with self._lock:
             proc = await self._started()
             try:
                 async with asyncio.timeout(timeout_s):
-                    return await self._exchange(proc, {**message, "frames": len(frames)}, frames, max_frame_bytes)
+                    limits = (max_frames, max_frame_bytes, max_total_bytes)
+                    return await self._exchange(proc, {**message, "frames": len(frames)}, frames, limits)
             except TimeoutError:
                 await self._kill()
                 raise SandboxError(
@@ -79,7 +88,7 @@ class HandsProcess:
             await self._kill()
 
     async def _exchange(
-        self, proc: asyncio.subprocess.Process, message: JSON, frames: Sequence[bytes], max_frame_bytes: int
+        self, proc: asyncio.subprocess.Process, message: JSON, frames: Sequence[bytes], limits: tuple[int, int, int]
     ) -> tuple[JSON, list[bytes]]:
         if proc.stdin is None or proc.stdout is None:
             raise EOFError("no pipes")
@@ -90,7 +99,13 @@ class HandsProcess:
             raise ValueError("the answer is not a JSON object")
         objects = answer.get("objects") if answer.get("ok") else None
         count = len(objects) if isinstance(objects, list) else 0
-        extra = [await _read_frame(proc.stdout, max_frame_bytes) for _ in range(count)]
+        max_frames, max_frame_bytes, budget = limits
+        if count > max_frames:
+            raise WireError(f"the answer announced {count} frames, {max_frames} were asked for")
+        extra = []
+        for _ in range(count):
+            extra.append(await _read_frame(proc.stdout, min(max_frame_bytes, budget)))
+            budget -= len(extra[-1])
         return answer, extra
 
     async def _started(self) -> asyncio.subprocess.Process:
@@ -197,9 +212,13 @@ class SandboxHands:
             raise WorkspaceError("the sandbox answered a snapshot without a tree; this is a bug in app.hands")
         return Staged(tree, files, [_skip(item) for item in skipped[:1000]])
 
-    async def objects(self, oids: list[str]) -> list[tuple[str, int, bytes]]:
-        limit = StageLimits().max_file_bytes + 1024 * 1024
-        answer, frames = await self._ask({"op": "objects", "oids": oids}, max_frame_bytes=limit)
+    async def objects(self, oids: list[str], max_bytes: int, budget: int) -> list[tuple[str, int, bytes]]:
+        answer, frames = await self._ask(
+            {"op": "objects", "oids": oids, "max_bytes": max_bytes},
+            max_frames=len(oids),
+            max_frame_bytes=max_bytes,
+            max_total_bytes=budget,
+        )
         listed = answer.get("objects")
         if not isinstance(listed, list) or len(listed) != len(frames):
             raise WorkspaceError("the sandbox answered objects that do not match what it announced")

@@ -1,8 +1,9 @@
 """`/setup`: create the GitHub App from `app.yml` with GitHub's manifest flow, then keep its credentials.
 
 Only the operator may do it: while no App exists, the web process prints a one-time setup link
-(`/setup?key=…`, the key shared by every web process through Redis, valid 7 days) in its log.
-Opening it (or sending ROUTINES_API_TOKEN as a bearer) starts a setup session: an HttpOnly,
+(`/setup?key=…`, the key shared by every web process through Redis, valid 7 days) in its log when
+it starts. Opening it spends the key (a restart prints a new one); it, or ROUTINES_API_TOKEN as a
+bearer, starts a setup session: an HttpOnly,
 SameSite=Lax cookie scoped to /setup, and a redirect that drops the key from the address bar (so
 no Referer carries it). GET /setup with that cookie answers a form that POSTs the manifest to
 GitHub (`{web}/settings/apps/new`, or an organisation's) with a `state` bound to the session;
@@ -114,11 +115,14 @@ async def _session(request: Request, services: Services) -> str | None:
 
 
 async def _opened_with_key(request: Request, services: Services) -> bool:
+    """The admin token, or the setup key, which is spent by this: the link works once."""
     if is_admin(services, bearer_token(request)):
         return True
     given = request.query_params.get("key", "")
     stored = await services.store.redis.get(_key_name(services)) if given else None
-    return stored is not None and hmac.compare_digest(given.encode(), stored)
+    if stored is None or not hmac.compare_digest(given.encode(), stored):
+        return False
+    return bool(await services.store.redis.delete(_key_name(services)))
 
 
 async def _begin(request: Request, services: Services) -> Response:
@@ -134,13 +138,12 @@ async def _begin(request: Request, services: Services) -> Response:
 
 
 async def _refuse(services: Services) -> Response:
-    link = await setup_link(services)
-    if link is not None:
-        log.warning("someone asked for /setup without the setup link; the link is %s", link)
+    log.info("/setup refused a request without the setup link or the admin token")
     return _page(
         "Setup link needed",
         "<p>Creating the GitHub App is for the operator: open the one-time setup link that the web process "
-        "printed in its log (it prints it again now), or send <code>ROUTINES_API_TOKEN</code> as a bearer token.</p>",
+        "printed in its log when it started (restart it for a new one), or send <code>ROUTINES_API_TOKEN</code> "
+        "as a bearer token.</p>",
         403,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 import threading
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from app.hands.editor import MAX_FILE_BYTES, Editor, EditorError
+
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
 
 
 @pytest.fixture
@@ -102,3 +105,45 @@ def test_writes_keep_the_file_and_its_mode(ws: Path) -> None:
     editor.run({"command": "str_replace", "path": "run.sh", "old_str": "one", "new_str": "two"})
     assert script.read_text() == "echo two\n" and os.access(script, os.X_OK)
     assert (ws / "hard").read_text() == "echo two\n", "edited in place, like the editor did before"
+
+
+def test_a_folder_swapped_for_a_symlink_mid_call_never_leads_outside(ws: Path, tmp_path: Path) -> None:
+    """The race the host-side editor lost at the last component, played on a folder of the path: a thread
+    exchanges `d` (a real folder) and a symlink to a folder outside, atomically and as fast as it can,
+    while views and writes go on."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f.txt").write_text("outside\n")
+    (ws / "d").mkdir()
+    (ws / "d" / "f.txt").write_text("inside\n")
+    (ws / "d.link").symlink_to(outside)
+    libc = ctypes.CDLL(None, use_errno=True)
+    names = (ctypes.c_char_p(os.fsencode(ws / "d")), ctypes.c_char_p(os.fsencode(ws / "d.link")))
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            libc.renameat2(AT_FDCWD, names[0], AT_FDCWD, names[1], RENAME_EXCHANGE)
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    editor = Editor(str(ws))
+    seen: set[str] = set()
+    try:
+        for n in range(400):
+            for params in (
+                {"command": "view", "path": "d/f.txt"},
+                {"command": "create", "path": f"d/new{n}.txt", "file_text": "pwned\n"},
+                {"command": "str_replace", "path": "d/f.txt", "old_str": "side", "new_str": "pwned"},
+            ):
+                try:
+                    seen.add(editor.run(params).splitlines()[-1])
+                except EditorError as exc:
+                    seen.add(str(exc).split(";")[0].split(" ", 1)[-1])
+    finally:
+        stop.set()
+        swapper.join(5)
+    assert sorted(p.name for p in outside.iterdir()) == ["f.txt"], "nothing was created outside"
+    assert (outside / "f.txt").read_text() == "outside\n", "nothing outside was changed"
+    assert not any("\toutside" in line for line in seen), "nothing outside was read"
+    assert "resolves outside the workspace" in seen, "the race ran: some calls met the symlink"

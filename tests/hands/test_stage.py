@@ -58,7 +58,7 @@ async def test_what_is_staged_and_what_is_left_out(tmp_path: Path) -> None:
     assert not {"debug.log", "pipe", "big.bin"} & set(names)
     skipped = {item["path"]: item["reason"] for item in staged["skipped"]}
     assert "1,001 bytes" in skipped["big.bin"] and "not UTF-8" in skipped["caf\ufffd.txt"]
-    assert [kind for _, kind, _ in stager.objects([staged["tree"]])] == [2]
+    assert [kind for _, kind, _ in stager.objects([staged["tree"]], 10_000)] == [2]
 
 
 async def test_the_total_of_new_content_is_capped(tmp_path: Path) -> None:

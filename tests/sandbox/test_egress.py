@@ -247,6 +247,11 @@ async def test_denied_destinations_get_403_and_an_event(net: Net, url: str, reas
         ("https", "api.allowed.test:1"),  # the right name, another port
         ("https", "evil.example"),
         ("http", "evil.example"),
+        ("https", "evil.example@api.allowed.test"),  # a front that reads the part before @
+        ("https", "api.allowed.test/.evil.example"),
+        ("https", "api.allowed.test#x"),
+        ("https", "api.allowed.test:443:1"),
+        ("https", "[api.allowed.test]"),
     ],
 )
 async def test_a_request_naming_another_host_than_its_tunnel_is_refused(
@@ -284,6 +289,22 @@ async def test_connect_to_redis_port_is_refused_even_when_allowlisted(tmp_path: 
         writer.close()
         reader, writer = await asyncio.open_unix_connection(path)
     writer.close()
+    await proxy.close()
+
+
+async def test_malformed_targets_get_400_and_the_proxy_goes_on(tmp_path: Path) -> None:
+    proxy = EgressProxy(EgressPolicy(allow=("api.allowed.test",)), ca=RunCA(tmp_path / "ca"))
+    path = str(tmp_path / "egress.sock")
+    await proxy.start_unix(path)
+    for request in (
+        b"CONNECT [not-an-ip]:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET http://[x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), head
+        writer.close()
     await proxy.close()
 
 

@@ -130,3 +130,21 @@ def _branch_tree(hostile: Hostile, branch: str) -> dict[str, str]:
     walk(tree, "")
     json.dumps(found)
     return found
+
+
+def test_git_files_that_would_hang_or_flood_git_stop_only_their_snapshot(hostile: Hostile) -> None:
+    """A FIFO `.gitattributes` (git would block reading it) and a `.gitignore` linked to /dev/zero (it
+    would read forever): the snapshot of that turn is refused with the reason, the run goes on, and
+    once they are gone the work is delivered."""
+    turns = [
+        Turn([bash("plant", "mkfifo .gitattributes; mkdir -p sub; ln -s /dev/zero sub/.gitignore; echo x > a.txt")]),
+        Turn([bash("clean", "rm .gitattributes sub/.gitignore; echo done")]),
+    ]
+
+    run, events = hostile.attack("gitfiles", turns, timeout_s=120)
+
+    hostile.assert_no_secret_escaped(events)
+    assert run["state"] == "succeeded", run["error"]
+    failed = [e["data"] for e in events if e["type"] == "workspace.snapshot_failed"]
+    assert [f["turn"] for f in failed] == [1] and "not a plain file" in failed[0]["error"]
+    assert "a.txt" in _branch_tree(hostile, run["branch"])

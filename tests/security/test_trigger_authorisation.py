@@ -49,6 +49,7 @@ def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
         for repo in ("acme/svc", "acme/docs", "acme/other"):
             s.github.add_repo(repo, s.installation)
         s.github.add_repo("stranger/lib", None)  # the App is not installed there
+        s.github.repos["acme/svc"].collaborators["reviewer"] = "write"
         for name in ROUTINES:
             s.anthropic.add_script(
                 Script(match=f"[script:{name}]", turns=[Turn([edit_create("A.md", "a\n")]), Turn([text("Done.")])])

@@ -110,6 +110,12 @@ def test_the_manifest_flow_creates_the_app_and_stores_its_secrets_privately(flow
     assert flow.browser().get(flow.link).status_code == 409, "done once: the link offers nothing any more"
 
 
+def test_the_link_works_once(flow: Setup) -> None:
+    start(flow)
+    assert flow.browser().get(flow.link).status_code == 403, "another browser cannot reuse the link"
+    assert flow.web.get("/setup").status_code == 200, "the browser that opened it keeps its session"
+
+
 def test_without_the_link_setup_offers_nothing(flow: Setup) -> None:
     stranger = flow.browser()
     for path in ("/setup", "/setup?key=guessed", "/setup/done?code=abc&state=xyz", "/setup?org=acme"):
@@ -141,7 +147,7 @@ def test_a_return_to_another_browser_or_with_a_forged_state_is_refused(flow: Set
     reply = via_github(flow.web, forged, manifest)
     assert reply.status_code == 400 and "start again" in reply.text
     other = flow.browser()
-    start(flow, other)  # a session of its own, but not the one this state was made for
+    other.get("/setup", headers={"authorization": f"Bearer {ADMIN}"})  # a session of its own, not this state's
     assert via_github(other, action, manifest).status_code == 400
     assert via_github(flow.browser(), action, manifest).status_code == 403, "no session at all"
     assert not (flow.settings.data_dir / "github-app.json").exists()

@@ -40,6 +40,7 @@ def on_repo(hooks: HookStack, data: dict[str, Any], repo: str = "acme/api") -> d
     data = copy.deepcopy(data)
     if repo not in hooks.github.repos:
         hooks.github.add_repo(repo, hooks.installation)
+        hooks.github.repos[repo].collaborators["Codertocat"] = "write"  # who acts in the payloads
     data["repository"]["full_name"] = repo
     data["installation"] = {"id": hooks.installation, "node_id": "x"}
     if "issue" in data:
