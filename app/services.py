@@ -10,30 +10,30 @@ from pathlib import Path
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from app import queue
 from app.agent.memory import RedisMemoryStore
-from app.catalog import ApiRoutines, RoutineCatalog
-from app.config import Settings
-from app.deliveries import DeliveryBatcher
-from app.domain import JSON, Routine, Run, is_local_repo
-from app.errors import ConfigError, StoreError
+from app.core.config import Settings
+from app.core.domain import JSON, Routine, Run, is_local_repo
+from app.core.errors import ConfigError, StoreError
+from app.core.ports import Forge, ModelClient
+from app.core.redact import Redactor
 from app.forge.github import GitHubForge
 from app.forge.github_outputs import GitHubOutputs
 from app.forge.local import LocalForge
-from app.lifecycle import Lifecycle
+from app.git.workspace import Mirrors
 from app.models.anthropic import AnthropicModel
 from app.models.pricing import Pricer
-from app.notify import notify, outcome_text
-from app.ports import Forge, ModelClient
-from app.redact import Redactor
-from app.run_context import RunnerDeps
+from app.routines.catalog import ApiRoutines, RoutineCatalog
+from app.run.context import RunnerDeps
+from app.run.notify import notify, outcome_text
 from app.sandbox.boundary import Boundaries
 from app.sandbox.bwrap import sandbox_available
-from app.sandbox.egress_policy import SystemResolver
-from app.store import RedisStore
-from app.tracking import update_tracking_comment
-from app.vault import Vault, secret_key
-from app.workspace import Mirrors
+from app.sandbox.egress.policy import SystemResolver
+from app.store import queue
+from app.store.admission import Lifecycle
+from app.store.runs import RedisStore
+from app.store.vault import Vault, secret_key
+from app.triggers.deliveries import DeliveryBatcher
+from app.triggers.tracking import update_tracking_comment
 
 log = logging.getLogger(__name__)
 

@@ -31,14 +31,14 @@ from app.agent.context import cache_read_share, prompt_tokens
 from app.agent.loop import Agent
 from app.agent.prompts import build_system
 from app.agent.tools import Toolbox
-from app.domain import JSON, Event, Routine
+from app.core.domain import JSON, Event, Routine
+from app.core.ports import CommandResult, EventSink, ModelResponse, Staged, StageLimits
+from app.core.redact import Redactor
 from app.models.anthropic import AnthropicModel
 from app.models.pricing import cost_usd
 from app.models.scripted import ScriptedModel
-from app.ports import CommandResult, EventSink, ModelResponse, Staged, StageLimits
-from app.redact import Redactor
-from app.run_context import RunEvents
-from app.store import RedisStore
+from app.run.context import RunEvents
+from app.store.runs import RedisStore
 from app.testing.anthropic_server import AnthropicState, Script, Turn, bash, create_app, text
 from app.testing.serve import serve_in_thread
 

@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.sandbox.ca import RunCA
-from app.sandbox.egress import EgressProxy
-from app.sandbox.egress_policy import EgressPolicy, SecretBinding, SystemResolver
+from app.sandbox.egress.ca import RunCA
+from app.sandbox.egress.policy import EgressPolicy, SecretBinding, SystemResolver
+from app.sandbox.egress.proxy import EgressProxy
 
 HOST = "bench.test"
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from app.ports import Sandbox
+from app.core.ports import Sandbox
 from app.sandbox.bwrap import BwrapSandbox, sandbox_available
 from app.sandbox.local import LocalSandbox
 from app.sandbox.shell import DEFAULT_PATH

@@ -16,8 +16,8 @@ import statistics
 import time
 from datetime import UTC, datetime
 
-from app.domain import Routine, Schedule, Triggers
-from app.scheduler import Scheduler
+from app.core.domain import Routine, Schedule, Triggers
+from app.triggers.schedules import Scheduler
 
 CRONS = ("H * * * *", "H H * * *", "0 2 * * *", "30 7 * * 1-5", "H 3 * * 0", "15 */2 * * *", "H H/4 * * *")
 ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Sydney", "America/Sao_Paulo")

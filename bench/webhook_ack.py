@@ -105,7 +105,7 @@ def serve(kind: str, port: int, redis_url: str, routines_dir: str) -> None:
     if kind == "bare":
         config = uvicorn.Config(bare_app(), "127.0.0.1", port, loop="uvloop", http="httptools", **options)
     else:
-        from app.config import Settings
+        from app.core.config import Settings
         from app.web.app import create_app
 
         settings = Settings(redis_url=redis_url, github_webhook_secret=SECRET, routines_dir=Path(routines_dir))
@@ -269,7 +269,7 @@ def main() -> None:
         return
     import redis
 
-    from app.embedded_redis import start
+    from app.store.embedded import start
 
     results = []
     with tempfile.TemporaryDirectory() as name:

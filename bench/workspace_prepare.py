@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.git.workspace import Mirrors, checkout
 from app.testing.git_http import run_http_backend
 from app.testing.serve import serve_in_thread
-from app.workspace import Mirrors, checkout
 
 
 def make_repo(path: Path, files: int) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from app.domain import Routine
-from app.followup import EVENTS as FOLLOW_UP_EVENTS
-from app.routines import load_routines
+from app.core.domain import Routine
+from app.routines.files import load_routines
+from app.triggers.followups import EVENTS as FOLLOW_UP_EVENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = {"read": 1, "write": 2, "admin": 3}

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings
-from app.errors import ConfigError
+from app.core.config import Settings
+from app.core.errors import ConfigError
 
 KEY = "-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END RSA PRIVATE KEY-----\n"
 

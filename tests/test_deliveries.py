@@ -13,8 +13,15 @@ import pytest
 import redis
 from redis import asyncio as aioredis
 
-from app import deliveries, queue
-from app.deliveries import (
+from app.core.domain import PullRequest, Run, RunState
+from app.core.errors import StoreError
+from app.forge.github import GitHubForge
+from app.routines.files import parse_routine
+from app.store import queue
+from app.store.runs import RedisStore
+from app.testing.webhook_stack import HookStack, webhook_stack
+from app.triggers import deliveries
+from app.triggers.deliveries import (
     DELIVERY_JOB,
     DeliveryBatcher,
     DeliveryDeps,
@@ -23,13 +30,7 @@ from app.deliveries import (
     process_delivery,
     unpack_payload,
 )
-from app.domain import PullRequest, Run, RunState
-from app.errors import StoreError
-from app.forge.github import GitHubForge
-from app.routines import parse_routine
-from app.store import RedisStore
-from app.testing.webhook_stack import HookStack, webhook_stack
-from app.tracking import tracking_key, update_tracking_comment
+from app.triggers.tracking import tracking_key, update_tracking_comment
 
 PAYLOADS = Path(__file__).parent / "payloads"
 

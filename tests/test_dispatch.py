@@ -8,11 +8,11 @@ import pytest
 from arq.connections import ArqRedis
 from redis import asyncio as aioredis
 
-from app import queue
-from app.dispatch import fire, fire_checked, group_of, release, restart_stalled_groups
-from app.domain import Concurrency, Limits, Routine, RunState, Trigger
-from app.lifecycle import PAUSED, Lifecycle, Refused
-from app.store import RedisStore
+from app.core.domain import Concurrency, Limits, Routine, RunState, Trigger
+from app.store import queue
+from app.store.admission import PAUSED, Lifecycle, Refused
+from app.store.runs import RedisStore
+from app.triggers.dispatch import fire, fire_checked, group_of, release, restart_stalled_groups
 
 API = Trigger("api", text="go")
 PLAIN = Routine(name="plain", repo="acme/api", prompt="p", limits=Limits(runs_per_day=2))

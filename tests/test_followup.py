@@ -12,10 +12,10 @@ from typing import Any
 import pygit2
 import pytest
 
-from app.followup import follow_up
-from app.routines import parse_routine
+from app.routines.files import parse_routine
 from app.testing.anthropic_server import Script, Turn, edit_create, text
 from app.testing.stack import Stack, running_stack
+from app.triggers.followups import follow_up
 
 SECRET = "webhook-secret-for-follow-ups"
 PAYLOAD = json.loads((Path(__file__).parent / "payloads" / "pull_request_review_comment.created.json").read_text())

@@ -7,10 +7,10 @@ import asyncio
 from arq.connections import ArqRedis
 from redis import asyncio as aioredis
 
-from app import queue
-from app.domain import Run, RunState, Trigger, new_run_id
-from app.lease import Leases, reap
-from app.store import RedisStore
+from app.core.domain import Run, RunState, Trigger, new_run_id
+from app.store import queue
+from app.store.leases import Leases, reap
+from app.store.runs import RedisStore
 
 
 async def test_one_holder_at_a_time_and_only_the_holder_renews_or_releases(aredis: aioredis.Redis) -> None:

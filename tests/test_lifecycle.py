@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 from redis import asyncio as aioredis
 
-from app.domain import Limits, Routine, Run, RunState, Trigger
-from app.lifecycle import ACTIVE, ARCHIVED, PAUSED, Lifecycle, Refused
-from app.store import RedisStore
+from app.core.domain import Limits, Routine, Run, RunState, Trigger
+from app.store.admission import ACTIVE, ARCHIVED, PAUSED, Lifecycle, Refused
+from app.store.runs import RedisStore
 
 NIGHTLY = Routine(name="nightly", repo="acme/api", prompt="p", limits=Limits(runs_per_day=2), source="nightly.md")
 OTHER = Routine(name="other", repo="acme/api", prompt="p")

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from app.domain import Routine
-from app.event_text import clean, render
-from app.matching import TRIAGE_ACCESS, Match, check, github_trigger, match, paths_match
-from app.routines import parse_routine
+from app.core.domain import Routine
+from app.routines.files import parse_routine
+from app.triggers.event_text import clean, render
+from app.triggers.matching import TRIAGE_ACCESS, Match, check, github_trigger, match, paths_match
 
 PAYLOADS = Path(__file__).parent / "payloads"
 REPO = "Codertocat/Hello-World"

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.domain import PullRequest, Run, RunState, Trigger
-from app.notify import notify, outcome_text
+from app.core.domain import PullRequest, Run, RunState, Trigger
+from app.run.notify import notify, outcome_text
 from app.testing.serve import serve_in_thread
 from app.testing.slack_server import SlackState, create_app
 
@@ -65,7 +65,7 @@ async def test_failures_are_returned_and_logged_without_the_url(slack: Slack, ca
     gone = f"{slack.url}/services/T0/B0/revoked-hook-secret"
     secrets = {"GOOD": good, "ARCHIVED": archived, "GONE": gone, "BAD": "not a url", "DOWN": "http://127.0.0.1:9/x"}
     targets = ["slack:MISSING", "slack:BAD", "slack:GONE", "slack:ARCHIVED", "slack:DOWN", "email:x", "slack:GOOD"]
-    with caplog.at_level(logging.WARNING, logger="app.notify"):
+    with caplog.at_level(logging.WARNING, logger="app.run.notify"):
         results = await notify(targets, "outcome", vault(secrets))
     reasons = {r.target: r.reason for r in results if not r.ok}
     assert "secret MISSING could not be read" in reasons["slack:MISSING"]

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from app.core.ports import Credentials, RepoInfo
 from app.forge.github import GitHubForge
 from app.forge.github_outputs import GitHubOutputs
-from app.outputs import (
+from app.run.outputs import (
     REPORT_LABEL,
     InlineComment,
     PullFile,
@@ -23,7 +24,6 @@ from app.outputs import (
     place_comments,
     report_text,
 )
-from app.ports import Credentials, RepoInfo
 from app.testing.github_server import GitHubState, create_app, generate_app_key
 from app.testing.serve import serve_in_thread
 

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from app import queue
-from app.embedded_redis import start
 from app.forge.github import GitHubForge
 from app.forge.github_app import GitHubApp
-from app.recovery import SweepPolicy, SweepReport, sweep
-from app.store import RedisStore
+from app.store import queue
+from app.store.embedded import start
+from app.store.runs import RedisStore
 from app.testing.serve import free_port
 from app.testing.webhook_stack import HookStack, webhook_stack
+from app.triggers.recovery import SweepPolicy, SweepReport, sweep
 
 PAYLOADS = Path(__file__).parent / "payloads"
 ROUTINE = '---\nname: labels\nrepo: "*"\non:\n  github:\n    issues: {types: [labeled]}\n---\nDo it.\n'

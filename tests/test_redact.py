@@ -9,7 +9,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from app.redact import Redactor, redacting_filter
+from app.core.redact import Redactor, redacting_filter
 
 TOKEN = "ghs_Ab3+/Cd4=Ef5&Gh6 Ij7?Kl8"
 PEM = (

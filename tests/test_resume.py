@@ -14,11 +14,11 @@ from typing import Any
 import pygit2
 import pytest
 
-from app.config import Settings
-from app.domain import Event
-from app.resume import INTERRUPTED, rebuild
+from app.core.config import Settings
+from app.core.domain import Event
+from app.models.scripts import turn_index
+from app.run.resume import INTERRUPTED, rebuild
 from app.testing.anthropic_server import Script, Turn, bash, edit_create, edit_str_replace, text, tool_use
-from app.testing.scripts import turn_index
 from app.testing.stack import Stack, WorkerThread, running_stack
 from tests.test_runner import CALC, TEST, routine_file
 

@@ -9,11 +9,11 @@ import jsonschema
 import pytest
 import yaml
 
-from app.domain import Concurrency, Connector, Limits, Routine, Schedule
-from app.errors import ConfigError, RoutineFileError
-from app.routine_schema import GITHUB_EVENTS, TOP_KEYS, build_schema
-from app.routine_yaml import Loader
-from app.routines import load_routine, load_routines, parse_routine, render_group, schema, validate_folder
+from app.core.domain import Concurrency, Connector, Limits, Routine, Schedule
+from app.core.errors import ConfigError, RoutineFileError
+from app.routines.files import load_routine, load_routines, parse_routine, render_group, schema, validate_folder
+from app.routines.reader import Loader
+from app.routines.schema import GITHUB_EVENTS, TOP_KEYS, build_schema
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "routines"
 EXAMPLE_NAMES = [
@@ -270,7 +270,7 @@ def test_render_group() -> None:
 def test_the_schema_is_valid_shipped_and_accepts_the_examples() -> None:
     shipped = schema()
     jsonschema.Draft202012Validator.check_schema(shipped)
-    assert shipped == build_schema(), "regenerate: python -m app.routine_schema > app/routine.schema.json"
+    assert shipped == build_schema(), "regenerate: python -m app.routines.schema > app/routines/routine.schema.json"
     assert set(shipped["properties"]) == set(TOP_KEYS)
     assert set(shipped["properties"]["on"]["properties"]["github"]["properties"]) == set(GITHUB_EVENTS)
 

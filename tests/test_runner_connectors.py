@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from redis import asyncio as aioredis
 
+from app.models.scripts import edit_create, memory
+from app.store.vault import Vault, secret_key
 from app.testing.anthropic_server import Script, Turn, text, tool_use
 from app.testing.mcp_server import McpState, create_app
-from app.testing.scripts import edit_create, memory
 from app.testing.serve import serve_in_thread
 from app.testing.stack import Stack, running_stack
-from app.vault import Vault, secret_key
 
 KEY = "test-secret-key-0123456789abcdefghijklmnop"
 TOKEN = "lin_api_e2e-connector-token-0123456789"

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from app.domain import Run, RunState, Trigger
+from app.core.domain import Run, RunState, Trigger
 from app.forge.github import GitHubForge
 from app.forge.github_outputs import GitHubOutputs
-from app.notify import notify, outcome_text
-from app.outputs import deliver_report, deliver_review, review_context
+from app.git.workspace import Mirrors
+from app.run.notify import notify, outcome_text
+from app.run.outputs import deliver_report, deliver_review, review_context
 from app.testing.github_server import GitHubState, create_app
 from app.testing.serve import serve_in_thread
 from app.testing.slack_server import SlackState
 from app.testing.slack_server import create_app as slack_app
-from app.workspace import Mirrors
 
 CALC = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
 FEATURE = CALC + "\n\ndef div(a, b):\n    return a / b\n"

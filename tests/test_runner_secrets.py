@@ -13,11 +13,11 @@ import pytest
 from redis import asyncio as aioredis
 
 from app.sandbox.bwrap import sandbox_available
-from app.sandbox.ca import RunCA
+from app.sandbox.egress.ca import RunCA
+from app.store.vault import Vault, secret_key
 from app.testing.anthropic_server import Script, Turn, bash, edit_create, text
 from app.testing.https_server import EchoServer
 from app.testing.stack import Stack, running_stack
-from app.vault import Vault, secret_key
 
 SECRET = "sntrys_eyJpYXQiOjE3MDAwMDAwMDAsInJlYWxzZWNyZXQiOnRydWV9"
 KEY = "test-secret-key-0123456789abcdefghijklmnop"

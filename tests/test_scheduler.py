@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from app.domain import Routine, Schedule, Triggers
-from app.scheduler import Scheduler, Slot, due
+from app.core.domain import Routine, Schedule, Triggers
+from app.triggers.schedules import Scheduler, Slot, due
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from app.errors import WorkspaceError
-from app.ports import Staged, StageLimits
-from app.snapshots import BLOB, TREE, ImportLimits, import_tree
+from app.core.errors import WorkspaceError
+from app.core.ports import Staged, StageLimits
+from app.git.snapshots import BLOB, TREE, ImportLimits, import_tree
 
 
 def oid(kind: int, data: bytes) -> str:

@@ -5,9 +5,9 @@ import asyncio
 import pytest
 from redis import asyncio as aioredis
 
-from app.domain import Event, Run, RunState, Trigger, new_run_id
-from app.errors import InvalidTransition, RunNotFound, StoreError
-from app.store import RedisStore
+from app.core.domain import Event, Run, RunState, Trigger, new_run_id
+from app.core.errors import InvalidTransition, RunNotFound, StoreError
+from app.store.runs import RedisStore
 
 
 def make_run(routine: str = "fix") -> Run:

@@ -9,9 +9,9 @@ import re
 import pytest
 from redis import asyncio as aioredis
 
-from app.cli_secrets import add_secrets_parser, secrets_command
-from app.errors import ConfigError
-from app.vault import SecretNotFound, Vault, VaultError, secret_key
+from app.cli.secrets import add_secrets_parser, secrets_command
+from app.core.errors import ConfigError
+from app.store.vault import SecretNotFound, Vault, VaultError, secret_key
 
 KEY = b"0123456789abcdef0123456789abcdef"
 VALUE = "sk-ant-api03-" + "Zq9vXw2LmN4pR7sT" * 5

@@ -12,10 +12,10 @@ from pathlib import Path
 from arq import Worker
 from redis import asyncio as aioredis
 
-from app.config import Settings
-from app.lifecycle import PAUSED, Lifecycle
-from app.store import RedisStore
-from app.worker import ScheduleTicker, create_worker
+from app.core.config import Settings
+from app.store.admission import PAUSED, Lifecycle
+from app.store.runs import RedisStore
+from app.worker.main import ScheduleTicker, create_worker
 
 HOURLY = '---\nname: hourly\nrepo: acme/api\non:\n  schedule:\n    - cron: "0 * * * *"\n---\nTidy up.\n'
 START = datetime(2025, 1, 1, 0, 30, tzinfo=UTC).timestamp()

@@ -15,12 +15,12 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from app.errors import WorkspaceError
-from app.ports import Credentials, Staged
+from app.core.errors import WorkspaceError
+from app.core.ports import Credentials, Staged
+from app.git.workspace import Mirrors, Workspace, checkout
 from app.sandbox.local import LocalSandbox
 from app.testing.git_http import basic_password, run_http_backend
 from app.testing.serve import serve_in_thread
-from app.workspace import Mirrors, Workspace, checkout
 
 TOKEN = "ghs_test-token-0123456789"
 CREDS = Credentials("x-access-token", TOKEN)
@@ -288,7 +288,7 @@ async def test_a_follow_up_push_only_fast_forwards_over_http_and_locally(
 async def test_concurrent_ensure_in_tasks_and_processes(origin: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     script = (
-        "import asyncio, sys; from pathlib import Path; from app.workspace import Mirrors; "
+        "import asyncio, sys; from pathlib import Path; from app.git.workspace import Mirrors; "
         "print(asyncio.run(Mirrors(Path(sys.argv[1])).ensure(sys.argv[2])))"
     )
     processes = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from app.workspace import Mirrors, Workspace
+from app.git.workspace import Mirrors, Workspace
 from tests.test_workspace import commit_file, git, snap
 
 REF = "refs/routines/checkpoints/run1"

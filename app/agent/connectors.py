@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from app.agent.prompts import fence
-from app.domain import JSON, Connector
-from app.errors import RoutinesError, ToolError
-from app.ports import Redacts
+from app.core.domain import JSON, Connector
+from app.core.errors import RoutinesError, ToolError
+from app.core.ports import Redacts
 
 # The MCP SDK takes about a second to import; it is imported when a run opens a connector, so
 # the CLI, the web process and runs without connectors do not pay for it.

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.domain import JSON
+from app.core.domain import JSON
 
 CLEARED = "[output cleared to save context; the full text is in the run's event log]"
 DEFAULT_WINDOW_TOKENS = 200_000

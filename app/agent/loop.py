@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from app.agent import context as ctx
 from app.agent.tools import BASH, Toolbox, server_tool_events
-from app.domain import JSON
-from app.errors import PromptTooLong, RunLimitReached, RunStopped
-from app.ports import EventSink, ModelClient, ModelResponse
+from app.core.domain import JSON
+from app.core.errors import PromptTooLong, RunLimitReached, RunStopped
+from app.core.ports import EventSink, ModelClient, ModelResponse
 
 USAGE_KEYS = (
     "input_tokens",

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from app.domain import JSON
-from app.errors import StoreError, ToolError
+from app.core.domain import JSON
+from app.core.errors import StoreError, ToolError
 from app.hands.editor import Editor, EditorError
 
 MEMORY = "memory"

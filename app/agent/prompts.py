@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from app.domain import JSON, Routine, Trigger
-from app.outputs import REVIEW_INSTRUCTIONS
+from app.core.domain import JSON, Routine, Trigger
+from app.run.outputs import REVIEW_INSTRUCTIONS
 
 INSTRUCTION_FILES = ("CLAUDE.md", "AGENTS.md")
 _FENCE_END = re.compile(r"</\s*untrusted-data", re.IGNORECASE)

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.domain import JSON
-from app.errors import ToolError
-from app.ports import Hands
+from app.core.domain import JSON
+from app.core.errors import ToolError
+from app.core.ports import Hands
 
 if TYPE_CHECKING:
     from app.agent.connectors import Connectors

@@ -20,10 +20,10 @@ from githubkit import GitHub, UnauthAuthStrategy
 from githubkit.exception import GitHubException, RequestFailed, RequestTimeout
 from pydantic import ValidationError
 
-from app.domain import PullRequest
-from app.errors import ConfigError, ForgeError
+from app.core.domain import PullRequest
+from app.core.errors import ConfigError, ForgeError
+from app.core.ports import Credentials, RepoInfo
 from app.forge.github_errors import describe_failure, redact
-from app.ports import Credentials, RepoInfo
 
 JWT_BACKDATE_S = 60  # GitHub's advice: allow for clock drift between us and GitHub
 JWT_LIFETIME_S = 540  # exp - iat is then 600 s, GitHub's maximum

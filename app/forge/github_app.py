@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 
-from app.domain import JSON
-from app.errors import ForgeError
+from app.core.domain import JSON
+from app.core.errors import ForgeError
+from app.core.ports import RepoInfo
 from app.forge.github import GitHubForge
 from app.forge.github_errors import describe_failure, redact
-from app.ports import RepoInfo
 
 _NEXT_CURSOR = re.compile(r'<[^>]*[?&]cursor=([^&>]+)[^>]*>;\s*rel="next"')
 API_VERSION = "2022-11-28"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pygit2
 
-from app.domain import PullRequest
-from app.errors import ForgeError
-from app.ports import Credentials, RepoInfo
+from app.core.domain import PullRequest
+from app.core.errors import ForgeError
+from app.core.ports import Credentials, RepoInfo
 
 
 class LocalForge:

@@ -7,9 +7,9 @@ from typing import Any
 import anthropic
 from anthropic import AsyncAnthropic, omit
 
-from app.domain import JSON
-from app.errors import ModelError, PromptTooLong
-from app.ports import ModelResponse
+from app.core.domain import JSON
+from app.core.errors import ModelError, PromptTooLong
+from app.core.ports import ModelResponse
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")

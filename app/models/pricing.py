@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import ConfigError
+from app.core.errors import ConfigError
 
 FALLBACK_PREFIX = "claude-sonnet-4"
 WEB_SEARCH_USD = 10 / 1000  # Anthropic bills the web search tool per search, on top of its tokens

@@ -7,10 +7,10 @@ import copy
 import itertools
 from dataclasses import replace
 
-from app.domain import JSON
-from app.errors import ModelError
-from app.ports import ModelResponse
-from app.testing.scripts import Script, Turn, check_messages, estimate_tokens, play, turn_index
+from app.core.domain import JSON
+from app.core.errors import ModelError
+from app.core.ports import ModelResponse
+from app.models.scripts import Script, Turn, check_messages, estimate_tokens, play, turn_index
 
 
 class ScriptedModel:

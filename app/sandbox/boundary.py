@@ -10,15 +10,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.domain import JSON, Routine
-from app.errors import ConfigError
-from app.ports import Redacts, Sandbox
+from app.core.domain import JSON, Routine
+from app.core.errors import ConfigError
+from app.core.ports import Redacts, Sandbox
 from app.sandbox.bwrap import BwrapSandbox
-from app.sandbox.ca import RunCA, system_bundle
-from app.sandbox.egress import EgressProxy
-from app.sandbox.egress_policy import EgressPolicy, SecretLookup, SystemResolver, live_secrets
+from app.sandbox.egress.ca import RunCA, system_bundle
+from app.sandbox.egress.policy import EgressPolicy, SecretLookup, SystemResolver, live_secrets
+from app.sandbox.egress.proxy import EgressProxy
 from app.sandbox.local import LocalSandbox
-from app.vault import Secret, Vault
+from app.store.vault import Secret, Vault
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.errors import SandboxError
+from app.core.errors import SandboxError
 from app.sandbox.cgroups import SandboxCgroup
 from app.sandbox.hands import HandsProcess, SandboxHands
 from app.sandbox.mounts import etc_masks, hide_mounts, runtime_mounts, system_mounts, workspace_mounts

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.domain import JSON
-from app.errors import SandboxError, ToolError, WorkspaceError
+from app.core.domain import JSON
+from app.core.errors import SandboxError, ToolError, WorkspaceError
+from app.core.ports import CommandResult, Staged, StageLimits
 from app.hands.wire import HEADER, WireError, dump, frame
-from app.ports import CommandResult, Staged, StageLimits
 from app.sandbox.shell import DEFAULT_PATH, PersistentShell
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from app.errors import SandboxError
+from app.core.errors import SandboxError
 from app.sandbox.hands import HandsProcess, SandboxHands
 from app.sandbox.runtime import alternates, hands_argv, local_runtime
 from app.sandbox.shell import DEFAULT_PATH, PersistentShell

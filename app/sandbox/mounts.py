@@ -12,7 +12,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.errors import SandboxError
+from app.core.errors import SandboxError
 from app.sandbox.runtime import Runtime, alternates
 
 

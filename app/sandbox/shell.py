@@ -14,8 +14,8 @@ import signal
 from pathlib import Path
 from typing import Protocol
 
-from app.errors import SandboxError
-from app.ports import CommandResult
+from app.core.errors import SandboxError
+from app.core.ports import CommandResult
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _BURST = 0

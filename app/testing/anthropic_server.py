@@ -1,4 +1,4 @@
-"""An Anthropic Messages API test server that plays scripted sessions (see app.testing.scripts).
+"""An Anthropic Messages API test server that plays scripted sessions (see app.models.scripts).
 
 `create_app(state)` serves `POST /v1/messages` like the real API: an API key (x-api-key, or
 `Authorization: Bearer` as SDK 2.x sends it), the anthropic-version header, request validation
@@ -26,8 +26,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.domain import JSON
-from app.testing.scripts import (
+from app.core.domain import JSON
+from app.models.scripts import (
     Script,
     Turn,
     bash,

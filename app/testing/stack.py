@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from app.config import Settings
-from app.domain import TERMINAL_STATES
+from app.core.config import Settings
+from app.core.domain import TERMINAL_STATES
 from app.testing.anthropic_server import AnthropicState
 from app.testing.anthropic_server import create_app as anthropic_app
 from app.testing.github_server import GitHubState
@@ -44,7 +44,7 @@ class WorkerThread:
         self._loop.run_until_complete(self._serve())
 
     async def _serve(self) -> None:
-        from app.worker import create_worker
+        from app.worker.main import create_worker
 
         worker = create_worker(self.settings, handle_signals=False)
         self._task = asyncio.current_task()

@@ -21,15 +21,15 @@ from typing import Any
 from arq import Worker
 from arq.worker import func
 
-from app import queue
-from app.config import Settings
-from app.deliveries import DELIVERY_JOB, handle_delivery
-from app.domain import Run
+from app.core.config import Settings
+from app.core.domain import Run
 from app.services import build
-from app.store import RedisStore
+from app.store import queue
+from app.store.runs import RedisStore
 from app.testing.github_server import GitHubState
 from app.testing.github_server import create_app as github_app
 from app.testing.serve import Served, free_port, serve_in_thread
+from app.triggers.deliveries import DELIVERY_JOB, handle_delivery
 
 SECRET = "test-webhook-secret"
 

@@ -13,11 +13,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.dispatch import fire_checked, named_repo, release
-from app.domain import Event, Routine, Run, RunState, Trigger
-from app.errors import ConfigError, ForgeError, NotAllowed, RoutineNotFound, RunNotFound, StoreError
-from app.lifecycle import Lifecycle, Refused
+from app.core.domain import Event, Routine, Run, RunState, Trigger
+from app.core.errors import ConfigError, ForgeError, NotAllowed, RoutineNotFound, RunNotFound, StoreError
 from app.services import Services
+from app.store.admission import Lifecycle, Refused
+from app.triggers.dispatch import fire_checked, named_repo, release
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.config import Settings
-from app.errors import StoreError
+from app.core.config import Settings
+from app.core.errors import StoreError
 from app.services import Services, build
 from app.web import api, pages, routines_api, secrets_api, setup, webhooks
 

@@ -9,14 +9,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import routine_admin
-from app.catalog import API_SOURCE
-from app.domain import Routine
-from app.errors import RoutineConflict, RoutineFileError, RoutineNotFound
-from app.lifecycle import ACTIVE, ARCHIVED, PAUSED, Lifecycle, Refused
-from app.routine_admin import MAX_ROUTINE_BYTES
-from app.routines import parse_routine
+from app.core.domain import Routine
+from app.core.errors import RoutineConflict, RoutineFileError, RoutineNotFound
+from app.routines import admin as routine_admin
+from app.routines.admin import MAX_ROUTINE_BYTES
+from app.routines.catalog import API_SOURCE
+from app.routines.files import parse_routine
 from app.services import Services
+from app.store.admission import ACTIVE, ARCHIVED, PAUSED, Lifecycle, Refused
 from app.web.api import bearer_token, error, is_admin, routine_json, services_of
 
 _STATES = {"pause": PAUSED, "resume": ACTIVE, "archive": ARCHIVED}

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.vault import SecretInfo, SecretNotFound, Vault, VaultError
+from app.store.vault import SecretInfo, SecretNotFound, Vault, VaultError
 from app.web.api import bearer_token, error, is_admin, services_of
 
 MAX_SECRET_BODY_BYTES = 64 * 1024

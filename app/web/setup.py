@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from app.config import Settings
+from app.core.config import Settings
 from app.services import Services
 from app.web.api import bearer_token, is_admin, services_of
 

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from app.errors import StoreError
-from app.followup import EVENTS as FOLLOW_UP_EVENTS
+from app.core.errors import StoreError
+from app.triggers.followups import EVENTS as FOLLOW_UP_EVENTS
 
 if TYPE_CHECKING:
     from app.services import Services

@@ -13,15 +13,15 @@ from redis import asyncio as aioredis
 from app.agent.connectors import MAX_REOPENS, ConnectorError, open_connectors
 from app.agent.loop import Agent
 from app.agent.tools import Toolbox
-from app.domain import JSON, Connector
+from app.core.domain import JSON, Connector
+from app.core.ports import Hands
+from app.core.redact import Redactor
 from app.models.scripted import ScriptedModel
-from app.ports import Hands
-from app.redact import Redactor
+from app.models.scripts import Script, Turn, text, tool_use
 from app.sandbox.local import LocalSandbox
+from app.store.vault import Vault
 from app.testing.mcp_server import McpState, create_app
-from app.testing.scripts import Script, Turn, text, tool_use
 from app.testing.serve import Served, free_port, serve_in_thread
-from app.vault import Vault
 
 TOKEN = "lin_api_connector-token-0123456789"
 KEY = b"k" * 32

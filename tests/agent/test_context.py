@@ -21,11 +21,11 @@ from app.agent.context import (
 from app.agent.loop import Agent, AgentOutcome
 from app.agent.prompts import build_system
 from app.agent.tools import Toolbox
-from app.domain import JSON, Routine
-from app.errors import PromptTooLong
+from app.core.domain import JSON, Routine
+from app.core.errors import PromptTooLong
+from app.core.ports import Hands, ModelResponse
 from app.models.anthropic import AnthropicModel
 from app.models.scripted import ScriptedModel
-from app.ports import Hands, ModelResponse
 from app.sandbox.local import LocalSandbox
 from app.testing.anthropic_server import AnthropicState, Script, Turn, bash, create_app, text
 from app.testing.serve import Served, serve_in_thread

@@ -10,10 +10,10 @@ import pytest
 
 from app.agent.loop import Agent, AgentOutcome
 from app.agent.tools import Toolbox
-from app.domain import JSON
-from app.errors import ModelError
+from app.core.domain import JSON
+from app.core.errors import ModelError
+from app.core.ports import Hands, ModelResponse
 from app.models.pricing import Price, Pricer
-from app.ports import Hands, ModelResponse
 from app.sandbox.local import LocalSandbox
 
 

@@ -12,11 +12,11 @@ from redis import asyncio as aioredis
 from app.agent.loop import Agent
 from app.agent.memory import Memory, MemoryLimits, RedisMemoryStore
 from app.agent.tools import Toolbox
-from app.domain import JSON
+from app.core.domain import JSON
+from app.core.ports import Hands
 from app.models.scripted import ScriptedModel
-from app.ports import Hands
+from app.models.scripts import Script, Turn, text, tool_use
 from app.sandbox.local import LocalSandbox
-from app.testing.scripts import Script, Turn, text, tool_use
 
 ROUTINE = "weekly-findings"
 

@@ -3,9 +3,9 @@ from pathlib import Path
 
 from app.agent.loop import Agent
 from app.agent.tools import Toolbox
-from app.ports import ModelResponse
+from app.core.ports import ModelResponse
+from app.models.scripts import Turn, bash, check_messages, play, text, web_search
 from app.sandbox.local import LocalSandbox
-from app.testing.scripts import Turn, bash, check_messages, play, text, web_search
 
 
 class Canned:

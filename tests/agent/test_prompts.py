@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.agent.prompts import build_first_message, build_system
-from app.domain import Limits, Routine, Trigger
+from app.core.domain import Limits, Routine, Trigger
 
 
 def routine() -> Routine:

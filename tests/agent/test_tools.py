@@ -10,11 +10,11 @@ import pytest
 
 from app.agent.loop import Agent
 from app.agent.tools import Toolbox, server_tool_events
+from app.core.ports import Hands
 from app.models.anthropic import AnthropicModel
-from app.ports import Hands
+from app.models.scripts import load_scripts, play, web_fetch, web_search
 from app.sandbox.local import LocalSandbox
 from app.testing.anthropic_server import AnthropicState, Script, Turn, bash, create_app, text
-from app.testing.scripts import load_scripts, play, web_fetch, web_search
 from app.testing.serve import serve_in_thread
 
 

@@ -13,9 +13,9 @@ import httpx
 import jwt
 import pytest
 
-from app.errors import ConfigError, ForgeError
+from app.core.errors import ConfigError, ForgeError
+from app.core.ports import Credentials, RepoInfo
 from app.forge.github import GitHubForge
-from app.ports import Credentials, RepoInfo
 from app.testing.github_server import GitHubState, create_app, generate_app_key
 from app.testing.serve import serve_in_thread
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import ForgeError
+from app.core.errors import ForgeError
 from app.forge.local import LocalForge
-from app.workspace import Mirrors
+from app.git.workspace import Mirrors
 from tests.test_workspace import snap
 
 GIT_ENV = {

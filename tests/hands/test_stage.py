@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pygit2
 
+from app.git.workspace import Mirrors, checkout
 from app.hands.stage import Stager, _own_stat
-from app.workspace import Mirrors, checkout
 from tests.test_workspace import commit_file, git
 
 LIMITS = {"max_file_bytes": 1000, "max_total_bytes": 5000, "max_files": 100}

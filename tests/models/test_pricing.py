@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import ConfigError
+from app.core.errors import ConfigError
 from app.models.pricing import Price, Pricer, cost_usd, parse_prices, price_for
 
 MILLION = {"input_tokens": 1_000_000}

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from app.errors import ModelError
+from app.core.errors import ModelError
+from app.core.ports import ModelResponse
 from app.models.scripted import ScriptedModel
-from app.ports import ModelResponse
-from app.testing.scripts import Script, Turn, bash, edit_create, text
+from app.models.scripts import Script, Turn, bash, edit_create, text
 
 USER = {"role": "user", "content": "Add a README."}
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import SandboxError
+from app.core.errors import SandboxError
+from app.git.workspace import Mirrors
 from app.sandbox.bwrap import CA_INSIDE, DEFAULT_RO_PATHS, BwrapSandbox, Limits, sandbox_available
 from app.sandbox.shell import PersistentShell
-from app.workspace import Mirrors
 
 SECRET = "s3cr3t-worker-value-1234"
 KEY = "-----BEGIN RSA PRIVATE KEY-----\nfake-app-key-5678\n-----END RSA PRIVATE KEY-----\n"

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from redis import asyncio as aioredis
 
-from app.sandbox.ca import RunCA
-from app.sandbox.egress import EgressProxy
-from app.sandbox.egress_policy import EgressPolicy, SystemResolver, forbidden_reason, host_matches, live_secrets
+from app.sandbox.egress.ca import RunCA
+from app.sandbox.egress.policy import EgressPolicy, SystemResolver, forbidden_reason, host_matches, live_secrets
+from app.sandbox.egress.proxy import EgressProxy
+from app.store.vault import Vault
 from app.testing.https_server import EchoServer
-from app.vault import Vault
 
 KEY = b"k" * 32
 VALUE = "sntrys_" + "R3alSecretValue" * 4

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import SandboxError, ToolError
+from app.core.errors import SandboxError, ToolError
 from app.sandbox.hands import HandsProcess
 from app.sandbox.local import LocalSandbox
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from app.models.scripts import tool_use
 from app.sandbox.bwrap import sandbox_available
 from app.testing.anthropic_server import Script, Turn, text
-from app.testing.scripts import tool_use
 from app.testing.stack import Stack, running_stack
 
 EDIT = "str_replace_based_edit_tool"

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import redis
 
-from app.deliveries import claim_key
 from app.testing.anthropic_server import Script, Turn, edit_create, text
 from app.testing.stack import Stack, running_stack
+from app.triggers.deliveries import claim_key
 
 JSON = dict[str, Any]
 SECRET = "webhook-secret-for-authorisation"

@@ -14,7 +14,7 @@ import anthropic
 import httpx2
 import pytest
 
-from app.errors import ConfigError
+from app.core.errors import ConfigError
 from app.testing.anthropic_server import (
     AnthropicState,
     Script,

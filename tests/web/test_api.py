@@ -11,9 +11,9 @@ import httpx
 import pytest
 from redis import asyncio as aioredis
 
-from app.config import Settings
-from app.domain import Event, RunState
-from app.store import RedisStore
+from app.core.config import Settings
+from app.core.domain import Event, RunState
+from app.store.runs import RedisStore
 from app.testing.serve import serve_in_thread
 from app.testing.stack import API_TOKEN, Stack, running_stack
 from app.web.app import create_app

@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from app.catalog import ApiRoutines, RoutineCatalog
-from app.config import Settings
-from app.domain import Run, RunState, Trigger
-from app.lifecycle import Refused
+from app.core.config import Settings
+from app.core.domain import Run, RunState, Trigger
+from app.routines.catalog import ApiRoutines, RoutineCatalog
+from app.store.admission import Refused
 from app.testing.serve import serve_in_thread
 from app.web import routines_api
 from app.web.app import create_app

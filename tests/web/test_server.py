@@ -19,10 +19,10 @@ import pytest
 import redis
 from starlette.applications import Starlette
 
-from app.deliveries import claim_key, unpack_payload
 from app.services import Services
 from app.testing.serve import serve_in_thread
 from app.testing.webhook_stack import SECRET, HookStack, webhook_stack
+from app.triggers.deliveries import claim_key, unpack_payload
 from app.web.server import WebhookProtocol
 from app.web.webhooks import GitHubWebhook, Headers, Reply
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from app.config import Settings
+from app.core.config import Settings
 from app.testing.github_server import GitHubState
 from app.testing.github_server import create_app as github_app
 from app.testing.serve import free_port, serve_in_thread

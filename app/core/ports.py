@@ -1,0 +1,262 @@
+"""The seams: small Protocols the core takes as arguments. Implementations don't inherit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from app.core.domain import JSON, Event, PullRequest, Run, RunState
+
+
+@dataclass
+class ModelResponse:
+    """One assistant turn, as plain JSON-able data (Anthropic Messages shapes).
+
+    `content` holds content blocks as dicts ({"type": "text", ...}, {"type": "tool_use", ...}).
+    `usage` keys: input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens.
+    """
+
+    content: list[JSON]
+    stop_reason: str | None
+    usage: dict[str, int] = field(default_factory=dict)
+    model: str = ""
+    id: str = ""
+
+
+class ModelClient(Protocol):
+    async def create(
+        self,
+        *,
+        model: str,
+        system: list[JSON],
+        messages: list[JSON],
+        tools: list[JSON],
+        max_tokens: int,
+    ) -> ModelResponse:
+        """Send one Messages request; retries on 429/5xx happen inside. Raises ModelError."""
+        ...
+
+
+@dataclass
+class CommandResult:
+    output: str
+    exit_code: int | None  # None when the command was killed (timeout)
+    timed_out: bool = False
+    truncated: bool = False
+
+
+class Shell(Protocol):
+    """One persistent shell of a run: state (cwd, variables) survives between commands."""
+
+    async def run(self, command: str, timeout_s: float) -> CommandResult: ...
+
+    async def restart(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StageLimits:
+    """What one snapshot of a work tree may hold: bigger files and content past the total are left out."""
+
+    max_file_bytes: int = 100 * 1024 * 1024
+    max_total_bytes: int = 1024**3
+    max_files: int = 500_000
+
+
+@dataclass
+class Staged:
+    """A work tree staged inside the sandbox: its tree id, file count, and what was left out and why."""
+
+    tree: str
+    files: int = 0
+    skipped: list[JSON] = field(default_factory=list)
+
+
+class TreeSource(Protocol):
+    """Stages a work tree where it lives and hands out the git objects it made (checked by their ids)."""
+
+    async def stage(self, base: str, seed: bytes | None, limits: StageLimits) -> Staged:
+        """Stage every change since commit `base`; `seed` is an index with stat data of the checkout."""
+        ...
+
+    async def objects(self, oids: list[str], max_bytes: int, budget: int) -> list[tuple[str, int, bytes]]:
+        """(id, git object type, raw data) of each tree or blob in `oids`, unverified: none over `max_bytes`,
+        all together at most `budget` bytes (else WorkspaceError)."""
+        ...
+
+
+class Hands(Shell, TreeSource, Protocol):
+    """One run's hands inside its sandbox: the persistent shell, the file editor, staging of the tree.
+
+    Nothing here runs in the worker: the host only sends requests and reads bounded answers.
+    """
+
+    workdir: Path
+
+    async def edit(self, params: JSON, max_characters: int | None = None) -> str:
+        """Run one `str_replace_based_edit_tool` call where the files are; ToolError when refused."""
+        ...
+
+    async def stop(self) -> None:
+        """End the shell and every process the agent started; editing and staging still work."""
+        ...
+
+
+class Sandbox(Protocol):
+    """Where the agent's hands act. Never given a credential."""
+
+    name: str
+
+    async def hands(self, workdir: Path, env: dict[str, str]) -> Hands: ...
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    """A repository as the forge describes it. `clone_url` is used as given."""
+
+    full_name: str
+    clone_url: str
+    default_branch: str
+    html_url: str = ""
+    installation_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What git needs to fetch and push; `password` is a short-lived token. Never logged."""
+
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password=<redacted>)"
+
+
+class Forge(Protocol):
+    """The code host: GitHub (App auth) or a local repository."""
+
+    name: str
+
+    async def resolve(self, repo: str) -> RepoInfo: ...
+
+    async def credentials(self, repo: RepoInfo, permissions: dict[str, str]) -> Credentials | None:
+        """A token scoped to this one repository and these permissions (None: none needed)."""
+        ...
+
+    async def find_pull_request(self, repo: RepoInfo, head: str, creds: Credentials | None) -> PullRequest | None:
+        """The open PR whose head is branch `head`, if any."""
+        ...
+
+    async def open_pull_request(
+        self,
+        repo: RepoInfo,
+        *,
+        head: str,
+        base: str,
+        title: str,
+        body: str,
+        draft: bool,
+        creds: Credentials | None,
+    ) -> PullRequest: ...
+
+
+class Store(Protocol):
+    """Runs and their event logs (Redis in production)."""
+
+    async def create_run(self, run: Run) -> None: ...
+
+    async def get_run(self, run_id: str) -> Run: ...
+
+    async def save_run(self, run: Run) -> None: ...
+
+    async def transition(self, run_id: str, new: RunState, **fields: Any) -> Run: ...
+
+    async def update(self, run_id: str, **fields: Any) -> Run: ...
+
+    async def take_messages(self, run_id: str) -> list[str]: ...
+
+    async def append_event(self, run_id: str, event: Event) -> str: ...
+
+    async def events(self, run_id: str, after: str = "0-0") -> list[Event]: ...
+
+    def follow(self, run_id: str, after: str = "0-0") -> AsyncIterator[Event]: ...
+
+
+class EventSink(Protocol):
+    """What the agent loop and runner record into: one run's event log."""
+
+    async def emit(self, type: str, data: JSON) -> None: ...
+
+
+class Checkout(Protocol):
+    """A run's working tree. The runner, never the agent, commits and pushes it.
+
+    The host never reads the work tree: `snapshot` has the tree staged inside the sandbox and copies
+    its git objects, checked against their ids. Everything after (changes, diff, commit, checkpoint)
+    works on the last snapshot's tree, which is the base commit's until one is taken.
+    """
+
+    path: Path
+    base_commit: str
+
+    @property
+    def tree(self) -> str:
+        """The current tree's id."""
+        ...
+
+    async def snapshot(self, source: TreeSource, limits: StageLimits | None = None) -> Staged:
+        """Stage the work tree through `source` and make its tree the current one."""
+        ...
+
+    def changed_files(self) -> list[str]: ...
+
+    def diff(self) -> str: ...
+
+    async def commit(self, message: str, author_name: str, author_email: str) -> str | None: ...
+
+    async def push(self, url: str, branch: str, creds: Credentials | None, *, force: bool = True) -> None: ...
+
+    def cleanup(self) -> None: ...
+
+    async def checkpoint(self, ref: str) -> str | None:
+        """Commit the current tree onto `ref`, outside the mirror (None: nothing changed since the last one)."""
+        ...
+
+    async def restore(self, commit: str | None, patch: str) -> str:
+        """Bring back a checkpoint: its commit if this machine has it, else the patch; says which."""
+        ...
+
+
+class Workspaces(Protocol):
+    """Per-repository mirrors and fresh checkouts made from them."""
+
+    async def ensure(self, url: str, creds: Credentials | None) -> Path: ...
+
+    async def checkout(self, mirror: Path, base: str, dest: Path) -> Checkout: ...
+
+    def discard(self, dest: Path) -> None:
+        """Remove what a dead worker left of a checkout at `dest` on this machine."""
+        ...
+
+
+class Redacts(Protocol):
+    """Replaces known secret values with their names."""
+
+    def add(self, name: str, value: str) -> None: ...
+
+    def text(self, text: str) -> str: ...
+
+    def redact(self, data: Any) -> Any: ...
+
+
+class Boundary(Protocol):
+    """One run's sandbox and the network boundary around it."""
+
+    sandbox: Sandbox
+    env: dict[str, str]
+    denied: list[JSON]
+
+    async def close(self) -> None: ...

@@ -1,0 +1,300 @@
+"""One run, end to end, as named phases: resolve → token → workspace → agent → deliver → record."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from app.agent.connectors import open_connectors
+from app.agent.loop import Agent, AgentOutcome
+from app.agent.memory import Memory
+from app.agent.prompts import build_first_message, build_system, fence
+from app.agent.tools import Toolbox
+from app.core.domain import JSON, Event, Run, RunState
+from app.core.errors import ConfigError, RoutinesError
+from app.core.ports import Hands
+from app.run.context import RunContext, RunEvents, RunnerDeps
+from app.run.finish import deliver_and_record
+from app.run.outputs import review_context
+from app.run.resume import INTERRUPTED, rebuild, restart_note
+
+log = logging.getLogger(__name__)
+
+# Bytecode caches would land in the PR of a repo without a .gitignore, and a same-second,
+# same-size edit would run the stale .pyc.
+SANDBOX_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
+MAX_CHECKPOINT_PATCH_CHARS = 8 * 1024 * 1024  # the event log is no place for a gigabyte of diff
+
+
+async def execute(run_id: str, deps: RunnerDeps) -> Run:
+    """Carry one queued run to a terminal state; never raises for a failure of the run itself.
+
+    A run found in a live state lost its worker: it is resumed from its event log (see app.run.resume):
+    the phases run again, the workspace is restored from the last checkpoint, and the conversation
+    goes on after the last recorded turn, without repeating a turn or a tool call that has a result.
+    """
+    run = await deps.store.get_run(run_id)
+    if run.state.terminal:
+        return run
+    events = RunEvents(deps.store, run_id, deps.redactor())
+    ctx = RunContext(run=run, routine=deps.routine(run.routine), events=events)
+    try:
+        if run.state is RunState.QUEUED:
+            await deps.store.transition(run_id, RunState.PREPARING)
+        else:
+            await _resuming(ctx, deps)
+        await _resolve(ctx, deps)
+        await _token(ctx, deps)
+        await _workspace(ctx, deps)
+        if run.state is not RunState.FINISHING:
+            await deps.store.transition(run_id, RunState.RUNNING)
+            await _agent(ctx, deps)
+            await deps.store.transition(run_id, RunState.FINISHING)
+        else:
+            ctx.outcome = rebuild(ctx.history or [], [], lambda usage: deps.price(ctx.routine.model, usage)).outcome
+        return await deliver_and_record(ctx, deps, error=None)
+    except RoutinesError as exc:
+        log.info("run %s failed: %s", run_id, exc)
+        await events.emit("run.error", {"error": str(exc), "kind": type(exc).__name__})
+        return await deliver_and_record(ctx, deps, error=str(exc))
+    finally:
+        if ctx.checkout is not None:
+            ctx.checkout.cleanup()
+
+
+async def _resolve(ctx: RunContext, deps: RunnerDeps) -> None:
+    ctx.forge = deps.forge_for(ctx.run.repo)
+    ctx.repo = await ctx.forge.resolve(ctx.run.repo)
+    await ctx.events.emit(
+        "run.repo", {"repo": ctx.repo.full_name, "forge": ctx.forge.name, "default_branch": ctx.repo.default_branch}
+    )
+
+
+async def _token(ctx: RunContext, deps: RunnerDeps) -> None:
+    if ctx.forge is None or ctx.repo is None:
+        return
+    ctx.creds = await ctx.forge.credentials(ctx.repo, ctx.routine.permissions)
+    if ctx.creds is not None:
+        ctx.events.redactor.add("GITHUB_INSTALLATION_TOKEN", ctx.creds.password)
+        await ctx.events.emit("run.token", {"repository": ctx.repo.full_name, "permissions": ctx.routine.permissions})
+
+
+async def _workspace(ctx: RunContext, deps: RunnerDeps) -> None:
+    if ctx.repo is None:
+        return
+    started = time.monotonic()
+    base = await _pull_to_review(ctx, deps) if ctx.routine.outputs.get("review") else None
+    follow_up_branch = ctx.run.trigger.data.get("branch") if ctx.run.trigger.data.get("follow_up") else None
+    base = base or follow_up_branch or ctx.routine.base or ctx.repo.default_branch
+    mirror = await deps.workspaces.ensure(ctx.repo.clone_url, ctx.creds)
+    dest = deps.work_dir / ctx.run.id / "repo"
+    if ctx.history is not None:
+        base = _recorded_base(ctx.history) or base
+        await asyncio.to_thread(deps.workspaces.discard, dest)
+    ctx.checkout = await deps.workspaces.checkout(mirror, base, dest)
+    ready: JSON = {"base": base, "commit": ctx.checkout.base_commit, "seconds": round(time.monotonic() - started, 3)}
+    await ctx.events.emit("workspace.ready", ready)
+    if ctx.history is not None:
+        await _restore(ctx)
+
+
+async def _resuming(ctx: RunContext, deps: RunnerDeps) -> None:
+    """Read the log of a run whose worker died and say that it resumes."""
+    ctx.history = await deps.store.events(ctx.run.id)
+    done = rebuild(ctx.history, [], lambda usage: 0.0)
+    data = {"attempt": done.resumes + 1, "from_turn": done.outcome.turns, "state": ctx.run.state.value}
+    await ctx.events.emit("run.resumed", data)
+
+
+def _recorded_base(history: list[Event]) -> str | None:
+    """The base commit the interrupted attempt checked out (the branch may have moved since)."""
+    for event in history:
+        if event.type == "workspace.ready" and isinstance(event.data.get("commit"), str):
+            return str(event.data["commit"])
+    return None
+
+
+async def _restore(ctx: RunContext) -> None:
+    checkpoint = rebuild(ctx.history or [], [], lambda usage: 0.0).checkpoint
+    if checkpoint is None or ctx.checkout is None:
+        return
+    commit = checkpoint.get("commit")
+    how = await ctx.checkout.restore(commit if isinstance(commit, str) else None, str(checkpoint.get("patch") or ""))
+    await ctx.events.emit("workspace.restored", {"turn": checkpoint.get("turn"), "commit": commit, "from": how})
+
+
+async def _checkpoint(ctx: RunContext, hands: Hands, turn: int) -> None:
+    """After a turn whose tools ran: snapshot the tree (staged in the sandbox) and, if it changed, record
+    it (a commit in the run's checkpoint store + the patch in the log). A snapshot that fails is reported
+    and the run goes on: the next turn tries again."""
+    if ctx.checkout is None:
+        return
+    try:
+        staged = await ctx.checkout.snapshot(hands)
+        sha = await ctx.checkout.checkpoint(f"refs/routines/checkpoints/{ctx.run.id}")
+    except RoutinesError as exc:
+        await ctx.events.emit("workspace.snapshot_failed", {"turn": turn, "error": str(exc)})
+        return
+    if staged.skipped:
+        await ctx.events.emit("workspace.skipped", {"turn": turn, "files": staged.skipped[:50]})
+    if sha is not None:
+        patch: str | None = await asyncio.to_thread(ctx.checkout.diff)
+        size = len(patch or "")
+        if size > MAX_CHECKPOINT_PATCH_CHARS:
+            patch = None  # another machine resumes from the base; this one still has the commit
+        data: JSON = {"turn": turn, "commit": sha, "patch": patch, "patch_chars": size}
+        await ctx.events.emit("workspace.checkpoint", data)
+
+
+async def _final_snapshot(ctx: RunContext, hands: Hands) -> None:
+    """The tree the run delivers: staged once every process of the agent has ended. If that fails, the
+    last checkpoint's tree is delivered and the failure is in the log."""
+    if ctx.checkout is None:
+        return
+    try:
+        await hands.stop()
+        staged = await ctx.checkout.snapshot(hands)
+    except RoutinesError as exc:
+        await ctx.events.emit("workspace.snapshot_failed", {"final": True, "error": str(exc)})
+        ctx.snapshot_error = f"the work tree could not be read at the end ({exc}); the last checkpoint is what was kept"
+        return
+    ctx.skipped = staged.skipped
+    if staged.skipped:
+        await ctx.events.emit("workspace.skipped", {"final": True, "files": staged.skipped[:50]})
+
+
+async def _pull_to_review(ctx: RunContext, deps: RunnerDeps) -> str:
+    """For a review routine: the pull request that fired the run; its head is what gets checked out."""
+    data, run = ctx.run.trigger.data, ctx.run
+    number = data.get("number")
+    if not data.get("is_pull_request") or not isinstance(number, int) or isinstance(number, bool):
+        raise RoutinesError(
+            f"routine {run.routine!r} reviews pull requests but run {run.id} was not fired by a pull request "
+            "event; fire it from on.github.pull_request"
+        )
+    outputs = deps.outputs_for(ctx.forge) if ctx.forge is not None else None
+    if outputs is None or ctx.repo is None:
+        raise ConfigError(f"routine {run.routine!r} has outputs.review, which needs a GitHub repository")
+    ctx.pull = await outputs.read_pull(ctx.repo, number, ctx.creds)
+    await ctx.events.emit(
+        "run.pull_request",
+        {"number": number, "url": ctx.pull.url, "head": ctx.pull.head_ref, "base": ctx.pull.base_ref},
+    )
+    return ctx.pull.head_ref
+
+
+async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
+    if ctx.checkout is None or ctx.repo is None:
+        return
+    routine = ctx.routine
+    run_dir = deps.work_dir / ctx.run.id
+    boundary = await deps.boundary(ctx.run.id, routine, run_dir, ctx.events.emit, ctx.events.redactor)
+    try:
+        if boundary.sandbox.name == "local":
+            await ctx.events.emit(
+                "sandbox.warning", {"sandbox": "local", "message": "commands ran unsandboxed (ROUTINES_SANDBOX=local)"}
+            )
+        hands = await boundary.sandbox.hands(ctx.checkout.path, {**SANDBOX_ENV, **boundary.env})
+        try:
+            async with open_connectors(
+                routine.connectors, deps.connector_secret, redactor=ctx.events.redactor, emit=ctx.events.emit
+            ) as connectors:
+                toolbox = Toolbox(
+                    routine.tools,
+                    hands=hands,
+                    command_timeout_s=deps.command_timeout_s,
+                    memory=await _memory(ctx, deps, run_dir),
+                    connectors=connectors,
+                )
+                agent = Agent(
+                    deps.model,
+                    toolbox,
+                    ctx.events,
+                    model_name=routine.model,
+                    max_turns=routine.limits.max_turns,
+                    max_minutes=routine.limits.max_minutes,
+                    max_cost_usd=routine.limits.max_cost_usd,
+                    price=deps.price,
+                    cancelled=deps.cancel_check(ctx.run.id) if deps.cancel_check else None,
+                    inbox=lambda: deps.store.take_messages(ctx.run.id),
+                    after_tools=lambda turn: _checkpoint(ctx, hands, turn),
+                )
+                system = build_system(routine, workspace=hands.workdir)
+                first = build_first_message(ctx.run.trigger)
+                if ctx.pull is not None:
+                    first += "\n\n" + fence(review_context(ctx.pull), "pull_request")
+                ctx.outcome = await _converse(ctx, deps, agent, system, first)
+        finally:
+            try:
+                await _final_snapshot(ctx, hands)
+            finally:
+                await hands.close()
+    finally:
+        ctx.denied = boundary.denied
+        await boundary.close()
+    outcome = ctx.outcome
+    await deps.store.update(
+        ctx.run.id, turns=outcome.turns, usage=outcome.usage, cost_usd=outcome.cost_usd, summary=outcome.summary
+    )
+
+
+async def _converse(ctx: RunContext, deps: RunnerDeps, agent: Agent, system: list[JSON], first: str) -> AgentOutcome:
+    """Run the conversation, or go on with the interrupted one rebuilt from the log."""
+    if ctx.history is None:
+        parent = ctx.run.trigger.data.get("parent_run") if ctx.run.trigger.data.get("follow_up") else None
+        if isinstance(parent, str):
+            return await _follow_up(ctx, deps, agent, system, first, parent)
+        return await agent.run(system, first)
+    task: list[JSON] = [{"type": "text", "text": first}]
+    done = rebuild(ctx.history, task, lambda usage: deps.price(ctx.routine.model, usage))
+    if done.finished:
+        return done.outcome
+    for call in done.interrupted:
+        result = {"id": call.get("id"), "name": call.get("name"), "output": INTERRUPTED, "is_error": True}
+        await ctx.events.emit("tool.result", {**result, "exit_code": None, "interrupted": True})
+    turn = done.checkpoint.get("turn") if done.checkpoint else None
+    messages = done.outcome.messages
+    note = restart_note(done.outcome.turns, turn if isinstance(turn, int) else None)
+    if messages[-1]["role"] == "user":
+        messages[-1] = {"role": "user", "content": [*messages[-1]["content"], note]}
+    else:
+        messages.append({"role": "user", "content": [note]})
+    return await agent.resume(system, messages, done.outcome, task=task, elapsed_s=_elapsed(ctx.history))
+
+
+async def _follow_up(
+    ctx: RunContext, deps: RunnerDeps, agent: Agent, system: list[JSON], feedback: str, parent_id: str
+) -> AgentOutcome:
+    """Go on with the conversation of the run that opened the PR, with the reviewers' feedback as the next turn."""
+    parent = await deps.store.get_run(parent_id)
+    task: list[JSON] = [{"type": "text", "text": build_first_message(parent.trigger)}]
+    done = rebuild(await deps.store.events(parent_id), task, lambda usage: 0.0)
+    messages = done.outcome.messages
+    note: JSON = {
+        "type": "text",
+        "text": "Reviewers commented on the draft pull request you opened. Address their feedback on the same "
+        "branch (it is checked out, with any commits pushed since), then summarise what you changed.\n\n" + feedback,
+    }
+    if messages[-1]["role"] == "user":
+        messages[-1] = {"role": "user", "content": [*messages[-1]["content"], note]}
+    else:
+        messages.append({"role": "user", "content": [note]})
+    await ctx.events.emit("run.follow_up", {"parent_run": parent_id, "parent_turns": done.outcome.turns})
+    return await agent.resume(system, messages, AgentOutcome(), task=task)
+
+
+def _elapsed(history: list[Event]) -> float:
+    """Seconds the interrupted attempts spent conversing (the downtime does not count against max_minutes)."""
+    requests = [e.ts for e in history if e.type == "model.request"]
+    return max(history[-1].ts - requests[0], 0.0) if requests else 0.0
+
+
+async def _memory(ctx: RunContext, deps: RunnerDeps, run_dir: Path) -> Memory | None:
+    """The routine's memory folder for this run, restored from the store, when the routine uses `memory`."""
+    if "memory" not in ctx.routine.tools or deps.memory_store is None:
+        return None
+    memory = await Memory.restore(deps.memory_store, ctx.routine.name, run_dir / "memories")
+    await ctx.events.emit("memory.restored", memory.stats())
+    return memory

@@ -1,0 +1,143 @@
+"""Run leases and the reaper: a run whose worker died is resumed by another worker.
+
+The worker executing a run holds `<prefix>lease:<run_id>` = its worker id, with a TTL of `lease_s`,
+renewed every `lease_s / 3` by a background task and deleted at the end (both compare-and-set in
+Lua, so a worker never renews or drops a lease another worker took). While held, the run id is in
+the set `<prefix>live`. The reaper, run by every worker, re-enqueues each live run whose lease has
+expired as the job `run:<id>:resume:<n>` (arq refuses to start a job id whose killed predecessor
+still has its in-progress key), at most `max_resumes` times; then the run fails with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis
+from redis import asyncio as aioredis
+
+from app.core.domain import Event, RunState
+from app.core.errors import InvalidTransition, RunNotFound
+from app.store import queue
+from app.store.runs import RedisStore
+
+log = logging.getLogger(__name__)
+
+_RENEW = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end"
+)
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
+
+
+def new_worker_id() -> str:
+    return f"worker-{secrets.token_hex(6)}"
+
+
+@dataclass
+class Leases:
+    """Leases on runs, under `prefix` in `redis`, each held for `lease_s` seconds unless renewed."""
+
+    redis: aioredis.Redis
+    prefix: str
+    lease_s: float
+
+    def key(self, run_id: str) -> str:
+        return f"{self.prefix}lease:{run_id}"
+
+    @property
+    def live_key(self) -> str:
+        return f"{self.prefix}live"
+
+    async def take(self, run_id: str, holder: str) -> bool:
+        """Take the run's lease (False: another worker holds it) and mark the run live."""
+        taken = await self.redis.set(self.key(run_id), holder, nx=True, px=self._ms)
+        if taken:
+            await self.redis.sadd(self.live_key, run_id)  # type: ignore[misc]
+        return bool(taken)
+
+    async def renew(self, run_id: str, holder: str) -> bool:
+        """Extend the lease for another `lease_s`; False when `holder` no longer holds it."""
+        return bool(await self.redis.eval(_RENEW, 1, self.key(run_id), holder, str(self._ms)))  # type: ignore[misc]
+
+    async def release(self, run_id: str, holder: str) -> None:
+        """Drop the lease (if `holder` still holds it) and the run's live mark: the run is over."""
+        await self.redis.eval(_RELEASE, 1, self.key(run_id), holder)  # type: ignore[misc]
+        await self.redis.srem(self.live_key, run_id)  # type: ignore[misc]
+
+    @contextlib.asynccontextmanager
+    async def held(self, run_id: str, holder: str) -> AsyncIterator[bool]:
+        """Hold the lease while the block runs (yields False, holding nothing, when another worker has it)."""
+        if not await self.take(run_id, holder):
+            yield False
+            return
+        renewer = asyncio.create_task(self._renew_forever(run_id, holder), name=f"lease:{run_id}")
+        try:
+            yield True
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+            await self.release(run_id, holder)
+
+    async def _renew_forever(self, run_id: str, holder: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                if not await self.renew(run_id, holder):
+                    log.error("run %s: the lease of %s was lost; another worker may resume the run", run_id, holder)
+                    return
+            except Exception:
+                log.exception("run %s: could not renew the lease; trying again", run_id)
+
+    @property
+    def _ms(self) -> int:
+        return max(1, int(self.lease_s * 1000))
+
+
+async def reap(store: RedisStore, pool: ArqRedis, leases: Leases, *, max_resumes: int) -> list[str]:
+    """Re-enqueue every live run whose lease expired; returns the job ids enqueued. Safe on many workers:
+    a claim per run and lease period lets one reaper enqueue, and the lease lets one job execute."""
+    enqueued: list[str] = []
+    for raw in await leases.redis.smembers(leases.live_key):  # type: ignore[misc]
+        run_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if await leases.redis.exists(leases.key(run_id)):
+            continue
+        try:
+            run = await store.get_run(run_id)
+        except RunNotFound:
+            await leases.redis.srem(leases.live_key, run_id)  # type: ignore[misc]
+            continue
+        if run.state.terminal:
+            await leases.redis.srem(leases.live_key, run_id)  # type: ignore[misc]
+            continue
+        claim = f"{leases.prefix}reaping:{run_id}"
+        if not await leases.redis.set(claim, "1", nx=True, px=max(3000, int(leases.lease_s * 3000))):
+            continue
+        job_id = await _resume_or_fail(store, pool, leases, run_id, max_resumes)
+        if job_id is not None:
+            enqueued.append(job_id)
+    return enqueued
+
+
+async def _resume_or_fail(
+    store: RedisStore, pool: ArqRedis, leases: Leases, run_id: str, max_resumes: int
+) -> str | None:
+    attempt = int(await leases.redis.incr(f"{leases.prefix}resumes:{run_id}"))
+    await leases.redis.expire(f"{leases.prefix}resumes:{run_id}", 7 * 86400)
+    if attempt > max_resumes:
+        message = (
+            f"the worker running this run stopped {attempt} times (killed or lost); it was resumed "
+            f"{max_resumes} times and is given up — look at the workers' logs, then fire the routine again"
+        )
+        await store.append_event(run_id, Event("run.error", {"error": message}))
+        with contextlib.suppress(InvalidTransition):
+            await store.transition(run_id, RunState.FAILED, error=message)
+        await leases.redis.srem(leases.live_key, run_id)  # type: ignore[misc]
+        return None
+    job_id = f"{queue.run_job_id(run_id)}:resume:{attempt}"
+    await pool.enqueue_job(queue.RUN_JOB, run_id, _job_id=job_id)
+    log.warning("run %s lost its worker; resuming it as job %s", run_id, job_id)
+    return job_id

@@ -1,0 +1,195 @@
+"""Redis store: run records, their state machine, and each run's append-only event log (a Stream)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError, WatchError
+
+from app.core.domain import JSON, Event, Run, RunState, can_transition
+from app.core.errors import InvalidTransition, RunNotFound, StoreError
+
+_FOLLOW_BLOCK_MS = 1000
+
+
+class RedisStore:
+    """Runs as JSON strings, indexes as sorted sets, events as one Stream per run.
+
+    Keys (under `prefix`): run:<id>, runs (all, by creation ms), runs:<routine>, events:<id>,
+    token:<routine> (sha256 of the routine's API token).
+    """
+
+    def __init__(self, redis: aioredis.Redis, prefix: str = "routines:") -> None:
+        self.redis = redis
+        self.prefix = prefix
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    async def ping(self) -> None:
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis is unreachable ({exc}); check REDIS_URL and that the server runs") from None
+
+    async def create_run(self, run: Run) -> None:
+        score = int(run.created_at * 1000)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._key("run", run.id), json.dumps(run.to_json()))
+                pipe.zadd(self._key("runs"), {run.id: score})
+                pipe.zadd(self._key("runs", run.routine), {run.id: score})
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not record run {run.id}: Redis failed ({exc})") from None
+        await self.append_event(run.id, Event("run.state", {"state": run.state.value}))
+
+    async def get_run(self, run_id: str) -> Run:
+        try:
+            raw = await self.redis.get(self._key("run", run_id))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not read run {run_id}: Redis failed ({exc})") from None
+        if raw is None:
+            raise RunNotFound(f"run {run_id!r} does not exist; list runs with GET /api/runs or `routines runs`")
+        return Run.from_json(json.loads(raw))
+
+    async def save_run(self, run: Run) -> None:
+        """Write fields other than the state (use `transition` to change the state)."""
+        await self.update(run.id, **{k: v for k, v in run.to_json().items() if k not in ("id", "state")})
+
+    async def update(self, run_id: str, **fields: Any) -> Run:
+        return await self._change(run_id, None, fields)
+
+    async def transition(self, run_id: str, new: RunState, **fields: Any) -> Run:
+        """Move a run to `new` (checked against the state machine) and record a run.state event."""
+        return await self._change(run_id, new, fields)
+
+    async def _change(self, run_id: str, new: RunState | None, fields: dict[str, Any]) -> Run:
+        key = self._key("run", run_id)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.get(key)
+                        if raw is None:
+                            raise RunNotFound(f"run {run_id!r} does not exist")
+                        data: JSON = json.loads(raw)
+                        current = RunState(data["state"])
+                        if new is not None and new is not current and not can_transition(current, new):
+                            raise InvalidTransition(f"run {run_id} cannot go from {current} to {new}")
+                        data.update(fields)
+                        if new is not None:
+                            data["state"] = new.value
+                        data["updated_at"] = time.time()
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        pipe.set(key, json.dumps(data))
+                        await pipe.execute()
+                        break
+                    except WatchError:
+                        continue
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not update run {run_id}: Redis failed ({exc})") from None
+        run = Run.from_json(data)
+        if new is not None and new is not current:
+            event = {"state": new.value, **({"error": run.error} if run.error and new.terminal else {})}
+            await self.append_event(run_id, Event("run.state", event))
+        return run
+
+    async def list_runs(
+        self, *, routine: str | None = None, state: str | None = None, limit: int = 50, before: str | None = None
+    ) -> list[Run]:
+        """Newest first. `before` is a run id: return runs created before it (pagination cursor)."""
+        index = self._key("runs", routine) if routine else self._key("runs")
+        max_score: str | float = "+inf"
+        if before is not None:
+            score = await self.redis.zscore(index, before)
+            max_score = f"({int(score)}" if score is not None else "+inf"
+        runs: list[Run] = []
+        offset = 0
+        batch = max(limit * 2, 50)
+        while len(runs) < limit:
+            ids = await self.redis.zrevrangebyscore(index, max_score, "-inf", start=offset, num=batch)
+            if not ids:
+                break
+            offset += len(ids)
+            raws = await self.redis.mget([self._key("run", i.decode()) for i in ids])
+            for raw in raws:
+                if raw is None:
+                    continue
+                run = Run.from_json(json.loads(raw))
+                if state is None or run.state.value == state:
+                    runs.append(run)
+        return runs[:limit]
+
+    async def append_event(self, run_id: str, event: Event) -> str:
+        fields = {"type": event.type, "ts": repr(event.ts), "data": json.dumps(event.data)}
+        try:
+            event_id = await self.redis.xadd(self._key("events", run_id), fields)  # type: ignore[arg-type]
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not append an event to run {run_id}: Redis failed ({exc})") from None
+        return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+
+    async def events(self, run_id: str, after: str = "0-0") -> list[Event]:
+        start = "(" + after if after != "0-0" else "-"
+        entries = await self.redis.xrange(self._key("events", run_id), min=start)
+        return [_event(eid, fields) for eid, fields in entries]
+
+    async def follow(self, run_id: str, after: str = "0-0") -> AsyncIterator[Event]:
+        """Yield events as they are appended, until the run reaches a terminal state."""
+        key = self._key("events", run_id)
+        last = after
+        while True:
+            reply = await self.redis.xread({key: last}, block=_FOLLOW_BLOCK_MS, count=500)
+            for _stream, entries in reply or []:
+                for eid, fields in entries:
+                    event = _event(eid, fields)
+                    last = event.id
+                    yield event
+                    if event.type == "run.state" and RunState(event.data["state"]).terminal:
+                        return
+            if not reply and (await self.get_run(run_id)).state.terminal:
+                return
+
+    async def push_message(self, run_id: str, text: str) -> None:
+        """Queue a message for a live run; the agent sees it at its next turn."""
+        await self.redis.rpush(self._key("inbox", run_id), text)  # type: ignore[misc]
+        await self.redis.expire(self._key("inbox", run_id), 7 * 86400)
+
+    async def take_messages(self, run_id: str) -> list[str]:
+        """Every queued message of the run, oldest first, removed from the queue."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(self._key("inbox", run_id), 0, -1)
+            pipe.delete(self._key("inbox", run_id))
+            raw, _ = await pipe.execute()
+        return [m.decode() for m in raw]
+
+    async def new_routine_token(self, routine: str) -> str:
+        """Create (or rotate) the routine's API token; only its hash is kept."""
+        token = f"rt_{secrets.token_urlsafe(32)}"
+        await self.redis.set(self._key("token", routine), _digest(token))
+        return token
+
+    async def check_routine_token(self, routine: str, token: str) -> bool:
+        stored = await self.redis.get(self._key("token", routine))
+        return stored is not None and hmac.compare_digest(stored.decode(), _digest(token))
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _event(eid: bytes | str, fields: dict[bytes, bytes]) -> Event:
+    return Event(
+        type=fields[b"type"].decode(),
+        data=json.loads(fields[b"data"]),
+        ts=float(fields[b"ts"]),
+        id=eid.decode() if isinstance(eid, bytes) else eid,
+    )

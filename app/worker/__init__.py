@@ -1,0 +1,3 @@
+"""The worker process: arq settings and its jobs (run, fire a schedule slot, handle a delivery, reaper,
+sweeps).
+"""
