@@ -10,6 +10,7 @@ import yaml
 from croniter import CroniterBadDateError, CroniterError, croniter
 
 from app.core.domain import JSON, Schedule, Triggers
+from app.routines.patterns import problem
 from app.routines.reader import Entries, Reader, unknown
 from app.routines.schema import AUTHOR_ASSOCIATIONS, EVENT_FILTER_KEYS, GITHUB_EVENTS, ON_KEYS, SCHEDULE_KEYS
 
@@ -131,6 +132,9 @@ def _filters(r: Reader, node: yaml.Node, event: str) -> JSON:
                     raise r.error(
                         item_node, unknown(f"{key[:-1] if key == 'types' else key} {value!r}", value, allowed)
                     )
+                wrong = problem(value) if key.startswith(("branches", "paths")) else None
+                if wrong is not None:
+                    raise r.error(item_node, f"{wrong} — GitHub Actions refuses it too (its filter cheat sheet)")
             config[key] = [value for value, _ in items]
     for key in ("branches", "paths"):
         _ignore_as_exclusions(r, entries, config, key)

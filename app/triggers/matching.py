@@ -6,8 +6,8 @@ optional, must all pass:
 - `labels`: for `labeled`/`unlabeled`, the label being added or removed; otherwise any label the
   issue or pull request carries.
 - `branches`: the base branch for `pull_request*`, the pushed branch for `push` (tags never
-  match), the head branch for `check_suite`/`workflow_run`. Actions' globs: `*` stays inside a
-  path segment, `**` crosses `/`.
+  match), the head branch for `check_suite`/`workflow_run`. Actions' patterns exactly
+  (app.routines.patterns: `*`, `**`, `?`, `+`, `[...]`, `!`, `\\`).
 - `paths`: for `push`, the commits' added/modified/removed files. A pull request's payload does
   not list its files: the match carries the patterns (`Match.paths`) and the worker applies them
   to the files GitHub lists for the pull request (`paths_match`), before firing.
@@ -40,10 +40,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from app.core.domain import JSON, Routine, Trigger
+from app.routines.patterns import any_selected, selected
 from app.triggers.event_text import clean, render
 
 TRUSTED_ASSOCIATIONS = ("OWNER", "MEMBER", "COLLABORATOR")
@@ -162,17 +162,8 @@ def pull_number(event: str, payload: JSON) -> int | None:
 
 
 def paths_match(patterns: Iterable[str], files: Iterable[str]) -> bool:
-    """Whether a file is selected by `patterns` (Actions' globs; `!` excludes, the last match wins)."""
-    return any(_selected(patterns, name) for name in files)
-
-
-def _selected(patterns: Iterable[str], name: str) -> bool:
-    selected = False
-    for pattern in patterns:
-        negated = pattern.startswith("!")
-        if _glob(pattern[1:] if negated else pattern).fullmatch(name):
-            selected = not negated
-    return selected
+    """Whether a file is selected by `patterns` (Actions' patterns, app.routines.patterns)."""
+    return any_selected(patterns, files)
 
 
 def _repo_allowed(routine: Routine, repo: str) -> bool:
@@ -253,7 +244,7 @@ def _branches(event: str, filters: JSON, payload: JSON) -> str | None:
     if not wanted:
         return None
     branch = event_branch(event, payload)
-    if branch is not None and _selected(wanted, branch):
+    if branch is not None and selected(wanted, branch):
         return None
     return f"branch {branch!r} does not match {', '.join(wanted)}"
 
@@ -339,15 +330,6 @@ def _pushed_files(payload: JSON) -> set[str]:
         for key in ("added", "modified", "removed"):
             files.update(str(f) for f in commit.get(key) or [])
     return files
-
-
-@lru_cache(maxsize=512)
-def _glob(pattern: str) -> re.Pattern[str]:
-    """GitHub Actions' filter glob: `**` any characters, `*` any but `/`, `?` one character."""
-    out = []
-    for part in re.split(r"(\*\*|\*|\?)", pattern):
-        out.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part)))
-    return re.compile("".join(out))
 
 
 def _dig(data: Any, *keys: str) -> str | None:
