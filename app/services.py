@@ -14,7 +14,7 @@ from app.agent.memory import RedisMemoryStore
 from app.core.config import Settings
 from app.core.domain import JSON, Routine, Run, is_local_repo
 from app.core.errors import ConfigError, StoreError
-from app.core.ports import Forge, ModelClient
+from app.core.ports import Forge, ModelClient, SecretLookup, StoredSecret
 from app.core.redact import Redactor
 from app.forge.github import GitHubForge
 from app.forge.github_outputs import GitHubOutputs
@@ -23,7 +23,7 @@ from app.git.workspace import Mirrors
 from app.models.anthropic import AnthropicModel
 from app.models.pricing import Pricer
 from app.routines.catalog import ApiRoutines, RoutineCatalog
-from app.run.context import RunnerDeps
+from app.run.context import Reporting, RunnerDeps, RunSettings
 from app.run.notify import notify, outcome_text
 from app.sandbox.boundary import Boundaries
 from app.sandbox.bwrap import sandbox_available
@@ -32,7 +32,7 @@ from app.store import queue
 from app.store.admission import Lifecycle
 from app.store.runs import RedisStore
 from app.store.vault import Vault, secret_key
-from app.triggers.deliveries import DeliveryBatcher
+from app.triggers.intake import DeliveryIntake
 from app.triggers.tracking import update_tracking_comment
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Services:
     github: GitHubForge | None = None
     _model: ModelClient | None = None
     _sandbox_checked: bool = False
-    _deliveries: DeliveryBatcher | None = None
+    _deliveries: DeliveryIntake | None = None
     _api_routines: ApiRoutines | None = None
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
@@ -78,11 +78,10 @@ class Services:
         except (RedisError, OSError) as exc:
             log.warning("could not read the API routines: Redis failed (%s); using the last ones read", exc)
 
-    def deliveries(self) -> DeliveryBatcher:
+    def deliveries(self) -> DeliveryIntake:
         """The web process's batched delivery enqueue, with connections of its own (closed with these)."""
         if self._deliveries is None:
-            self._deliveries = DeliveryBatcher(self.store.redis)
-            self._stack.push_async_callback(self._deliveries.close)
+            self._deliveries = DeliveryIntake(self.store.redis)
         return self._deliveries
 
     async def model(self) -> ModelClient:
@@ -140,35 +139,36 @@ class Services:
         return RunnerDeps(
             store=self.store,
             routine=self.catalog.get,
-            forge_for=self.forge_for,
-            workspaces=self.mirrors,
-            boundary=self.boundaries().open,
-            redactor=self.redactor,
+            code=self,
+            sandboxes=self.boundaries(),
             model=await self.model(),
-            run_url=s.run_url,
-            work_dir=s.data_dir / "runs",
             price=Pricer(s.prices),
-            command_timeout_s=s.command_timeout_s,
-            on_finished=self.on_run_finished,
+            settings=RunSettings(s.data_dir / "runs", s.run_url, command_timeout_s=s.command_timeout_s),
+            reporting=Reporting(
+                redactor=self.redactor,
+                cancel_check=Lifecycle(self.store.redis, self.store.prefix).cancel_check,
+                on_finished=self.on_run_finished,
+                notify=self.notify,
+            ),
             memory_store=RedisMemoryStore(self.pool),
-            connector_secret=vault.get if vault is not None else None,
-            outputs_for=lambda forge: GitHubOutputs(forge) if isinstance(forge, GitHubForge) else None,
-            notify=self.notify,
-            cancel_check=Lifecycle(self.store.redis, self.store.prefix).cancel_check,
+            connector_secret=vault,
         )
+
+    @property
+    def workspaces(self) -> Mirrors:
+        return self.mirrors
+
+    def outputs_for(self, forge: Forge) -> GitHubOutputs | None:
+        """What the forge can deliver beside a branch: reviews and issues (GitHub only)."""
+        return GitHubOutputs(forge) if isinstance(forge, GitHubForge) else None
 
     async def notify(self, routine: Routine, run: Run, links: list[tuple[str, str]]) -> list[JSON]:
         """Post the run's outcome to the routine's `outputs.notify` webhooks (URLs are vault secrets)."""
         vault = self.vault()
-
-        async def secret(name: str) -> str:
-            if vault is None:
-                raise ConfigError(f"notifications need the vault for {name}; set ROUTINES_SECRET_KEY")
-            return (await vault.get(name)).value
-
+        secrets: SecretLookup = vault if vault is not None else _NoVault()
         text = outcome_text(run, self.settings.run_url(run.id), links)
         results = await notify(
-            routine.outputs.get("notify") or [], text, secret, timeout_s=self.settings.http_timeout_s
+            routine.outputs.get("notify") or [], text, secrets, timeout_s=self.settings.http_timeout_s
         )
         return [{"target": r.target, "ok": r.ok, "reason": r.reason} for r in results]
 
@@ -181,6 +181,11 @@ class Services:
         await self.mirrors.settle()
         await self._stack.aclose()
         await self.pool.aclose()
+
+
+class _NoVault:
+    async def get(self, name: str) -> StoredSecret:
+        raise ConfigError(f"notifications need the vault for {name}; set ROUTINES_SECRET_KEY")
 
 
 async def build(settings: Settings, *, check_redis: bool = True) -> Services:

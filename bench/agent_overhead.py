@@ -28,7 +28,7 @@ from typing import Any
 from redis import asyncio as aioredis
 
 from app.agent.context import cache_read_share, prompt_tokens
-from app.agent.loop import Agent
+from app.agent.loop import Agent, Budget
 from app.agent.prompts import build_system
 from app.agent.tools import Toolbox
 from app.core.domain import JSON, Event, Routine
@@ -107,16 +107,7 @@ def script(turns: int) -> Script:
 async def agent_gaps(turns: int, sink: EventSink) -> list[float]:
     model = TimedModel(ScriptedModel(script(turns)))
     toolbox = Toolbox(["bash", "edit"], hands=InstantHands(Path(tempfile.gettempdir())))
-    agent = Agent(
-        model,
-        toolbox,
-        sink,
-        model_name="claude-sonnet-4-6",
-        max_turns=turns + 1,
-        max_minutes=60,
-        max_cost_usd=1000,
-        price=cost_usd,
-    )
+    agent = Agent(model, toolbox, sink, Budget("claude-sonnet-4-6", turns + 1, 60, 1000, price=cost_usd))
     outcome = await agent.run(SYSTEM, "Run the routine now.")
     if outcome.error or outcome.turns != turns:
         raise SystemExit(f"the benchmark run did not finish: {outcome.error}")
@@ -210,9 +201,7 @@ async def cache_share() -> None:
         system = build_system(routine, workspace=Path(tmp))
         toolbox = Toolbox(["bash", "edit"], hands=InstantHands(Path(tmp)))
         async with AnthropicModel("sk-ant-bench", base_url=served.url) as model:
-            agent = Agent(
-                model, toolbox, sink, model_name="claude-sonnet-4-6", max_turns=30, max_minutes=10, price=cost_usd
-            )
+            agent = Agent(model, toolbox, sink, Budget("claude-sonnet-4-6", 30, 10, price=cost_usd))
             outcome = await agent.run(system, "Run the routine now.")
     usages = [data["usage"] for type, data in sink.events if type == "model.turn"]
     uncached = sum(cost_usd("claude-sonnet-4-6", {"input_tokens": prompt_tokens(u), **_out(u)}) for u in usages)

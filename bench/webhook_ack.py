@@ -8,14 +8,14 @@ with a new X-GitHub-Delivery per request.
   time, so a stall is not hidden) — measured by the asyncio generator in this file;
 - maximum req/s — measured with wrk (apt-get install wrk) and a Lua script varying the GUID.
 
-`routines` is the web app served as `routines web` serves it (`app.web.server.config`: uvloop, and
-`WebhookProtocol` answering the webhook from uvicorn's parser); `routines-asgi` the same app with
-uvicorn's plain httptools protocol (the webhook through ASGI and Starlette's router). Ours does the full
-job: signature check, delivery claim, payload kept (LZ4) and the arq job queued, in one round trip to
-a local Redis with an append-only file (fsync every second).
+`routines` is the web app served as `routines web` serves it (`app.web.server`: uvicorn's public
+Config, uvloop and httptools; the webhook a plain ASGI endpoint behind Starlette's router);
+`routines-2` is `routines web --processes 2`, two processes accepting on one socket. Ours does the
+full job: signature check, delivery claim, payload kept (LZ4) and the stream entry the workers turn
+into jobs, in one round trip to a local Redis with an append-only file (fsync every second).
 Probot: `npm install probot` into a temporary folder, a no-op `issues.labeled` app.
 
-    python bench/webhook_ack.py [--rate 500] [--seconds 10] [--rounds 3] [--only routines,bare,probot] [--redis URL]
+    python bench/webhook_ack.py [--rate 500] [--seconds 10] [--rounds 3] [--only routines,routines-2,bare,probot]
 
 The servers are measured one after the other, `--rounds` times (alternating, since this kind of
 machine drifts); the ratio to Probot is taken per round, and its median reported.
@@ -104,14 +104,17 @@ def serve(kind: str, port: int, redis_url: str, routines_dir: str) -> None:
     options: dict[str, Any] = {"log_level": "warning", "access_log": False}
     if kind == "bare":
         config = uvicorn.Config(bare_app(), "127.0.0.1", port, loop="uvloop", http="httptools", **options)
+    elif kind == "routines-2":  # what `routines web --processes 2` runs
+        os.environ.update(REDIS_URL=redis_url, GITHUB_WEBHOOK_SECRET=SECRET, ROUTINES_DIR=routines_dir)
+        factory = "app.web.app:from_environment"
+        uvicorn.run(factory, host="127.0.0.1", port=port, **server.options(workers=2, factory=True, **options))
+        return
     else:
         from app.core.config import Settings
         from app.web.app import create_app
 
         settings = Settings(redis_url=redis_url, github_webhook_secret=SECRET, routines_dir=Path(routines_dir))
         config = server.config(create_app(settings), "127.0.0.1", port, **options)
-        if kind == "routines-asgi":
-            config.http = "httptools"
     uvicorn.Server(config).run()
 
 
@@ -257,7 +260,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="alternate the servers this many times (noise)")
-    parser.add_argument("--only", default="routines,routines-asgi,bare,probot")
+    parser.add_argument("--only", default="routines,routines-2,bare,probot")
     parser.add_argument("--redis", help="use this Redis (its database is flushed) instead of a fresh AOF one")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -324,7 +327,7 @@ def report(rounds: list[dict[str, JSONish]]) -> None:
             f"{name:<20} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['max']:>8.2f} {statistics.median(rps):>13.0f} {each:>24}"
         )
     if "probot" in first:
-        for name in ("routines", "routines-asgi", "bare"):
+        for name in ("routines", "routines-2", "bare"):
             if name in first:
                 ratios = [round_[name]["rps"] / round_["probot"]["rps"] for round_ in rounds]
                 each = ", ".join(f"{x:.2f}" for x in ratios)

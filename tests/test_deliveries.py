@@ -20,14 +20,15 @@ from app.routines.files import parse_routine
 from app.store import queue
 from app.store.runs import RedisStore
 from app.testing.webhook_stack import HookStack, webhook_stack
-from app.triggers import deliveries
-from app.triggers.deliveries import (
+from app.triggers.deliveries import DeliveryDeps, process_delivery
+from app.triggers.intake import (
     DELIVERY_JOB,
-    DeliveryBatcher,
-    DeliveryDeps,
+    GROUP,
+    STREAM,
+    DeliveryIntake,
+    DeliveryPump,
     claim_key,
     enqueue_delivery,
-    process_delivery,
     unpack_payload,
 )
 from app.triggers.tracking import tracking_key, update_tracking_comment
@@ -65,7 +66,7 @@ def comment_event(hooks: HookStack, body: str, sender_type: str = "User") -> dic
     return data
 
 
-async def test_a_delivery_is_claimed_stored_and_queued_once(aredis: aioredis.Redis) -> None:
+async def test_a_delivery_is_claimed_stored_and_taken_in_once(aredis: aioredis.Redis) -> None:
     body = b'{"action": "labeled"}'
     assert await enqueue_delivery(aredis, "g-1", "issues", body) is True
     assert await enqueue_delivery(aredis, "g-1", "issues", b"{}") is False
@@ -73,11 +74,38 @@ async def test_a_delivery_is_claimed_stored_and_queued_once(aredis: aioredis.Red
     assert unpack_payload(await aredis.get(claim_key("g-1") + ":payload")) == body
     assert 3 * 86400 - 5 < await aredis.ttl(claim_key("g-1") + ":payload") <= 3 * 86400
     assert await aredis.ttl(claim_key("g-1")) > 3 * 86400
-    job = queue.loads(await aredis.get("arq:job:delivery:g-1"))
-    assert (job["f"], job["a"]) == (DELIVERY_JOB, ["g-1"])
-    assert await aredis.zrange("arq:queue", 0, -1) == [b"delivery:g-1"]
-    await aredis.delete("arq:job:delivery:g-1", "arq:queue")  # handled, and arq's result expired after an hour
-    assert await enqueue_delivery(aredis, "g-1", "issues", body) is False, "the claim outlives arq's job and result"
+    assert [fields for _, fields in await aredis.xrange(STREAM)] == [{b"guid": b"g-1"}]
+    assert await aredis.keys("arq:*") == [], "the web process writes none of arq's keys"
+
+
+async def test_the_pump_queues_each_delivery_once_through_arqs_api(redis_url: str) -> None:
+    pool = queue.connect(redis_url)
+    try:
+        for guid in ("p-1", "p-2"):
+            assert await enqueue_delivery(pool, guid, "issues", b"{}") is True
+        pump = DeliveryPump(pool, consumer="w-1")
+        assert await pump.drain() == 2
+        jobs = sorted((job.job_id, job.function, list(job.args)) for job in await pool.queued_jobs())
+        assert jobs == [("delivery:p-1", DELIVERY_JOB, ["p-1"]), ("delivery:p-2", DELIVERY_JOB, ["p-2"])]
+        assert await pool.xlen(STREAM) == 0, "taken entries are acknowledged and deleted"
+        assert await enqueue_delivery(pool, "p-1", "issues", b"{}") is False, "a redelivery is not taken in again"
+        assert await pump.drain() == 0
+    finally:
+        await pool.aclose()
+
+
+async def test_an_entry_a_dead_worker_read_is_taken_over(redis_url: str) -> None:
+    pool = queue.connect(redis_url)
+    try:
+        await enqueue_delivery(pool, "dead-1", "issues", b"{}")
+        dead = DeliveryPump(pool, consumer="dead-worker")
+        await dead._ensure_group()  # read, then the worker died before queueing the job:
+        await pool.xreadgroup(GROUP, "dead-worker", {STREAM: ">"}, count=10)
+        assert await DeliveryPump(pool, consumer="w-2", idle_ms=60_000).drain() == 0, "not stale yet"
+        assert await DeliveryPump(pool, consumer="w-2", idle_ms=0).drain() == 1
+        assert [job.job_id for job in await pool.queued_jobs()] == ["delivery:dead-1"]
+    finally:
+        await pool.aclose()
 
 
 async def test_payloads_are_kept_lz4_compressed_and_read_back_either_way(aredis: aioredis.Redis) -> None:
@@ -89,50 +117,31 @@ async def test_payloads_are_kept_lz4_compressed_and_read_back_either_way(aredis:
     assert unpack_payload(body) == body, "a payload stored uncompressed (before LZ4) reads as it is"
 
 
-async def test_concurrent_deliveries_go_in_one_call_each_queued_once(aredis: aioredis.Redis) -> None:
-    batcher = DeliveryBatcher(aredis)
-    guids = [f"g-{i % 30}" for i in range(40)]  # ten GUIDs arrive twice in the same batch
-    queued = await asyncio.gather(
-        *(batcher.enqueue(g, "issues", f'{{"n": {i}}}'.encode()) for i, g in enumerate(guids))
-    )
-    assert sum(queued) == 30 and all(queued[:30]) and not any(queued[30:])
-    assert await aredis.zcard("arq:queue") == 30
+async def test_concurrent_deliveries_share_round_trips_each_taken_in_once(aredis: aioredis.Redis) -> None:
+    intake = DeliveryIntake(aredis)
+    guids = [f"g-{i % 30}" for i in range(40)]  # ten GUIDs arrive twice at once
+    taken = await asyncio.gather(*(intake.enqueue(g, "issues", f'{{"n": {i}}}'.encode()) for i, g in enumerate(guids)))
+    assert sum(taken) == 30 and all(taken[:30]) and not any(taken[30:])
+    assert await aredis.xlen(STREAM) == 30
     assert unpack_payload(await aredis.get(claim_key("g-3") + ":payload")) == b'{"n": 3}', "the first copy is kept"
     await aredis.script_flush()  # Redis restarted: its script cache is gone
-    assert await batcher.enqueue("g-new", "issues", b"{}") is True
-    assert await batcher.enqueue("g-new", "issues", b"{}") is False
+    assert await intake.enqueue("g-new", "issues", b"{}") is True
+    assert await intake.enqueue("g-new", "issues", b"{}") is False
 
 
-async def test_a_batch_is_split_by_size(aredis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deliveries, "_BATCH_BYTES", 1000)
-    calls: list[int] = []
-    real = deliveries._run_script
-
-    async def counted(redis: Any, sha: Any, batch: Any) -> Any:
-        calls.append(len(batch))
-        return await real(redis, sha, batch)
-
-    monkeypatch.setattr(deliveries, "_run_script", counted)
-    batcher = DeliveryBatcher(aredis)
-    body = b"{" + b" " * 400 + b"}"
-    assert all(await asyncio.gather(*(batcher.enqueue(f"s-{i}", "issues", body) for i in range(5))))
-    assert calls == [2, 2, 1] and await aredis.zcard("arq:queue") == 5
-
-
-async def test_a_kept_connection_broken_by_a_redis_restart_is_replaced_not_answered_503(aredis: aioredis.Redis) -> None:
-    batcher = DeliveryBatcher(aredis)
-    assert await batcher.enqueue("r-1", "issues", b"{}") is True
+async def test_a_redis_restart_between_deliveries_is_not_answered_503(aredis: aioredis.Redis) -> None:
+    intake = DeliveryIntake(aredis)
+    assert await intake.enqueue("r-1", "issues", b"{}") is True
     await aredis.client_kill_filter(_type="normal", skipme=True)  # what a Redis restart does to open connections
-    assert await batcher.enqueue("r-2", "issues", b"{}") is True
-    assert await batcher.enqueue("r-1", "issues", b"{}") is False
-    await batcher.close()
+    assert await intake.enqueue("r-2", "issues", b"{}") is True
+    assert await intake.enqueue("r-1", "issues", b"{}") is False
 
 
 async def test_a_dead_redis_fails_every_delivery_of_the_batch_and_claims_nothing() -> None:
     dead = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
-    batcher = DeliveryBatcher(dead)
+    intake = DeliveryIntake(dead)
     results = await asyncio.gather(
-        *(batcher.enqueue(f"d-{i}", "issues", b"{}") for i in range(3)), return_exceptions=True
+        *(intake.enqueue(f"d-{i}", "issues", b"{}") for i in range(3)), return_exceptions=True
     )
     assert all(isinstance(r, StoreError) and "Redis failed" in str(r) for r in results)
     await dead.aclose()

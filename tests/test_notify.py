@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -12,6 +12,7 @@ from app.core.domain import PullRequest, Run, RunState, Trigger
 from app.run.notify import notify, outcome_text
 from app.testing.serve import serve_in_thread
 from app.testing.slack_server import SlackState, create_app
+from tests.support.secrets import Vault
 
 
 @dataclass
@@ -28,15 +29,6 @@ def slack() -> Iterator[Slack]:
         state.release()
 
 
-def vault(values: dict[str, str]) -> Callable[[str], Awaitable[str]]:
-    async def secret(name: str) -> str:
-        if name not in values:
-            raise KeyError(f"secret {name} is not in the vault")
-        return values[name]
-
-    return secret
-
-
 def a_run(**fields: object) -> Run:
     run = Run(id="0190abc", routine="nightly", repo="acme/api", trigger=Trigger(kind="api"), turns=7, cost_usd=0.1234)
     for name, value in fields.items():
@@ -46,16 +38,10 @@ def a_run(**fields: object) -> Run:
 
 async def test_posts_the_text_to_each_webhook(slack: Slack) -> None:
     eng, ops = slack.state.add_hook(slack.url), slack.state.add_hook(slack.url)
-    results = await notify(["slack:ENG", "slack:OPS"], "Run finished", vault({"ENG": eng, "OPS": ops}))
+    results = await notify(["slack:ENG", "slack:OPS"], "Run finished", Vault({"ENG": eng, "OPS": ops}))
     assert [(r.target, r.ok) for r in results] == [("slack:ENG", True), ("slack:OPS", True)]
     assert slack.state.texts() == ["Run finished", "Run finished"]
     assert {path for path, _ in slack.state.messages} == {eng.split("/services/")[1], ops.split("/services/")[1]}
-
-
-async def test_a_plain_function_works_as_the_secret_lookup(slack: Slack) -> None:
-    url = slack.state.add_hook(slack.url)
-    [result] = await notify(["slack:ENG"], "hi", lambda name: url)
-    assert result.ok and slack.state.texts() == ["hi"]
 
 
 async def test_failures_are_returned_and_logged_without_the_url(slack: Slack, caplog: pytest.LogCaptureFixture) -> None:
@@ -66,7 +52,7 @@ async def test_failures_are_returned_and_logged_without_the_url(slack: Slack, ca
     secrets = {"GOOD": good, "ARCHIVED": archived, "GONE": gone, "BAD": "not a url", "DOWN": "http://127.0.0.1:9/x"}
     targets = ["slack:MISSING", "slack:BAD", "slack:GONE", "slack:ARCHIVED", "slack:DOWN", "email:x", "slack:GOOD"]
     with caplog.at_level(logging.WARNING, logger="app.run.notify"):
-        results = await notify(targets, "outcome", vault(secrets))
+        results = await notify(targets, "outcome", Vault(secrets))
     reasons = {r.target: r.reason for r in results if not r.ok}
     assert "secret MISSING could not be read" in reasons["slack:MISSING"]
     assert "not a webhook URL" in reasons["slack:BAD"]
@@ -84,7 +70,7 @@ async def test_failures_are_returned_and_logged_without_the_url(slack: Slack, ca
 async def test_a_webhook_that_never_answers_times_out(slack: Slack) -> None:
     url = slack.state.add_hook(slack.url)
     slack.state.hang.add(url.split("/services/")[1])
-    [result] = await notify(["slack:SLOW"], "x", vault({"SLOW": url}), timeout_s=0.2)
+    [result] = await notify(["slack:SLOW"], "x", Vault({"SLOW": url}), timeout_s=0.2)
     assert not result.ok and result.reason == "the webhook did not answer in time"
 
 

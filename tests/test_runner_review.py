@@ -24,6 +24,7 @@ from app.testing.github_server import GitHubState, create_app
 from app.testing.serve import serve_in_thread
 from app.testing.slack_server import SlackState
 from app.testing.slack_server import create_app as slack_app
+from tests.support.secrets import Vault
 
 CALC = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
 FEATURE = CALC + "\n\ndef div(a, b):\n    return a / b\n"
@@ -101,5 +102,5 @@ async def test_review_routine_posts_inline_comments_reports_and_notifies(world: 
 
     run = Run(id="r1", routine="review-prs", repo="acme/calc", trigger=Trigger(kind="github"), state=RunState.SUCCEEDED)
     text = outcome_text(run, "http://routines/runs/r1", [(f"review of #{pr.number}", result.url)])
-    [sent] = await notify(["slack:REVIEWS_HOOK"], text, {"REVIEWS_HOOK": world.hook_url}.__getitem__)
+    [sent] = await notify(["slack:REVIEWS_HOOK"], text, Vault({"REVIEWS_HOOK": world.hook_url}))
     assert sent.ok and f"|review of #{pr.number}>" in world.slack.texts()[0]

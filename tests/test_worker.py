@@ -15,7 +15,7 @@ from redis import asyncio as aioredis
 from app.core.config import Settings
 from app.store.admission import PAUSED, Lifecycle
 from app.store.runs import RedisStore
-from app.worker.main import ScheduleTicker, create_worker
+from app.worker.worker import ScheduleTicker, create_worker
 
 HOURLY = '---\nname: hourly\nrepo: acme/api\non:\n  schedule:\n    - cron: "0 * * * *"\n---\nTidy up.\n'
 START = datetime(2025, 1, 1, 0, 30, tzinfo=UTC).timestamp()

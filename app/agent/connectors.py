@@ -1,6 +1,6 @@
 """Connectors: a routine's MCP servers, reached by the runner (outside the sandbox) over streamable HTTP.
 
-`open_connectors(routine.connectors, secret)` opens one MCP session per connector with the
+`open_connectors(routine.connectors, secrets)` opens one MCP session per connector with the
 official `mcp` SDK, sending the connector's vault secret as `Authorization: Bearer`, and lists
 its tools. They are offered to the model as `<connector>__<tool>`; a call runs on the
 connector and its text comes back fenced as untrusted data. A failed call — refused, timed out,
@@ -18,16 +18,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from app.agent.prompts import fence
 from app.core.domain import JSON, Connector
 from app.core.errors import RoutinesError, ToolError
-from app.core.ports import Redacts
+from app.core.ports import Emit, Redacts, SecretLookup
 
 # The MCP SDK takes about a second to import; it is imported when a run opens a connector, so
 # the CLI, the web process and runs without connectors do not pay for it.
@@ -44,18 +44,6 @@ MAX_NAME = 64
 
 class ConnectorError(RoutinesError):
     """A connector could not be opened: no secret, a secret not meant for its host, or the server refused."""
-
-
-class StoredSecret(Protocol):
-    @property
-    def value(self) -> str: ...
-
-    @property
-    def domains(self) -> tuple[str, ...]: ...
-
-
-SecretLookup = Callable[[str], Awaitable[StoredSecret]]
-Emit = Callable[[str, JSON], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -114,7 +102,7 @@ async def open_connectors(
 ) -> AsyncIterator[Connectors]:
     """Open every connector and list its tools; close them all on exit. Raises ConnectorError.
 
-    `secret` is the vault's `get`; a connector's secret is sent only when its host is among the
+    `secret` is the vault; a connector's secret is sent only when its host is among the
     secret's domains. Its value is added to `redactor`, and `emit` records `connector.open`.
     """
     sessions: list[_Session] = []
@@ -143,7 +131,7 @@ async def _token(connector: Connector, secret: SecretLookup | None) -> str | Non
             "set ROUTINES_SECRET_KEY and store the secret with `routines secrets set`"
         )
     try:
-        stored = await secret(connector.secret)
+        stored = await secret.get(connector.secret)
     except RoutinesError as exc:
         raise ConnectorError(f"connector {connector.name}: {exc}") from None
     host = (urlsplit(connector.url).hostname or "").lower()

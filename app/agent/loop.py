@@ -60,6 +60,37 @@ class _Completed(Exception):
         self.summary = summary
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What one conversation may spend: the model and its output per turn, turns, minutes and dollars
+    (priced by `price(model, usage)`; None prices nothing)."""
+
+    model: str
+    max_turns: int
+    max_minutes: float
+    max_cost_usd: float | None = None
+    max_tokens: int = 8192
+    price: Callable[[str, dict[str, int]], float] | None = None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """How the run around a conversation takes part: `cancelled()` is asked before each turn, `inbox()`
+    gives the people's messages for the next turn, `after_tools(turn)` runs after each turn's tools."""
+
+    cancelled: Callable[[], Awaitable[bool]] | None = None
+    inbox: Callable[[], Awaitable[list[str]]] | None = None
+    after_tools: Callable[[int], Awaitable[None]] | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """The context window kept (default: the model's) and how many recent tool results stay whole."""
+
+    tokens: int | None = None
+    keep_tool_results: int = 3
+
+
 class Agent:
     """Drives one conversation between a model and a toolbox, recording every step as an event."""
 
@@ -68,35 +99,22 @@ class Agent:
         model: ModelClient,
         toolbox: Toolbox,
         events: EventSink,
+        budget: Budget,
         *,
-        model_name: str,
-        max_tokens: int = 8192,
-        max_turns: int,
-        max_minutes: float,
-        max_cost_usd: float | None = None,
+        hooks: Hooks | None = None,
+        window: Window | None = None,
         clock: Callable[[], float] = time.monotonic,
-        price: Callable[[str, dict[str, int]], float] | None = None,
-        context_window_tokens: int | None = None,
-        keep_tool_results: int = 3,
-        cancelled: Callable[[], Awaitable[bool]] | None = None,
-        inbox: Callable[[], Awaitable[list[str]]] | None = None,
-        after_tools: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.model = model
         self.toolbox = toolbox
         self.events = events
-        self.model_name = model_name
-        self.max_tokens = max_tokens
-        self.max_turns = max_turns
-        self.max_minutes = max_minutes
-        self.max_cost_usd = max_cost_usd
+        self.budget = budget
+        self.hooks = hooks or Hooks()
         self.clock = clock
-        self.price = price
-        self.cancelled = cancelled
-        self.inbox = inbox
-        self.after_tools = after_tools
-        window = context_window_tokens or ctx.context_window(model_name)
-        self.context = ctx.ContextWindow(window, keep_tool_results=keep_tool_results)
+        window = window or Window()
+        self.context = ctx.ContextWindow(
+            window.tokens or ctx.context_window(budget.model), keep_tool_results=window.keep_tool_results
+        )
         self.system: list[JSON] = []
         self.outcome = AgentOutcome()
         self._task: list[JSON] = []
@@ -142,7 +160,7 @@ class Agent:
     async def step(self) -> None:
         """One turn: check the limits, fit the context window, query the model, act on its stop_reason."""
         self.check_limits()
-        if self.cancelled is not None and await self.cancelled():
+        if self.hooks.cancelled is not None and await self.hooks.cancelled():
             raise RunLimitReached("cancelled", f"the run was cancelled after {self.outcome.turns} turns")
         await self.read_inbox()
         await self.fit_context()
@@ -158,22 +176,22 @@ class Agent:
     def check_limits(self) -> None:
         """Raise RunLimitReached naming the first budget used up (checked after every turn's tools ran)."""
         done = f"after {self.outcome.turns} turns ({_usd(self.outcome.cost_usd)} spent)"
-        if self.outcome.turns >= self.max_turns:
+        if self.outcome.turns >= self.budget.max_turns:
             raise RunLimitReached(
                 "max_turns",
-                f"max_turns ({self.max_turns}) reached {done} before the model finished; "
+                f"max_turns ({self.budget.max_turns}) reached {done} before the model finished; "
                 "raise limits.max_turns in the routine or give it a narrower task",
             )
-        if self._minutes() >= self.max_minutes:
+        if self._minutes() >= self.budget.max_minutes:
             raise RunLimitReached(
                 "max_minutes",
-                f"max_minutes ({self.max_minutes:g} minutes) reached {done} before the model finished; "
+                f"max_minutes ({self.budget.max_minutes:g} minutes) reached {done} before the model finished; "
                 "raise limits.max_minutes in the routine or give it a narrower task",
             )
-        if self.max_cost_usd is not None and self.outcome.cost_usd >= self.max_cost_usd:
+        if self.budget.max_cost_usd is not None and self.outcome.cost_usd >= self.budget.max_cost_usd:
             raise RunLimitReached(
                 "max_cost_usd",
-                f"max_cost_usd (${self.max_cost_usd:g}) reached {done} before the model finished; "
+                f"max_cost_usd (${self.budget.max_cost_usd:g}) reached {done} before the model finished; "
                 "raise limits.max_cost_usd in the routine or give it a narrower task",
             )
 
@@ -214,8 +232,8 @@ class Agent:
             raise _Completed(self._last_text)
         if reason == "tool_use":
             self._add_user(await self.execute(calls) if calls else [_note("Continue, or finish with your summary.")])
-            if calls and self.after_tools is not None:
-                await self.after_tools(self.outcome.turns)
+            if calls and self.hooks.after_tools is not None:
+                await self.hooks.after_tools(self.outcome.turns)
         elif reason == "max_tokens":
             self._add_user(await self.refuse_cut_calls(calls) if calls else [_note(CONTINUE)])
         elif reason == "pause_turn":
@@ -287,11 +305,11 @@ class Agent:
         fixed = ctx.count_breakpoints(self.system) + ctx.count_breakpoints(tools)
         moving = max(0, min(ctx.MOVING_BREAKPOINTS, ctx.MAX_BREAKPOINTS - fixed))
         return await self.model.create(
-            model=self.model_name,
+            model=self.budget.model,
             system=self.system,
             messages=ctx.with_cache_breakpoints(messages, moving),
             tools=tools,
-            max_tokens=self.max_tokens,
+            max_tokens=self.budget.max_tokens,
         )
 
     async def execute(self, calls: list[JSON]) -> list[JSON]:
@@ -332,9 +350,9 @@ class Agent:
 
     async def read_inbox(self) -> None:
         """Messages sent to the run since the last turn (POST /api/runs/{id}/messages) join the next request."""
-        if self.inbox is None:
+        if self.hooks.inbox is None:
             return
-        for text in await self.inbox():
+        for text in await self.hooks.inbox():
             await self.events.emit("run.message.delivered", {"turn": self.outcome.turns + 1, "text": text})
             self._add_user([_note(f"A message from the people running this routine arrived:\n{text}")])
 
@@ -350,11 +368,11 @@ class Agent:
 
     def _wrap_up_note(self) -> JSON | None:
         """A note telling the model to finish, sent once when 2 turns remain or 80% of a budget is used."""
-        turns_left = self.max_turns - self.outcome.turns
-        minutes_left = self.max_minutes - self._minutes()
-        cost, max_cost = self.outcome.cost_usd, self.max_cost_usd
+        turns_left = self.budget.max_turns - self.outcome.turns
+        minutes_left = self.budget.max_minutes - self._minutes()
+        cost, max_cost = self.outcome.cost_usd, self.budget.max_cost_usd
         near_cost = max_cost is not None and cost >= 0.8 * max_cost
-        if self._warned or (turns_left > 2 and minutes_left > 0.2 * self.max_minutes and not near_cost):
+        if self._warned or (turns_left > 2 and minutes_left > 0.2 * self.budget.max_minutes and not near_cost):
             return None
         self._warned = True
         budget = f"{turns_left} turns and about {max(minutes_left, 0):.0f} minutes left"
@@ -370,7 +388,7 @@ class Agent:
         turn = {key: int(usage.get(key) or 0) for key in USAGE_KEYS}
         for key, value in turn.items():
             self.outcome.usage[key] += value
-        cost = self.price(self.model_name, turn) if self.price is not None else 0.0
+        cost = self.budget.price(self.budget.model, turn) if self.budget.price is not None else 0.0
         self.outcome.cost_usd += cost
         return cost
 

@@ -18,12 +18,14 @@ from app.cli.support import redis_for, with_services
 from app.core.config import Settings
 from app.core.domain import Event, Run, RunState, Trigger
 from app.core.errors import RoutinesError
+from app.core.redact import redact_logs
 from app.triggers.dispatch import named_repo
 
 if TYPE_CHECKING:
     from app.services import Services
 
 log = logging.getLogger("routines")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -31,7 +33,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
 
     from app.web import server as web_server
     from app.web.app import create_app
-    from app.worker.main import create_worker
+    from app.worker.worker import create_worker
 
     with redis_for(settings, say=print) as s:
 
@@ -58,12 +60,16 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     from app.web.app import create_app
 
     _require_redis(settings)
+    if args.processes > 1:  # uvicorn's own supervisor: N processes accepting on one socket
+        options = server.options(log_level="info", workers=args.processes, factory=True)
+        uvicorn.run("app.web.app:from_environment", host=settings.host, port=settings.port, **options)
+        return 0
     uvicorn.Server(server.config(create_app(settings), settings.host, settings.port, log_level="info")).run()
     return 0
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from app.worker.main import create_worker
+    from app.worker.worker import create_worker
 
     _require_redis(settings)
 
@@ -277,7 +283,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="routines", description="Run repo-bound AI coding routines.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("dev", help="web + worker in one process (embedded Redis when REDIS_URL is unset)")
-    sub.add_parser("web", help="the web process (webhooks, API, run pages)")
+    web = sub.add_parser("web", help="the web process (webhooks, API, run pages)")
+    web.add_argument("--processes", type=int, default=1, help="web processes sharing the port (default 1)")
     sub.add_parser("worker", help="a worker process (runs routines)")
     run = sub.add_parser("run", help="run a routine now, in the foreground")
     run.add_argument("name")
@@ -323,23 +330,12 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
 COMMANDS.update(cli_lifecycle.COMMANDS)
 
 
-def redact_logs(settings: Settings) -> None:
-    """Every log line passes through a redactor that knows this process's own secrets."""
-    from app.core.redact import Redactor, redacting_filter
-
-    redactor = Redactor()
-    for name, value in settings.own_secrets():
-        redactor.add(name, value)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(redacting_filter(redactor))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         settings = Settings.from_env()
-        redact_logs(settings)
+        redact_logs(settings.own_secrets())
         return COMMANDS[args.command](settings, args)
     except RoutinesError as exc:
         print(f"routines: {exc}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -189,6 +189,34 @@ class EventSink(Protocol):
     """What the agent loop and runner record into: one run's event log."""
 
     async def emit(self, type: str, data: JSON) -> None: ...
+
+
+Emit = Callable[[str, JSON], Awaitable[None]]
+"""One event into a run's log: `await emit(type, data)` (an EventSink's `emit`)."""
+
+
+class StoredSecret(Protocol):
+    """A secret as the vault keeps it: its value and the domains it may be sent to."""
+
+    @property
+    def value(self) -> str: ...
+
+    @property
+    def domains(self) -> tuple[str, ...]: ...
+
+
+class SecretLookup(Protocol):
+    """Where current secret values come from (the vault). `get` raises when the secret is gone."""
+
+    async def get(self, name: str) -> StoredSecret: ...
+
+
+class Secrets(SecretLookup, Protocol):
+    """The vault as a run's boundary uses it: values, and the run's placeholders standing in for them."""
+
+    async def placeholders(self, run_id: str, names: Sequence[str]) -> dict[str, str]:
+        """A placeholder per name, fixed for the run and as long as the value (what the sandbox sees)."""
+        ...
 
 
 class Checkout(Protocol):

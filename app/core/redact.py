@@ -130,3 +130,13 @@ class RedactingFilter(logging.Filter):
 
 def redacting_filter(redactor: Redactor) -> logging.Filter:
     return RedactingFilter(redactor)
+
+
+def redact_logs(secrets: list[tuple[str, str]]) -> None:
+    """Every log line of this process passes through a redactor that knows its own `secrets` (name, value):
+    the root logger's handlers are given the filter (set up logging first)."""
+    redactor = Redactor()
+    for name, value in secrets:
+        redactor.add(name, value)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redacting_filter(redactor))

@@ -5,36 +5,85 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from app.agent.connectors import SecretLookup
 from app.agent.loop import AgentOutcome
 from app.agent.memory import MemoryStore
 from app.core.domain import JSON, Event, Routine, Run
-from app.core.ports import Boundary, Checkout, Credentials, Forge, ModelClient, Redacts, RepoInfo, Store, Workspaces
+from app.core.ports import (
+    Boundary,
+    Checkout,
+    Credentials,
+    Emit,
+    Forge,
+    ModelClient,
+    Redacts,
+    RepoInfo,
+    SecretLookup,
+    Store,
+    Workspaces,
+)
 from app.run.outputs import ForgeOutputs, PullInfo
 
 
-@dataclass
+class Price(Protocol):
+    def __call__(self, model: str, usage: dict[str, int]) -> float:
+        """The price in dollars of `usage` (the four token counts, web searches) on `model`."""
+        ...
+
+
+class CodeHosts(Protocol):
+    """Where a run's repository lives: the forge of a repository, what that forge can deliver (reviews,
+    issues; None for a local forge), and the mirrors and checkouts."""
+
+    @property
+    def workspaces(self) -> Workspaces: ...
+
+    def forge_for(self, repo: str) -> Forge: ...
+
+    def outputs_for(self, forge: Forge) -> ForgeOutputs | None: ...
+
+
+class Sandboxes(Protocol):
+    """Opens one run's boundary: its sandbox, egress proxy and placeholders."""
+
+    async def open(self, run_id: str, routine: Routine, run_dir: Path, emit: Emit, redactor: Redacts) -> Boundary: ...
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Where runs work (`work_dir/<run>`), how a run's page is linked, how long one command may take."""
+
+    work_dir: Path
+    run_url: Callable[[str], str]
+    command_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class Reporting:
+    """How a run tells about itself: a redactor that knows the process's secrets, a cancel flag to poll,
+    and, once it ended, its tracking comment (`on_finished`) and notifications (`notify`)."""
+
+    redactor: Callable[[], Redacts]
+    cancel_check: Callable[[str], Callable[[], Awaitable[bool]]] | None = None
+    on_finished: Callable[[Run], Awaitable[None]] | None = None
+    notify: Callable[[Routine, Run, list[tuple[str, str]]], Awaitable[list[JSON]]] | None = None
+
+
+@dataclass(frozen=True)
 class RunnerDeps:
-    """Everything a run touches, passed in (services.py builds the real ones, tests their own)."""
+    """Everything a run touches, passed in (services.py builds the real ones)."""
 
     store: Store
     routine: Callable[[str], Routine]
-    forge_for: Callable[[str], Forge]
-    workspaces: Workspaces
-    boundary: Callable[[str, Routine, Path, Callable[[str, JSON], Awaitable[None]], Redacts], Awaitable[Boundary]]
-    redactor: Callable[[], Redacts]
+    code: CodeHosts
+    sandboxes: Sandboxes
     model: ModelClient
-    run_url: Callable[[str], str]
-    work_dir: Path
-    price: Callable[[str, dict[str, int]], float]
-    command_timeout_s: float = 600.0
-    on_finished: Callable[[Run], Awaitable[None]] | None = None
+    price: Price
+    settings: RunSettings
+    reporting: Reporting
     memory_store: MemoryStore | None = None
     connector_secret: SecretLookup | None = None
-    outputs_for: Callable[[Forge], ForgeOutputs | None] = lambda forge: None
-    notify: Callable[[Routine, Run, list[tuple[str, str]]], Awaitable[list[JSON]]] | None = None
-    cancel_check: Callable[[str], Callable[[], Awaitable[bool]]] | None = None
 
 
 class RunEvents:

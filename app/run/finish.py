@@ -42,8 +42,8 @@ async def deliver_and_record(ctx: RunContext, deps: RunnerDeps, error: str | Non
     else:
         final = await deps.store.transition(ctx.run.id, state, **fields)
     await _notify(ctx, deps, final)
-    if deps.on_finished is not None:
-        await deps.on_finished(final)
+    if deps.reporting.on_finished is not None:
+        await deps.reporting.on_finished(final)
     return final
 
 
@@ -67,14 +67,13 @@ async def _deliver_all(
 def _footer(ctx: RunContext, deps: RunnerDeps) -> str:
     outcome = ctx.outcome
     turns, cost = (outcome.turns, outcome.cost_usd) if outcome else (0, 0.0)
-    return (
-        f"Routine `{ctx.routine.name}` · run [{ctx.run.id}]({deps.run_url(ctx.run.id)}) · {turns} turns · ${cost:.4f}"
-    )
+    link = f"[{ctx.run.id}]({deps.settings.run_url(ctx.run.id)})"
+    return f"Routine `{ctx.routine.name}` · run {link} · {turns} turns · ${cost:.4f}"
 
 
 async def _deliver_review(ctx: RunContext, deps: RunnerDeps, *, incomplete: bool) -> dict[str, Any] | None:
     """A review routine posts its review on the pull request; it never pushes."""
-    forge = deps.outputs_for(ctx.forge) if ctx.forge is not None else None
+    forge = deps.code.outputs_for(ctx.forge) if ctx.forge is not None else None
     summary = (ctx.outcome.summary if ctx.outcome else "").strip()
     if forge is None or ctx.repo is None or ctx.pull is None or not summary:
         await ctx.events.emit("output.none", {"reason": "no review to post"})
@@ -91,7 +90,7 @@ async def _deliver_review(ctx: RunContext, deps: RunnerDeps, *, incomplete: bool
 
 async def _deliver_report(ctx: RunContext, deps: RunnerDeps, *, error: str | None) -> dict[str, Any] | None:
     """An issue routine keeps one report issue up to date, also when the run failed."""
-    forge = deps.outputs_for(ctx.forge) if ctx.forge is not None else None
+    forge = deps.code.outputs_for(ctx.forge) if ctx.forge is not None else None
     if forge is None or ctx.repo is None:
         raise ConfigError(f"routine {ctx.routine.name!r} has outputs.issue, which needs a GitHub repository")
     summary = ctx.events.redactor.text(ctx.outcome.summary if ctx.outcome else "")
@@ -103,11 +102,11 @@ async def _deliver_report(ctx: RunContext, deps: RunnerDeps, *, error: str | Non
 
 
 async def _notify(ctx: RunContext, deps: RunnerDeps, final: Run) -> None:
-    if not ctx.routine.outputs.get("notify") or deps.notify is None:
+    if not ctx.routine.outputs.get("notify") or deps.reporting.notify is None:
         return
     if final.pull_request is not None:
         ctx.links.insert(0, (f"draft PR #{final.pull_request.number}", final.pull_request.url))
-    results = await deps.notify(ctx.routine, final, ctx.links)
+    results = await deps.reporting.notify(ctx.routine, final, ctx.links)
     await ctx.events.emit("output.notify", {"targets": results})
 
 
@@ -120,7 +119,7 @@ async def _deliver(ctx: RunContext, deps: RunnerDeps, *, incomplete: bool, error
         return None
     routine, run = ctx.routine, ctx.run
     title = _title(routine, ctx.outcome, incomplete)
-    sha = await ctx.checkout.commit(f"{title}\n\nRun: {deps.run_url(run.id)}", *AUTHOR)
+    sha = await ctx.checkout.commit(f"{title}\n\nRun: {deps.settings.run_url(run.id)}", *AUTHOR)
     if sha is None:
         return None
     follow_up = run.trigger.data.get("branch") if run.trigger.data.get("follow_up") else None
@@ -178,7 +177,7 @@ def pr_body(ctx: RunContext, deps: RunnerDeps, changed: list[str], *, incomplete
     turns = outcome.turns if outcome else 0
     lines += [
         "---",
-        f"Routine `{ctx.routine.name}` · run [{ctx.run.id}]({deps.run_url(ctx.run.id)}) · "
+        f"Routine `{ctx.routine.name}` · run [{ctx.run.id}]({deps.settings.run_url(ctx.run.id)}) · "
         f"{turns} turns · ${cost:.4f} · {len(changed)} files changed",
         "",
         "_Opened as a draft by Routines. Review before merging; Routines never merges._",

@@ -8,18 +8,17 @@ effort: every failure is logged and returned, never raised, and no URL is ever l
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
 
 from app.core.domain import Run, RunState
+from app.core.ports import SecretLookup
 
 log = logging.getLogger(__name__)
 
-SecretLookup = Callable[[str], str | Awaitable[str]]
 MAX_TEXT_CHARS = 3000  # Slack truncates longer messages; keep the outcome readable
 MAX_REASON_CHARS = 200
 _STATE_WORDS = {
@@ -48,7 +47,7 @@ async def notify(
     timeout_s: float = 10.0,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> list[Notified]:
-    """Post `text` to each `slack:SECRET_NAME` target; `secret(name)` (sync or async) gives the webhook URL."""
+    """Post `text` to each `slack:SECRET_NAME` target; the secret's value (from `secret`, the vault) is the URL."""
     results: list[Notified] = []
     async with httpx.AsyncClient(timeout=timeout_s, transport=transport, follow_redirects=False) as client:
         for target in targets:
@@ -64,8 +63,7 @@ async def _post(client: httpx.AsyncClient, target: str, text: str, secret: Secre
     if kind != "slack" or not name:
         return Notified(target, False, "not slack:SECRET_NAME; write the target like slack:ENG_WEBHOOK")
     try:
-        found = secret(name)
-        url = await found if inspect.isawaitable(found) else found
+        url = (await secret.get(name)).value
     except Exception as exc:  # a vault failure must not fail the run
         return Notified(target, False, f"secret {name} could not be read ({type(exc).__name__})")
     if not isinstance(url, str) or not url.startswith(("https://", "http://")):

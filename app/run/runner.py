@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 from app.agent.connectors import open_connectors
-from app.agent.loop import Agent, AgentOutcome
+from app.agent.loop import Agent, AgentOutcome, Budget, Hooks
 from app.agent.memory import Memory
 from app.agent.prompts import build_first_message, build_system, fence
 from app.agent.tools import Toolbox
-from app.core.domain import JSON, Event, Run, RunState
+from app.core.domain import JSON, Event, Routine, Run, RunState
 from app.core.errors import ConfigError, RoutinesError
 from app.core.ports import Hands
 from app.run.context import RunContext, RunEvents, RunnerDeps
@@ -38,7 +38,7 @@ async def execute(run_id: str, deps: RunnerDeps) -> Run:
     run = await deps.store.get_run(run_id)
     if run.state.terminal:
         return run
-    events = RunEvents(deps.store, run_id, deps.redactor())
+    events = RunEvents(deps.store, run_id, deps.reporting.redactor())
     ctx = RunContext(run=run, routine=deps.routine(run.routine), events=events)
     try:
         if run.state is RunState.QUEUED:
@@ -65,7 +65,7 @@ async def execute(run_id: str, deps: RunnerDeps) -> Run:
 
 
 async def _resolve(ctx: RunContext, deps: RunnerDeps) -> None:
-    ctx.forge = deps.forge_for(ctx.run.repo)
+    ctx.forge = deps.code.forge_for(ctx.run.repo)
     ctx.repo = await ctx.forge.resolve(ctx.run.repo)
     await ctx.events.emit(
         "run.repo", {"repo": ctx.repo.full_name, "forge": ctx.forge.name, "default_branch": ctx.repo.default_branch}
@@ -88,12 +88,12 @@ async def _workspace(ctx: RunContext, deps: RunnerDeps) -> None:
     base = await _pull_to_review(ctx, deps) if ctx.routine.outputs.get("review") else None
     follow_up_branch = ctx.run.trigger.data.get("branch") if ctx.run.trigger.data.get("follow_up") else None
     base = base or follow_up_branch or ctx.routine.base or ctx.repo.default_branch
-    mirror = await deps.workspaces.ensure(ctx.repo.clone_url, ctx.creds)
-    dest = deps.work_dir / ctx.run.id / "repo"
+    mirror = await deps.code.workspaces.ensure(ctx.repo.clone_url, ctx.creds)
+    dest = deps.settings.work_dir / ctx.run.id / "repo"
     if ctx.history is not None:
         base = _recorded_base(ctx.history) or base
-        await asyncio.to_thread(deps.workspaces.discard, dest)
-    ctx.checkout = await deps.workspaces.checkout(mirror, base, dest)
+        await asyncio.to_thread(deps.code.workspaces.discard, dest)
+    ctx.checkout = await deps.code.workspaces.checkout(mirror, base, dest)
     ready: JSON = {"base": base, "commit": ctx.checkout.base_commit, "seconds": round(time.monotonic() - started, 3)}
     await ctx.events.emit("workspace.ready", ready)
     if ctx.history is not None:
@@ -174,7 +174,7 @@ async def _pull_to_review(ctx: RunContext, deps: RunnerDeps) -> str:
             f"routine {run.routine!r} reviews pull requests but run {run.id} was not fired by a pull request "
             "event; fire it from on.github.pull_request"
         )
-    outputs = deps.outputs_for(ctx.forge) if ctx.forge is not None else None
+    outputs = deps.code.outputs_for(ctx.forge) if ctx.forge is not None else None
     if outputs is None or ctx.repo is None:
         raise ConfigError(f"routine {run.routine!r} has outputs.review, which needs a GitHub repository")
     ctx.pull = await outputs.read_pull(ctx.repo, number, ctx.creds)
@@ -189,8 +189,8 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
     if ctx.checkout is None or ctx.repo is None:
         return
     routine = ctx.routine
-    run_dir = deps.work_dir / ctx.run.id
-    boundary = await deps.boundary(ctx.run.id, routine, run_dir, ctx.events.emit, ctx.events.redactor)
+    run_dir = deps.settings.work_dir / ctx.run.id
+    boundary = await deps.sandboxes.open(ctx.run.id, routine, run_dir, ctx.events.emit, ctx.events.redactor)
     try:
         if boundary.sandbox.name == "local":
             await ctx.events.emit(
@@ -204,23 +204,11 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
                 toolbox = Toolbox(
                     routine.tools,
                     hands=hands,
-                    command_timeout_s=deps.command_timeout_s,
+                    command_timeout_s=deps.settings.command_timeout_s,
                     memory=await _memory(ctx, deps, run_dir),
                     connectors=connectors,
                 )
-                agent = Agent(
-                    deps.model,
-                    toolbox,
-                    ctx.events,
-                    model_name=routine.model,
-                    max_turns=routine.limits.max_turns,
-                    max_minutes=routine.limits.max_minutes,
-                    max_cost_usd=routine.limits.max_cost_usd,
-                    price=deps.price,
-                    cancelled=deps.cancel_check(ctx.run.id) if deps.cancel_check else None,
-                    inbox=lambda: deps.store.take_messages(ctx.run.id),
-                    after_tools=lambda turn: _checkpoint(ctx, hands, turn),
-                )
+                agent = Agent(deps.model, toolbox, ctx.events, _budget(routine, deps), hooks=_hooks(ctx, deps, hands))
                 system = build_system(routine, workspace=hands.workdir)
                 first = build_first_message(ctx.run.trigger)
                 if ctx.pull is not None:
@@ -237,6 +225,20 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
     outcome = ctx.outcome
     await deps.store.update(
         ctx.run.id, turns=outcome.turns, usage=outcome.usage, cost_usd=outcome.cost_usd, summary=outcome.summary
+    )
+
+
+def _budget(routine: Routine, deps: RunnerDeps) -> Budget:
+    limits = routine.limits
+    return Budget(routine.model, limits.max_turns, limits.max_minutes, limits.max_cost_usd, price=deps.price)
+
+
+def _hooks(ctx: RunContext, deps: RunnerDeps, hands: Hands) -> Hooks:
+    check = deps.reporting.cancel_check
+    return Hooks(
+        cancelled=check(ctx.run.id) if check is not None else None,
+        inbox=lambda: deps.store.take_messages(ctx.run.id),
+        after_tools=lambda turn: _checkpoint(ctx, hands, turn),
     )
 
 

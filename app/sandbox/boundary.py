@@ -6,23 +6,20 @@ import logging
 import shutil
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.core.domain import JSON, Routine
 from app.core.errors import ConfigError
-from app.core.ports import Redacts, Sandbox
+from app.core.ports import Emit, Redacts, Sandbox, SecretLookup, Secrets, StoredSecret
 from app.sandbox.bwrap import BwrapSandbox
 from app.sandbox.egress.ca import RunCA, system_bundle
-from app.sandbox.egress.policy import EgressPolicy, SecretLookup, SystemResolver, live_secrets
+from app.sandbox.egress.policy import EgressPolicy, SystemResolver, live_secrets
 from app.sandbox.egress.proxy import EgressProxy
 from app.sandbox.local import LocalSandbox
-from app.store.vault import Secret, Vault
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[str, JSON], Awaitable[None]]
 
 
 @dataclass
@@ -45,11 +42,11 @@ class RunBoundary:
 class _RedactingLookup:
     """Vault reads for the proxy that also teach the run's redactor each value it hands out (rotation too)."""
 
-    def __init__(self, vault: Vault, redactor: Redacts) -> None:
+    def __init__(self, vault: SecretLookup, redactor: Redacts) -> None:
         self.vault = vault
         self.redactor = redactor
 
-    async def get(self, name: str) -> Secret:
+    async def get(self, name: str) -> StoredSecret:
         secret = await self.vault.get(name)
         self.redactor.add(name, secret.value)
         return secret
@@ -63,7 +60,7 @@ class Boundaries:
         *,
         kind: str,
         max_output_bytes: int,
-        vault: Vault | None,
+        vault: Secrets | None,
         resolver: SystemResolver | None = None,
         upstream_ca_file: Path | None = None,
     ) -> None:
@@ -140,5 +137,5 @@ class Boundaries:
 
 
 class _NoVault:
-    async def get(self, name: str) -> Secret:
+    async def get(self, name: str) -> StoredSecret:
         raise ConfigError(f"secret {name} cannot be read: no vault is configured")

@@ -38,7 +38,7 @@ def free_port() -> int:
 
 def serve_in_thread(app: Any, port: int | None = None, http: Any = "auto") -> Served:
     """Start `app` with uvicorn on 127.0.0.1 (an ephemeral port unless given); returns once it accepts.
-    `http`: uvicorn's protocol (the web process's is `app.web.server.WebhookProtocol`)."""
+    `http`: uvicorn's HTTP implementation (the web process uses "httptools")."""
     port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="auto", http=http)
     server = uvicorn.Server(config)

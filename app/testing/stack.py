@@ -44,7 +44,7 @@ class WorkerThread:
         self._loop.run_until_complete(self._serve())
 
     async def _serve(self) -> None:
-        from app.worker.main import create_worker
+        from app.worker.worker import create_worker
 
         worker = create_worker(self.settings, handle_signals=False)
         self._task = asyncio.current_task()
@@ -113,7 +113,6 @@ def running_stack(
 ) -> Iterator[Stack]:
     """Start the test GitHub (one installation for `acme`), the test Anthropic, web and a worker."""
     from app.web.app import create_app
-    from app.web.server import WebhookProtocol
 
     with ExitStack() as stack:
         github = GitHubState(root / "github")
@@ -137,7 +136,7 @@ def running_stack(
             public_url=f"http://127.0.0.1:{web_port}",
             **{**defaults, **overrides},
         )
-        web = stack.enter_context(serve_in_thread(create_app(settings), port=web_port, http=WebhookProtocol))
+        web = stack.enter_context(serve_in_thread(create_app(settings), port=web_port, http="httptools"))
         if worker:
             stack.callback(WorkerThread(settings).start().stop)
         yield Stack(settings, github, anthropic, web.url, installation)

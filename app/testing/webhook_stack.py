@@ -29,7 +29,8 @@ from app.store.runs import RedisStore
 from app.testing.github_server import GitHubState
 from app.testing.github_server import create_app as github_app
 from app.testing.serve import Served, free_port, serve_in_thread
-from app.triggers.deliveries import DELIVERY_JOB, handle_delivery
+from app.triggers.intake import DELIVERY_JOB, DeliveryPump
+from app.worker.jobs import handle_delivery
 
 SECRET = "test-webhook-secret"
 
@@ -65,6 +66,11 @@ class HookStack:
 
     async def _drain(self) -> list[Run]:
         settings = self.settings
+        pool = queue.connect(settings.redis_url or "")
+        try:
+            await DeliveryPump(pool).drain()  # what each worker's pump does, once
+        finally:
+            await pool.aclose()
 
         async def startup(ctx: dict[str, Any]) -> None:
             ctx["services"] = await build(settings)
@@ -95,13 +101,10 @@ class HookStack:
 
 
 @contextmanager
-def webhook_stack(
-    root: Path, redis_url: str, *, routines_dir: Path, asgi: bool = False, **overrides: Any
-) -> Iterator[HookStack]:
+def webhook_stack(root: Path, redis_url: str, *, routines_dir: Path, **overrides: Any) -> Iterator[HookStack]:
     """Start the test GitHub (one installation for `acme`) and a web process with a webhook secret, served
-    as `routines web` serves it (`asgi`: the webhook through uvicorn's plain ASGI protocol instead)."""
+    as `routines web` serves it."""
     from app.web.app import create_app
-    from app.web.server import WebhookProtocol
 
     with ExitStack() as stack:
         github = GitHubState(root / "github")
@@ -121,6 +124,5 @@ def webhook_stack(
             **overrides,
         }
         settings = Settings(**fields)
-        protocol = "httptools" if asgi else WebhookProtocol
-        web = stack.enter_context(serve_in_thread(create_app(settings), port=port, http=protocol))
+        web = stack.enter_context(serve_in_thread(create_app(settings), port=port, http="httptools"))
         yield HookStack(settings, github, web.url, installation, web)

@@ -24,7 +24,7 @@ from redis import asyncio as aioredis
 from app.core.domain import JSON
 from app.core.errors import ForgeError
 from app.forge.github_app import GitHubApp
-from app.triggers.deliveries import claimed
+from app.triggers.intake import claimed
 
 if TYPE_CHECKING:
     from app.services import Services

@@ -10,23 +10,33 @@ from typing import Any
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.core.config import Settings
 from app.core.errors import StoreError
+from app.core.redact import redact_logs
 from app.services import Services, build
 from app.web import api, pages, routines_api, secrets_api, setup, webhooks
 
 log = logging.getLogger(__name__)
 
 
+def from_environment() -> Starlette:
+    """The app of one of several web processes (`routines web --processes N`, which uvicorn starts by this
+    name): settings from the environment, log lines redacted as in `routines web`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    redact_logs(settings.own_secrets())
+    return create_app(settings)
+
+
 def create_app(settings: Settings, services: Services | None = None) -> Starlette:
     """The ASGI app. Resources are built in the lifespan unless `services` is given (then not closed).
 
-    The lifespan state holds `services` and `webhook` (the app's `GitHubWebhook`, which the web process's
-    `WebhookProtocol` answers from)."""
+    The lifespan state holds `services` and `webhook` (the app's `GitHubWebhook`)."""
     webhook = webhooks.GitHubWebhook()
 
     @asynccontextmanager
@@ -69,6 +79,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             *pages.routes,
             Route(webhooks.PATH, webhook, methods=["POST"]),
         ],
+        middleware=[Middleware(webhooks.WebhookFirst, webhook=webhook)],
         lifespan=lifespan,
         exception_handlers={StoreError: store_down, RedisError: store_down, HTTPException: http_error},
     )

@@ -7,20 +7,18 @@ Contract (what GitHub sees):
 - 413 past 25 MB (GitHub's own cap), counted while reading, whatever Content-Length says.
 - 400 for a body that is not a JSON object, or without X-GitHub-Event / X-GitHub-Delivery.
 - 200 for `ping`; 202 for an event no routine listens to (ignored, logged).
-- 202 once the delivery is claimed, stored and queued (one Redis round trip); 200 for a
-  delivery claimed before (a redelivery is acknowledged, never run twice). A 2xx has no body;
+- 202 once the delivery is claimed, stored and taken in (one Redis round trip, app.triggers.intake);
+  200 for a delivery claimed before (a redelivery is acknowledged, never run twice). A 2xx has no body;
   its `X-Routines-Delivery` header says what happened (`pong`, `queued`, `duplicate: …`, `ignored: …`).
 - 503 when Redis is unreachable: never 2xx, so GitHub marks the delivery failed and the
   recovery sweep has it redelivered.
 
-`GitHubWebhook.reply` holds the whole decision; the web process's `WebhookProtocol` calls it
-straight from uvicorn's parser (the hot path), and the ASGI endpoint (`GitHubWebhook.__call__`)
-serves the cases that protocol hands to ASGI.
+`GitHubWebhook.reply` holds the whole decision; `GitHubWebhook.__call__` serves it as a plain ASGI
+endpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import time
@@ -28,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.errors import StoreError
 from app.triggers.followups import EVENTS as FOLLOW_UP_EVENTS
@@ -57,7 +55,7 @@ _JSON_OBJECT = msgspec.json.Decoder(_AnyObject)
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What the webhook answers, whichever of the protocol or the ASGI endpoint writes it."""
+    """What the webhook answers."""
 
     status: int
     headers: Headers
@@ -142,7 +140,7 @@ def verify_signature(secret: bytes, body: bytes, header: str | None) -> None:
         raise _refuse(401, "X-Hub-Signature-256 is missing; set a webhook secret in the GitHub App settings")
     if not header.startswith("sha256="):
         raise _refuse(401, "X-Hub-Signature-256 is not of the form sha256=<hex>")
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    expected = hmac.digest(secret, body, "sha256").hex()  # OpenSSL's one-shot HMAC
     if not hmac.compare_digest(header[7:].encode(), expected.encode()):
         raise _refuse(401, "X-Hub-Signature-256 does not match the body; check GITHUB_WEBHOOK_SECRET")
 
@@ -171,10 +169,12 @@ class GitHubWebhook:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             body = await read_body(receive, declared_length(scope["headers"]))
+            reply = await self.reply(scope["state"]["services"], scope["headers"], body)
         except _Refused as refusal:
             reply = refusal.reply
-        else:
-            reply = await self.reply(scope["state"]["services"], scope["headers"], body)
+        except Exception as exc:  # the web layer's catch-all: GitHub sees a 500 and redelivers later
+            log.exception("the webhook failed")
+            reply = refused(500, f"internal error: {type(exc).__name__}")
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
         await send({"type": "http.response.body", "body": reply.body})
 
@@ -211,3 +211,19 @@ class GitHubWebhook:
         if not queued:
             return 200, "duplicate: claimed before, not run again"
         return 202, "queued"
+
+
+class WebhookFirst:
+    """An ASGI middleware that hands `POST /webhooks/github` to the webhook before Starlette's router and
+    exception middleware (the route is still there, for anything that walks the routes): GitHub's
+    deliveries are the one hot path of the web process, and they carry no exception for those to map."""
+
+    def __init__(self, app: ASGIApp, webhook: GitHubWebhook) -> None:
+        self.app = app
+        self.webhook = webhook
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST":
+            await self.webhook(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -11,7 +11,7 @@ import pytest
 from redis import asyncio as aioredis
 
 from app.agent.connectors import MAX_REOPENS, ConnectorError, open_connectors
-from app.agent.loop import Agent
+from app.agent.loop import Agent, Budget
 from app.agent.tools import Toolbox
 from app.core.domain import JSON, Connector
 from app.core.ports import Hands
@@ -79,9 +79,9 @@ async def test_the_model_calls_a_connector_tool_and_every_step_is_an_event(
         ]
     )
     model, events, redactor = ScriptedModel(script), Recorder(), Redactor()
-    async with open_connectors([tracker(server)], vault.get, redactor=redactor, emit=events.emit) as connectors:
+    async with open_connectors([tracker(server)], vault, redactor=redactor, emit=events.emit) as connectors:
         toolbox = Toolbox(["bash"], hands=shell, connectors=connectors)
-        agent = Agent(model, toolbox, events, model_name="claude-sonnet-4-6", max_turns=5, max_minutes=1)
+        agent = Agent(model, toolbox, events, Budget("claude-sonnet-4-6", 5, 1))
         outcome = await agent.run([text("Find the crash.")], "Go.")
 
     assert outcome.error is None and outcome.summary == "ENG-1 is the crash."
@@ -110,7 +110,7 @@ async def tracker_toolbox(
     """A toolbox with the tracker connector open on a server the test may stop (and start again)."""
     served = serve_in_thread(create_app(state))
     try:
-        async with open_connectors([tracker(served)], vault.get, call_timeout_s=5) as connectors:
+        async with open_connectors([tracker(served)], vault, call_timeout_s=5) as connectors:
             yield served, Toolbox([], hands=shell, connectors=connectors)
     finally:
         served.stop()
@@ -152,7 +152,7 @@ async def test_a_connector_is_opened_again_at_most_max_reopens_times(
 async def test_bad_arguments_come_back_as_tool_errors(
     server: Served, vault: Vault, shell: Hands, tmp_path: Path
 ) -> None:
-    async with open_connectors([tracker(server)], vault.get) as connectors:
+    async with open_connectors([tracker(server)], vault) as connectors:
         toolbox = Toolbox([], hands=shell, connectors=connectors)
         out = await toolbox.execute({"id": "t", "name": "tracker__search_issues", "input": {"q": 1}})
     assert out.is_error and "query" in out.output
@@ -161,7 +161,7 @@ async def test_bad_arguments_come_back_as_tool_errors(
 async def test_a_refused_token_fails_opening_without_showing_it(server: Served, state: McpState, vault: Vault) -> None:
     state.tokens = {"something-else-entirely"}
     with pytest.raises(ConnectorError) as caught:
-        async with open_connectors([tracker(server)], vault.get):
+        async with open_connectors([tracker(server)], vault):
             pass
     assert "refused the secret TRACKER_TOKEN (401)" in str(caught.value)
     assert TOKEN not in str(caught.value)
@@ -169,10 +169,10 @@ async def test_a_refused_token_fails_opening_without_showing_it(server: Served, 
 
 async def test_a_secret_goes_only_to_its_own_domains(server: Served, state: McpState, vault: Vault) -> None:
     with pytest.raises(ConnectorError, match=r"OTHER_TOKEN may only be sent to mcp.linear.app, not 127.0.0.1"):
-        async with open_connectors([tracker(server, "OTHER_TOKEN")], vault.get):
+        async with open_connectors([tracker(server, "OTHER_TOKEN")], vault):
             pass
     with pytest.raises(ConnectorError, match="MISSING_TOKEN"):
-        async with open_connectors([tracker(server, "MISSING_TOKEN")], vault.get):
+        async with open_connectors([tracker(server, "MISSING_TOKEN")], vault):
             pass
     with pytest.raises(ConnectorError, match="no vault is configured"):
         async with open_connectors([tracker(server)], None):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from app.agent.context import (
     prompt_tokens,
     with_cache_breakpoints,
 )
-from app.agent.loop import Agent, AgentOutcome
+from app.agent.loop import Agent, AgentOutcome, Budget, Window
 from app.agent.prompts import build_system
 from app.agent.tools import Toolbox
 from app.core.domain import JSON, Routine
@@ -82,16 +82,17 @@ def anthropic() -> Iterator[tuple[AnthropicState, Served]]:
         yield state, served
 
 
-def agent(model: object, shell: Hands, tmp_path: Path, events: Recorder, **kwargs: int) -> Agent:
-    return Agent(
-        model,  # type: ignore[arg-type]
-        Toolbox(["bash", "edit"], hands=shell),
-        events,
-        model_name="claude-sonnet-4-6",
-        max_turns=40,
-        max_minutes=10,
-        **kwargs,  # type: ignore[arg-type]
-    )
+def agent(
+    model: object,
+    shell: Hands,
+    tmp_path: Path,
+    events: Recorder,
+    price: Callable[[str, dict[str, int]], float] | None = None,
+    **kwargs: int,
+) -> Agent:
+    window = Window(kwargs.get("context_window_tokens"), kwargs.get("keep_tool_results", 3))
+    budget = Budget("claude-sonnet-4-6", 40, 10, price=price)
+    return Agent(model, Toolbox(["bash", "edit"], hands=shell), events, budget, window=window)  # type: ignore[arg-type]
 
 
 def test_windows_by_model_prefix() -> None:
@@ -201,8 +202,7 @@ async def test_when_clearing_is_not_enough_the_conversation_is_compacted(shell: 
     done = ModelResponse([{"type": "text", "text": "Done after compaction."}], "end_turn")
     model = OrderedModel([big_reply(1), big_reply(2), big_reply(3), big_reply(4), done])
     events = Recorder()
-    a = agent(model, shell, tmp_path, events, context_window_tokens=3000)
-    a.price = lambda _m, usage: usage["input_tokens"] / 1e6
+    a = agent(model, shell, tmp_path, events, lambda _m, usage: usage["input_tokens"] / 1e6, context_window_tokens=3000)
     outcome = await a.run([text("system")], "Fix a.txt and b.txt.")
 
     assert outcome.summary == "Done after compaction." and outcome.error is None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.agent.loop import Agent, AgentOutcome
+from app.agent.loop import Agent, AgentOutcome, Budget, Window
 from app.agent.tools import Toolbox
 from app.core.domain import JSON
 from app.core.errors import ModelError
@@ -73,16 +73,15 @@ async def shell(tmp_path: Path) -> AsyncIterator[Hands]:
 async def run(model: CannedModel, shell: Hands, tmp_path: Path, **limits: float) -> tuple[AgentOutcome, Recorder]:
     events = Recorder()
     toolbox = Toolbox(["bash", "edit"], hands=shell)
-    agent = Agent(
-        model,
-        toolbox,
-        events,
-        model_name="claude-test",
+    budget = Budget(
+        "claude-test",
         max_turns=int(limits.pop("max_turns", 10)),
         max_minutes=limits.pop("max_minutes", 30),
+        max_cost_usd=limits.pop("max_cost_usd", None),
         price=lambda _model, usage: usage["input_tokens"] / 1000 + usage["cache_read_input_tokens"] / 10_000,
-        **limits,  # type: ignore[arg-type]
     )
+    window = Window(tokens=int(limits["context_window_tokens"])) if "context_window_tokens" in limits else None
+    agent = Agent(model, toolbox, events, budget, window=window)
     return await agent.run([{"type": "text", "text": "system"}], "Fix the bug."), events
 
 
@@ -161,15 +160,7 @@ async def test_max_minutes_stops_the_run(shell: Hands, tmp_path: Path) -> None:
         return now[0]
 
     events = Recorder()
-    agent = Agent(
-        CannedModel(bash("true")),
-        Toolbox(["bash"], hands=shell),
-        events,
-        model_name="m",
-        max_turns=100,
-        max_minutes=5,
-        clock=clock,
-    )
+    agent = Agent(CannedModel(bash("true")), Toolbox(["bash"], hands=shell), events, Budget("m", 100, 5), clock=clock)
     outcome = await agent.run([], "go")
     assert outcome.limit == "max_minutes" and outcome.error is not None and "5 minutes" in outcome.error
     assert 0 < outcome.turns < 5
@@ -222,15 +213,8 @@ async def test_usage_sums_all_four_counts_and_each_is_priced(shell: Hands, tmp_p
         ModelResponse(bash("true").content, "tool_use", usage),
         ModelResponse([{"type": "text", "text": "Done."}], "end_turn", usage),
     )
-    agent = Agent(
-        model,
-        Toolbox(["bash"], hands=shell),
-        Recorder(),
-        model_name="claude-sonnet-4-6",
-        max_turns=5,
-        max_minutes=5,
-        price=Pricer({"claude-sonnet-4-6": Price(3, 15, 3.75, 0.3)}),
-    )
+    price = Pricer({"claude-sonnet-4-6": Price(3, 15, 3.75, 0.3)})
+    agent = Agent(model, Toolbox(["bash"], hands=shell), Recorder(), Budget("claude-sonnet-4-6", 5, 5, price=price))
     outcome = await agent.run([], "go")
     assert outcome.usage == {"web_search_requests": 0, **{key: 2 * value for key, value in usage.items()}}
     assert outcome.cost_usd == pytest.approx(2 * (1000 * 3 + 200 * 15 + 3000 * 3.75 + 40_000 * 0.3) / 1e6)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from redis import asyncio as aioredis
 
-from app.agent.loop import Agent
+from app.agent.loop import Agent, Budget
 from app.agent.memory import Memory, MemoryLimits, RedisMemoryStore
 from app.agent.tools import Toolbox
 from app.core.domain import JSON
@@ -99,7 +99,7 @@ async def test_the_next_run_of_the_routine_sees_what_the_last_one_kept(
     for n, script in enumerate((first, second)):
         toolbox = await run_toolbox(store, tmp_path / f"run{n}", shell)
         events = Recorder()
-        agent = Agent(ScriptedModel(script), toolbox, events, model_name="m", max_turns=4, max_minutes=1)
+        agent = Agent(ScriptedModel(script), toolbox, events, Budget("m", 4, 1))
         outcome = await agent.run([text("Keep notes.")], "Go.")
         assert outcome.error is None
         outputs += [d["output"] for t, d in events.events if t == "tool.result"]

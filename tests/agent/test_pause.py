@@ -1,7 +1,7 @@
 import copy
 from pathlib import Path
 
-from app.agent.loop import Agent
+from app.agent.loop import Agent, Budget
 from app.agent.tools import Toolbox
 from app.core.ports import ModelResponse
 from app.models.scripts import Turn, bash, check_messages, play, text, web_search
@@ -37,14 +37,7 @@ async def test_pause(tmp_path: Path):
     )
     shell = await LocalSandbox().hands(tmp_path, {})
     sink = Sink()
-    agent = Agent(
-        model,
-        Toolbox(["bash", "web_search"], hands=shell),
-        sink,
-        model_name="m",
-        max_turns=5,
-        max_minutes=1,
-    )
+    agent = Agent(model, Toolbox(["bash", "web_search"], hands=shell), sink, Budget("m", 5, 1))
     out = await agent.run([text("s")], "go")
     await shell.close()
     assert out.error is None and out.summary == "done"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.agent.loop import Agent
+from app.agent.loop import Agent, Budget
 from app.agent.tools import Toolbox, server_tool_events
 from app.core.ports import Hands
 from app.models.anthropic import AnthropicModel
@@ -218,7 +218,7 @@ async def test_server_tool_blocks_round_trip_through_the_sdk_and_the_test_server
     toolbox = Toolbox(["bash", "web_search", "web_fetch"], hands=shell)
     with serve_in_thread(create_app(state)) as served:
         async with AnthropicModel("test-key", served.url, max_retries=0) as model:
-            agent = Agent(model, toolbox, Sink(), model_name="claude-sonnet-4-6", max_turns=4, max_minutes=1)
+            agent = Agent(model, toolbox, Sink(), Budget("claude-sonnet-4-6", 4, 1))
             outcome = await agent.run([text("Research.")], "Go.")
     assert outcome.error is None and outcome.summary == "Done."
     sent = state.requests[0].body["tools"]

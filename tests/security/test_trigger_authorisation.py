@@ -17,7 +17,7 @@ import redis
 
 from app.testing.anthropic_server import Script, Turn, edit_create, text
 from app.testing.stack import Stack, running_stack
-from app.triggers.deliveries import claim_key
+from app.triggers.intake import claim_key
 
 JSON = dict[str, Any]
 SECRET = "webhook-secret-for-authorisation"

@@ -1,6 +1,6 @@
-"""The web process's uvicorn protocol: webhooks answered from the parser, everything else the ASGI way,
-checked over raw sockets against a real server and Redis (keep-alive, pipelining, close, chunked
-bodies, clients that leave, shutdown with an answer pending)."""
+"""The web process as `routines web` serves it (uvicorn's public Config, the webhook a plain ASGI endpoint),
+checked over raw sockets against a real server and Redis: keep-alive, pipelining, close, chunked
+bodies, clients that leave, shutdown with an answer pending."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from typing import Any, BinaryIO
 import pytest
 import redis
 from starlette.applications import Starlette
+from starlette.routing import Route
 
 from app.services import Services
 from app.testing.serve import serve_in_thread
 from app.testing.webhook_stack import SECRET, HookStack, webhook_stack
-from app.triggers.deliveries import claim_key, unpack_payload
-from app.web.server import WebhookProtocol
-from app.web.webhooks import GitHubWebhook, Headers, Reply
+from app.triggers.intake import claim_key, unpack_payload
+from app.web.webhooks import PATH, GitHubWebhook, Headers, Reply
 
 ROUTINE = "---\nname: labelled\nrepo: '*'\non:\n  github:\n    issues: {types: [labeled]}\n---\nFix.\n"
 BODY = json.dumps({"action": "labeled", "issue": {"number": 1, "title": "café ☕"}}).encode()
@@ -128,7 +128,7 @@ def test_a_chunked_body_is_gathered_whole(hooks: HookStack) -> None:
     assert stored(hooks, "ch-1") == BODY
 
 
-def test_expect_100_continue_goes_the_asgi_way_and_is_queued(hooks: HookStack) -> None:
+def test_expect_100_continue_is_answered_and_queued(hooks: HookStack) -> None:
     raw = request("e-1", extra="expect: 100-continue\r\n")
     head, body = raw.split(b"\r\n\r\n", 1)
     with connect(hooks) as conn, conn.makefile("rb") as stream:
@@ -205,10 +205,11 @@ class _Failing(GitHubWebhook):
 def test_an_unexpected_error_answers_500_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        yield {"services": object(), "webhook": _Failing()}
+        yield {"services": object()}
 
+    failing = Starlette(routes=[Route(PATH, _Failing(), methods=["POST"])], lifespan=lifespan)
     with (
-        serve_in_thread(Starlette(lifespan=lifespan), http=WebhookProtocol) as served,
+        serve_in_thread(failing, http="httptools") as served,
         socket.create_connection(("127.0.0.1", served.port), timeout=10) as conn,
         conn.makefile("rb") as stream,
     ):

@@ -48,14 +48,13 @@ def on_repo(hooks: HookStack, data: dict[str, Any], repo: str = "acme/api") -> d
     return data
 
 
-@pytest.fixture(params=["protocol", "asgi"])
-def hooks(request: pytest.FixtureRequest, tmp_path: Path, redis_url: str) -> Iterator[HookStack]:
-    """The web process as `routines web` serves it, and with the webhook through uvicorn's ASGI protocol
-    (what the web protocol falls back to): the same contract both ways."""
+@pytest.fixture
+def hooks(tmp_path: Path, redis_url: str) -> Iterator[HookStack]:
+    """The web process as `routines web` serves it."""
     routines = tmp_path / "routines"
     routines.mkdir()
     (routines / "labelled-fix.md").write_text(ROUTINE)
-    with webhook_stack(tmp_path, redis_url, routines_dir=routines, asgi=request.param == "asgi") as stack:
+    with webhook_stack(tmp_path, redis_url, routines_dir=routines) as stack:
         yield stack
 
 

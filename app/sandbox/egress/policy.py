@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from app.core.ports import SecretLookup
+
 log = logging.getLogger(__name__)
 
 # Package registries of the common ecosystems; a routine turns them off with `defaults=False`.
@@ -172,20 +174,6 @@ class SystemResolver:
         for info in infos:
             seen.setdefault(ipaddress.ip_address(str(info[4][0]).split("%")[0]), None)
         return [Resolved(ip) for ip in seen]
-
-
-class StoredSecret(Protocol):
-    @property
-    def value(self) -> str: ...
-
-    @property
-    def domains(self) -> tuple[str, ...]: ...
-
-
-class SecretLookup(Protocol):
-    """Where current values come from (the vault): `get` raises when a secret is gone."""
-
-    async def get(self, name: str) -> StoredSecret: ...
 
 
 def live_secrets(lookup: SecretLookup, placeholders: Mapping[str, str]) -> SecretsSource:

@@ -18,18 +18,18 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import h11
 
+from app.core.domain import JSON
+from app.core.ports import Emit
 from app.sandbox.egress.ca import RunCA
 from app.sandbox.egress.http import HttpStream, forward, respond, swap_headers
 from app.sandbox.egress.policy import EgressPolicy, Resolver, SystemResolver, forbidden_reason
 from app.sandbox.egress.relay import relay
 
 log = logging.getLogger(__name__)
-OnEvent = Callable[[str, dict[str, object]], Awaitable[None]]
 STREAM_LIMIT = 1024 * 1024
 CONNECT_TIMEOUT_S = 15.0
 
@@ -48,7 +48,7 @@ class EgressProxy:
         policy: EgressPolicy,
         *,
         ca: RunCA,
-        on_event: OnEvent | None = None,
+        on_event: Emit | None = None,
         resolver: Resolver | None = None,
         upstream_ca: ssl.SSLContext | None = None,
     ) -> None:
@@ -116,7 +116,7 @@ class EgressProxy:
             for upstream in upstreams.values():
                 await upstream.close()
 
-    async def _emit(self, type_: str, data: dict[str, object]) -> None:
+    async def _emit(self, type_: str, data: JSON) -> None:
         if self.on_event is None:
             return
         try:

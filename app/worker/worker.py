@@ -1,0 +1,118 @@
+"""The arq worker: runs jobs and periodic tasks, owns its resources from startup to shutdown.
+
+Schedules fire exactly once however many workers run: every worker ticks, reads the shared last-tick
+time from Redis, asks the scheduler for the slots due in (last, now], and enqueues one `fire_slot` job
+per slot with the job id `<routine>:<slot_ms>`. arq refuses a job id that is queued, running or has a
+kept result, atomically, so a slot seen by several workers is enqueued once; the kept result
+(`SLOT_KEEP_S`) outlives any window that can cover the slot again, because the last-tick time only
+moves forward. The run ids travel in the job, so a retried `fire_slot` never creates a second run.
+Every worker also pumps GitHub deliveries from the web process's stream into `handle_delivery` jobs
+(app.triggers.intake.DeliveryPump).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from arq import Worker
+from arq.worker import func
+
+from app.core.config import Settings
+from app.services import Services, build
+from app.store import queue
+from app.store.leases import Leases, new_worker_id, reap
+from app.triggers.dispatch import restart_stalled_groups
+from app.triggers.intake import DELIVERY_JOB, DeliveryPump
+from app.triggers.recovery import recovery_sweep
+from app.worker.jobs import FIRE_SLOT_JOB, SLOT_KEEP_S, fire_slot, handle_delivery, run_routine
+from app.worker.ticks import Periodic, ScheduleTicker, repeat
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TICK_S = 5.0
+
+
+def create_worker(
+    settings: Settings,
+    *,
+    handle_signals: bool = True,
+    burst: bool = False,
+    clock: Callable[[], float] = time.time,
+    tick_s: float | None = None,
+    periodic: Sequence[Periodic] = (),
+) -> Worker:
+    """An arq Worker whose startup builds the Services and starts the periodic tasks — the schedule tick
+    every `tick_s` (default: settings.schedule_tick_s), then `periodic` — and whose shutdown stops them
+    and closes the Services."""
+    if settings.redis_url is None:
+        raise ValueError("create_worker needs settings.redis_url")
+    ticker = ScheduleTicker(clock, settings.max_runs_per_day)
+    every_s = tick_s if tick_s is not None else settings.schedule_tick_s
+    sweep = Periodic("delivery-recovery", settings.delivery_sweep_s, _recover_deliveries)
+    worker_id = new_worker_id()
+
+    async def reaper(services: Services) -> object:
+        leases = Leases(services.store.redis, services.store.prefix, settings.lease_s)
+        resumed = await reap(services.store, services.pool, leases, max_resumes=settings.max_resumes)
+        stalled = await restart_stalled_groups(services.store, services.pool)
+        for run_id in stalled:
+            log.warning("run %s held its concurrency group but had no job (a worker died); enqueued", run_id)
+        return [*resumed, *stalled]
+
+    tasks = [
+        Periodic("schedule", every_s, ticker.tick),
+        sweep,
+        Periodic("reaper", settings.reaper_s, reaper),
+        *periodic,
+    ]
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        services = ctx["services"] = await build(settings)
+        ctx["ticker"], ctx["max_runs_per_day"] = ticker, ticker.max_runs_per_day
+        ctx["worker_id"], ctx["leases"] = (
+            worker_id,
+            Leases(services.store.redis, services.store.prefix, settings.lease_s),
+        )
+        ctx["stop"] = stop = asyncio.Event()
+        ctx["periodic"] = [asyncio.create_task(repeat(t, services, stop), name=f"periodic:{t.name}") for t in tasks]
+        pump = DeliveryPump(services.pool, consumer=worker_id)
+        ctx["periodic"].append(asyncio.create_task(pump.run(stop), name="delivery-pump"))
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        running: list[asyncio.Task[None]] = ctx.pop("periodic", [])
+        if "stop" in ctx:
+            ctx["stop"].set()
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        services: Services | None = ctx.get("services")
+        if services is not None:
+            await services.close()
+
+    return Worker(
+        functions=[
+            func(run_routine, name=queue.RUN_JOB, max_tries=1),
+            func(fire_slot, name=FIRE_SLOT_JOB, max_tries=3, keep_result=SLOT_KEEP_S),
+            func(handle_delivery, name=DELIVERY_JOB, max_tries=5),
+        ],
+        redis_settings=queue.redis_settings(settings.redis_url),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        poll_delay=settings.poll_delay_ms / 1000,
+        max_jobs=settings.max_jobs,
+        job_timeout=settings.job_timeout_s,
+        keep_result=3600,
+        job_serializer=queue.dumps,
+        job_deserializer=queue.loads,
+        handle_signals=handle_signals,
+        burst=burst,
+    )
+
+
+async def _recover_deliveries(services: Services) -> object:
+    """GitHub never redelivers on its own: ask it again for deliveries that never got a 2xx from us."""
+    return await recovery_sweep({"services": services})

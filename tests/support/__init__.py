@@ -1,0 +1,1 @@
+"""Helpers the tests share: git, recorders, clocks, secrets. Tests import them as `tests.support.<module>`."""
