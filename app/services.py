@@ -15,13 +15,13 @@ from app.core.config import Settings
 from app.core.domain import JSON, Routine, Run, is_local_repo
 from app.core.errors import ConfigError, StoreError
 from app.core.ports import Forge, ModelClient, SecretLookup, StoredSecret
+from app.core.pricing import Pricer
 from app.core.redact import Redactor
 from app.forge.github import GitHubForge
 from app.forge.github_outputs import GitHubOutputs
 from app.forge.local import LocalForge
 from app.git.workspace import Mirrors
 from app.models.anthropic import AnthropicModel
-from app.models.pricing import Pricer
 from app.routines.catalog import ApiRoutines, RoutineCatalog
 from app.run.context import Reporting, RunnerDeps, RunSettings
 from app.run.notify import notify, outcome_text
@@ -29,7 +29,7 @@ from app.sandbox.boundary import Boundaries
 from app.sandbox.bwrap import sandbox_available
 from app.sandbox.egress.policy import SystemResolver
 from app.store import queue
-from app.store.admission import Lifecycle
+from app.store.cancels import CancelFlags
 from app.store.runs import RedisStore
 from app.store.vault import Vault, secret_key
 from app.triggers.intake import DeliveryIntake
@@ -146,7 +146,7 @@ class Services:
             settings=RunSettings(s.data_dir / "runs", s.run_url, command_timeout_s=s.command_timeout_s),
             reporting=Reporting(
                 redactor=self.redactor,
-                cancel_check=Lifecycle(self.store.redis, self.store.prefix).cancel_check,
+                cancel_check=CancelFlags(self.store.redis, self.store.prefix).check,
                 on_finished=self.on_run_finished,
                 notify=self.notify,
             ),

@@ -33,9 +33,9 @@ from app.agent.prompts import build_system
 from app.agent.tools import Toolbox
 from app.core.domain import JSON, Event, Routine
 from app.core.ports import CommandResult, EventSink, ModelResponse, Staged, StageLimits
+from app.core.pricing import cost_usd
 from app.core.redact import Redactor
 from app.models.anthropic import AnthropicModel
-from app.models.pricing import cost_usd
 from app.models.scripted import ScriptedModel
 from app.run.context import RunEvents
 from app.store.runs import RedisStore

@@ -28,7 +28,7 @@ SOURCE = "".join(f"def f{n}(x):\n    return x + {n}\n\n" for n in range(300))
 
 def calls(path: str, n: int) -> list[dict[str, Any]]:
     """A realistic mix: views (whole and ranged), then an edit and its undo, round after round."""
-    mix = [
+    mix: list[dict[str, Any]] = [
         {"command": "view", "path": path},
         {"command": "view", "path": path, "view_range": [100, 160]},
         {"command": "str_replace", "path": path, "old_str": "return x + 7\n", "new_str": "return x + 7  # seven\n"},

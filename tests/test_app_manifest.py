@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -10,8 +9,8 @@ import yaml
 from app.core.domain import Routine
 from app.routines.files import load_routines
 from app.triggers.followups import EVENTS as FOLLOW_UP_EVENTS
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 LEVELS = {"read": 1, "write": 2, "admin": 3}
 # The permission GitHub requires before an App may subscribe to an event (any of them).
 EVENT_PERMISSIONS = {

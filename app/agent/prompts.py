@@ -13,11 +13,29 @@ from pathlib import Path
 from typing import Any
 
 from app.core.domain import JSON, Routine, Trigger
-from app.run.outputs import REVIEW_INSTRUCTIONS
 
 INSTRUCTION_FILES = ("CLAUDE.md", "AGENTS.md")
 _FENCE_END = re.compile(r"</\s*untrusted-data", re.IGNORECASE)
 _NOISE_KEYS = frozenset({"installation", "_links", "node_id", "gravatar_id", "performed_via_github_app"})
+
+REVIEW_INSTRUCTIONS = """\
+# Output: a pull request review
+This run reviews a pull request; it does not change code. The pull request's head is checked out; \
+the first message names its base commit, so `git diff BASE...HEAD` shows what it changes. Read the \
+changed code and what it touches, run its tests if that helps, and do not edit files: edits are \
+discarded.
+
+End your final message with the review, in exactly this form:
+
+```review
+{"summary": "Overall assessment in Markdown: what the change does, what is good, what must change.",
+ "comments": [{"path": "src/app.py", "line": 42, "body": "This can be None here; check it first."}]}
+```
+
+`path` is relative to the repository root; `line` is a line number in the new version of the file, \
+on a line the pull request adds or changes (or within three lines of one). Add `"start_line": N` to \
+comment on lines N to `line`. Comments on other lines are moved into the summary. Use an empty list \
+when you have no inline comments. Write nothing after the block."""
 
 _RULES = """\
 You are an autonomous coding agent running the routine "{name}" unattended. No human is watching \

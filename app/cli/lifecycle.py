@@ -12,12 +12,12 @@ from typing import Any
 from app.cli.support import with_services
 from app.core.config import Settings
 from app.core.domain import Trigger
-from app.core.errors import ConfigError
+from app.core.errors import ConfigError, Refused
 from app.routines import admin as routine_admin
 from app.routines.admin import MAX_ROUTINE_BYTES
 from app.routines.files import parse_routine
 from app.services import Services
-from app.store.admission import ACTIVE, ARCHIVED, PAUSED, Lifecycle, Refused
+from app.store.routine_states import ACTIVE, ARCHIVED, PAUSED, RoutineStates
 from app.triggers.dispatch import fire_checked, named_repo
 
 _STATES = {"pause": PAUSED, "resume": ACTIVE, "archive": ARCHIVED}
@@ -44,8 +44,8 @@ def add_parsers(sub: Any) -> None:
 def cmd_state(settings: Settings, args: argparse.Namespace) -> int:
     async def change(services: Services) -> int:
         services.catalog.get(args.name)
-        life = Lifecycle(services.store.redis, services.store.prefix)
-        state = await life.set_state(args.name, _STATES[args.command], by="cli")
+        states = RoutineStates(services.store.redis, services.store.prefix)
+        state = await states.set(args.name, _STATES[args.command], by="cli")
         print(f"{args.name}: {state.state}")
         return 0
 

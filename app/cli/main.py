@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -43,7 +44,10 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
             print(f"Routines on {s.base_url} — routines from {s.routines_dir}, data in {s.data_dir}")
             web_task = asyncio.create_task(server.serve())
             worker_task = asyncio.create_task(worker.main())
-            await asyncio.wait([web_task, worker_task], return_when=asyncio.FIRST_COMPLETED)
+            # Ctrl+C: uvicorn stops, then raises SIGINT again, which asyncio.run turns into cancelling this
+            # task. Runs still hold sandboxes: stop the worker as gracefully as the web server either way.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([web_task, worker_task], return_when=asyncio.FIRST_COMPLETED)
             server.should_exit = True
             await worker.close()
             await asyncio.gather(web_task, return_exceptions=True)
@@ -232,7 +236,7 @@ async def _aiter(items: list[Event]) -> AsyncIterator[Event]:
 
 def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     """Stop a run: a queued one now, a running one before its next model turn."""
-    from app.store.admission import Lifecycle
+    from app.store.cancels import CancelFlags
     from app.triggers.dispatch import release
 
     async def cancel(services: Services) -> int:
@@ -244,7 +248,7 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
             await services.store.transition(run.id, RunState.CANCELLED, error="cancelled before it started")
             await release(services.store, services.pool, run.id)
         else:
-            await Lifecycle(services.store.redis, services.store.prefix).request_cancel(run.id)
+            await CancelFlags(services.store.redis, services.store.prefix).request(run.id)
             await services.store.append_event(run.id, Event("run.cancel_requested", {}))
         print(f"run {run.id}: cancel requested")
         return 0

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.core.errors import ConfigError
-from app.models.pricing import Price, parse_prices
+from app.core.pricing import Price, parse_prices
 
 
 @dataclass(frozen=True)

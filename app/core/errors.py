@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.core.domain import Run
+
 
 class RoutinesError(Exception):
     """Base of every error this package raises on purpose."""
@@ -49,6 +54,10 @@ class ForgeError(RoutinesError):
     """The code host refused or failed a request."""
 
 
+class CommentsRefused(ForgeError):
+    """The forge refused a review because of its inline comments (a line outside the diff)."""
+
+
 class WorkspaceError(RoutinesError):
     """A git operation on a mirror or a workspace failed."""
 
@@ -79,3 +88,17 @@ class RunLimitReached(RoutinesError):
 
 class RunStopped(RoutinesError):
     """The model stopped without finishing (refusal, context window); the message says why."""
+
+
+class Refused(RoutinesError):
+    """A run was not started because of `limit` (paused, archived, runs_per_day, max_runs_per_day).
+
+    `status` is the HTTP answer (409 for a state, 429 for a quota); `run` is the refused run, recorded as
+    cancelled, when there is one.
+    """
+
+    def __init__(self, limit: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.status = status
+        self.run: Run | None = None

@@ -288,3 +288,72 @@ class Boundary(Protocol):
     denied: list[JSON]
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PullFile:
+    """One file a pull request changes; `patch` is GitHub's unified diff hunks (None for binary or huge files)."""
+
+    path: str
+    status: str
+    patch: str | None = None
+
+
+@dataclass(frozen=True)
+class PullInfo:
+    number: int
+    url: str
+    head_ref: str
+    head_sha: str
+    base_ref: str
+    base_sha: str
+    files: tuple[PullFile, ...] = ()
+
+
+@dataclass(frozen=True)
+class InlineComment:
+    """A review comment on `line` (and from `start_line`) of `path`, on the new (RIGHT) or old (LEFT) side."""
+
+    path: str
+    line: int
+    body: str
+    side: str = "RIGHT"
+    start_line: int | None = None
+
+
+@dataclass(frozen=True)
+class IssueRef:
+    number: int
+    url: str
+    created: bool = False
+
+
+class ForgeOutputs(Protocol):
+    """What the forge must offer for reviews and report issues."""
+
+    async def read_pull(self, repo: RepoInfo, number: int, creds: Credentials | None) -> PullInfo: ...
+
+    async def post_review(
+        self,
+        repo: RepoInfo,
+        number: int,
+        *,
+        commit_id: str,
+        body: str,
+        comments: Sequence[InlineComment],
+        creds: Credentials | None,
+    ) -> tuple[int, str]:
+        """Post a COMMENT review; returns its id and URL. CommentsRefused when an inline comment is refused."""
+        ...
+
+    async def find_issue(self, repo: RepoInfo, label: str, marker: str, creds: Credentials | None) -> IssueRef | None:
+        """The open issue labelled `label` whose body contains `marker`, if any."""
+        ...
+
+    async def create_issue(
+        self, repo: RepoInfo, *, title: str, body: str, labels: Sequence[str], creds: Credentials | None
+    ) -> IssueRef: ...
+
+    async def update_issue(
+        self, repo: RepoInfo, number: int, *, title: str, body: str, creds: Credentials | None
+    ) -> IssueRef: ...

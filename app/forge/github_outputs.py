@@ -15,11 +15,10 @@ from typing import Any
 from githubkit import GitHub, UnauthAuthStrategy
 from githubkit.exception import GitHubException, RequestFailed, RequestTimeout
 
-from app.core.errors import ForgeError
-from app.core.ports import Credentials, RepoInfo
+from app.core.errors import CommentsRefused, ForgeError
+from app.core.ports import Credentials, InlineComment, IssueRef, PullFile, PullInfo, RepoInfo
 from app.forge.github import GitHubForge, error_body, split_repo
 from app.forge.github_errors import describe_failure, redact
-from app.run.outputs import CommentsRefused, InlineComment, IssueRef, PullFile, PullInfo
 
 PER_PAGE = 100
 MAX_FILE_PAGES = 30  # GitHub lists at most 3000 files of a pull request

@@ -7,18 +7,30 @@ routine file of the same name wins, and files are never changed this way (Routin
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from app.core.domain import Routine
 from app.core.errors import RoutineConflict, RoutineNotFound
+from app.routines.catalog import ApiRoutines, RoutineCatalog
 
-if TYPE_CHECKING:
-    from app.services import Services
+
+class Routines(Protocol):
+    """Where routines are kept: the files and API routines together, and the API routines alone."""
+
+    @property
+    def catalog(self) -> RoutineCatalog: ...
+
+    @property
+    def api_routines(self) -> ApiRoutines: ...
+
+    async def refresh_routines(self) -> None:
+        """Bring in what other processes changed."""
+        ...
 
 MAX_ROUTINE_BYTES = 256 * 1024
 
 
-async def put_routine(services: Services, routine: Routine, text: str) -> bool:
+async def put_routine(services: Routines, routine: Routine, text: str) -> bool:
     """Keep `text` (which parsed as `routine`) under the routine's name; True when it is new."""
     await services.refresh_routines()
     if services.catalog.is_file(routine.name):
@@ -29,7 +41,7 @@ async def put_routine(services: Services, routine: Routine, text: str) -> bool:
     return created
 
 
-async def delete_routine(services: Services, name: str) -> None:
+async def delete_routine(services: Routines, name: str) -> None:
     """Remove a routine kept in Redis (its runs stay)."""
     await services.refresh_routines()
     if services.catalog.is_file(name):

@@ -16,14 +16,15 @@ from app.core.ports import (
     Credentials,
     Emit,
     Forge,
+    ForgeOutputs,
     ModelClient,
+    PullInfo,
     Redacts,
     RepoInfo,
     SecretLookup,
     Store,
     Workspaces,
 )
-from app.run.outputs import ForgeOutputs, PullInfo
 
 
 class Price(Protocol):

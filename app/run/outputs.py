@@ -2,9 +2,9 @@
 
 The runner calls `deliver_review` for `outputs.review` and `deliver_report` for `outputs.issue`;
 both take a `ForgeOutputs` (app/forge/github_outputs.py on GitHub). Notifications are in
-app/notify.py.
+app/run/notify.py.
 
-A review run ends with a final message holding a fenced ```review block (REVIEW_INSTRUCTIONS
+A review run ends with a final message holding a fenced ```review block (prompts.REVIEW_INSTRUCTIONS
 tells the model the format). `parse_review` never loses text: a missing or invalid block makes
 the whole message the review body, and comments that cannot be placed on a diff line are listed
 in the body instead.
@@ -16,68 +16,15 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from app.core.errors import ForgeError
-from app.core.ports import Credentials, RepoInfo
+from app.core.errors import CommentsRefused
+from app.core.ports import Credentials, ForgeOutputs, InlineComment, IssueRef, PullFile, PullInfo, RepoInfo
 
 REPORT_LABEL = "routines-report"
 MAX_BODY_CHARS = 60_000  # GitHub refuses bodies over 65536 characters; leave room for the footer
 MAX_INLINE_COMMENTS = 50
-REVIEW_INSTRUCTIONS = """\
-# Output: a pull request review
-This run reviews a pull request; it does not change code. The pull request's head is checked out; \
-the first message names its base commit, so `git diff BASE...HEAD` shows what it changes. Read the \
-changed code and what it touches, run its tests if that helps, and do not edit files: edits are \
-discarded.
-
-End your final message with the review, in exactly this form:
-
-```review
-{"summary": "Overall assessment in Markdown: what the change does, what is good, what must change.",
- "comments": [{"path": "src/app.py", "line": 42, "body": "This can be None here; check it first."}]}
-```
-
-`path` is relative to the repository root; `line` is a line number in the new version of the file, \
-on a line the pull request adds or changes (or within three lines of one). Add `"start_line": N` to \
-comment on lines N to `line`. Comments on other lines are moved into the summary. Use an empty list \
-when you have no inline comments. Write nothing after the block."""
 MAX_LISTED_FILES = 200
-
-
-class CommentsRefused(ForgeError):
-    """The forge refused a review because of its inline comments (a line outside the diff)."""
-
-
-@dataclass(frozen=True)
-class PullFile:
-    """One file a pull request changes; `patch` is GitHub's unified diff hunks (None for binary or huge files)."""
-
-    path: str
-    status: str
-    patch: str | None = None
-
-
-@dataclass(frozen=True)
-class PullInfo:
-    number: int
-    url: str
-    head_ref: str
-    head_sha: str
-    base_ref: str
-    base_sha: str
-    files: tuple[PullFile, ...] = ()
-
-
-@dataclass(frozen=True)
-class InlineComment:
-    """A review comment on `line` (and from `start_line`) of `path`, on the new (RIGHT) or old (LEFT) side."""
-
-    path: str
-    line: int
-    body: str
-    side: str = "RIGHT"
-    start_line: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,44 +42,6 @@ class ReviewResult:
     url: str
     inline: int  # comments posted on diff lines
     moved: int  # comments listed in the body instead
-
-
-@dataclass(frozen=True)
-class IssueRef:
-    number: int
-    url: str
-    created: bool = False
-
-
-class ForgeOutputs(Protocol):
-    """What the forge must offer for reviews and report issues."""
-
-    async def read_pull(self, repo: RepoInfo, number: int, creds: Credentials | None) -> PullInfo: ...
-
-    async def post_review(
-        self,
-        repo: RepoInfo,
-        number: int,
-        *,
-        commit_id: str,
-        body: str,
-        comments: Sequence[InlineComment],
-        creds: Credentials | None,
-    ) -> tuple[int, str]:
-        """Post a COMMENT review; returns its id and URL. CommentsRefused when an inline comment is refused."""
-        ...
-
-    async def find_issue(self, repo: RepoInfo, label: str, marker: str, creds: Credentials | None) -> IssueRef | None:
-        """The open issue labelled `label` whose body contains `marker`, if any."""
-        ...
-
-    async def create_issue(
-        self, repo: RepoInfo, *, title: str, body: str, labels: Sequence[str], creds: Credentials | None
-    ) -> IssueRef: ...
-
-    async def update_issue(
-        self, repo: RepoInfo, number: int, *, title: str, body: str, creds: Credentials | None
-    ) -> IssueRef: ...
 
 
 def parse_review(text: str) -> ReviewDraft:

@@ -149,7 +149,11 @@ class BwrapSandbox:
             max_output_bytes=self.max_output_bytes,
             max_processes=self.limits.max_processes,
         )
-        probe = await shell.run(":", 30)
+        try:
+            probe = await shell.run(":", 30)
+        except BaseException:  # cancelled while starting: the shell and its cgroup must not outlive us
+            await shell.close()
+            raise
         if probe.exit_code != 0:
             await shell.close()
             raise SandboxError(

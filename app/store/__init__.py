@@ -1,4 +1,4 @@
-"""Redis adapters: runs and event streams (`runs`), leases (`leases`), admission — pause, quotas,
-concurrency groups, cancel flags (`admission`), the vault (`vault`), the arq queue (`queue`) and
-the embedded server (`embedded`).
+"""Redis adapters: runs and event streams (`runs`), leases (`leases`), routine states (`routine_states`),
+daily quotas (`quotas`), concurrency groups (`groups`), cancel flags (`cancels`), the vault (`vault`),
+the arq queue (`queue`) and the embedded server (`embedded`).
 """

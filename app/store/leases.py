@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
 from redis import asyncio as aioredis
@@ -39,11 +39,13 @@ def new_worker_id() -> str:
 
 @dataclass
 class Leases:
-    """Leases on runs, under `prefix` in `redis`, each held for `lease_s` seconds unless renewed."""
+    """Leases on runs, under `prefix` in `redis`, each held for `lease_s` seconds unless renewed
+    (every `lease_s / 3`, waited with `sleep`)."""
 
     redis: aioredis.Redis
     prefix: str
     lease_s: float
+    sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep, repr=False)
 
     def key(self, run_id: str) -> str:
         return f"{self.prefix}lease:{run_id}"
@@ -84,7 +86,7 @@ class Leases:
 
     async def _renew_forever(self, run_id: str, holder: str) -> None:
         while True:
-            await asyncio.sleep(self.lease_s / 3)
+            await self.sleep(self.lease_s / 3)
             try:
                 if not await self.renew(run_id, holder):
                     log.error("run %s: the lease of %s was lost; another worker may resume the run", run_id, holder)

@@ -1,6 +1,6 @@
 """The App's webhook of the GitHub test server: signed deliveries, their log, and redelivery.
 
-    guid = state.deliver("issues", payload, url, secret)   # POSTs like GitHub, records the attempt
+    guid = deliver(state, "issues", payload, url, secret)   # POSTs like GitHub, records the attempt
     state.hook_deliveries                                  # every attempt, oldest first
 
 Like GitHub: each attempt is signed with `X-Hub-Signature-256` (and the legacy sha1

@@ -363,3 +363,12 @@ def issue_json(state: GitHubState, repo: Repo, record: JSON) -> JSON:
         "updated_at": iso(record.get("updated_at")),
         "author_association": "NONE",
     }
+
+
+def add_comment(state: GitHubState, full_name: str, number: int, body: str, login: str = "octocat") -> JSON:
+    """A comment written by user `login` on issue or pull request `number` (as a webhook would carry it)."""
+    comment = comment_json(state, state.repos[full_name], number, state.new_id(), body)
+    comment["user"] = user_json(state, login, state.new_id())
+    comment["author_association"] = "MEMBER"
+    state.issue_comments.setdefault(full_name, []).append(comment)
+    return comment

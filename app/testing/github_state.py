@@ -204,26 +204,6 @@ class GitHubState:
         who = pygit2.Signature("octocat", "octocat@example.invalid")
         return str(git.create_commit(f"refs/heads/{branch}", who, who, message, tree, [parent.id]))
 
-    def add_comment(self, full_name: str, number: int, body: str, login: str = "octocat") -> JSON:
-        """A comment written by user `login` on issue or pull request `number` (as a webhook would carry it)."""
-        from app.testing.github_shapes import comment_json, user_json
-
-        comment = comment_json(self, self.repos[full_name], number, self.new_id(), body)
-        comment["user"] = user_json(self, login, self.new_id())
-        comment["author_association"] = "MEMBER"
-        self.issue_comments.setdefault(full_name, []).append(comment)
-        return comment
-
-    def deliver(self, event: str, payload: JSON, url: str, secret: str, guid: str | None = None) -> str:
-        """POST webhook `event` with `payload` to `url`, signed with `secret`, as GitHub does; returns the GUID.
-
-        The attempt (status code, or 0 when `url` is unreachable) is recorded in `hook_deliveries`;
-        `guid` resends an earlier delivery's GUID (a redelivery from GitHub's UI, or a replay).
-        """
-        from app.testing.github_hooks import deliver
-
-        return deliver(self, event, payload, url, secret, guid)
-
     def pulls(self, full_name: str) -> list[JSON]:
         return list(self.pull_requests.get(full_name, []))
 

@@ -68,7 +68,9 @@ class WorkerThread:
             task = self._task
             if task is not None:
                 self._loop.call_soon_threadsafe(task.cancel)
-            self._thread.join(timeout=15)
+            self._thread.join(timeout=30)
+            if self._thread.is_alive():
+                raise RuntimeError("the worker did not stop within 30 s of being cancelled; a job ignores cancellation")
 
 
 @dataclass

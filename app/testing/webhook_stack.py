@@ -26,6 +26,7 @@ from app.core.domain import Run
 from app.services import build
 from app.store import queue
 from app.store.runs import RedisStore
+from app.testing.github_hooks import deliver
 from app.testing.github_server import GitHubState
 from app.testing.github_server import create_app as github_app
 from app.testing.serve import Served, free_port, serve_in_thread
@@ -58,7 +59,7 @@ class HookStack:
 
     def send(self, event: str, payload: dict[str, Any], guid: str | None = None) -> str:
         """Deliver `payload` as GitHub would (signed with the stack's secret); returns the GUID."""
-        return self.github.deliver(event, payload, self.hook_url, self.settings.github_webhook_secret or "", guid)
+        return deliver(self.github, event, payload, self.hook_url, self.settings.github_webhook_secret or "", guid)
 
     def drain(self) -> list[Run]:
         """Handle every queued delivery with a burst worker; returns all runs in the store, oldest first."""

@@ -13,10 +13,13 @@ import re
 from arq.connections import ArqRedis
 
 from app.core.domain import Event, Routine, Run, RunState, Trigger, is_local_repo, new_run_id
-from app.core.errors import ConfigError, InvalidTransition, NotAllowed, RunNotFound
+from app.core.errors import ConfigError, InvalidTransition, NotAllowed, Refused, RunNotFound
 from app.routines.files import render_group
 from app.store import queue
-from app.store.admission import Lifecycle, Refused
+from app.store.cancels import CancelFlags
+from app.store.groups import ConcurrencyGroups
+from app.store.quotas import Quotas
+from app.store.routine_states import RoutineStates
 from app.store.runs import RedisStore
 
 
@@ -55,29 +58,29 @@ async def fire_checked(
     started if it was not yet, never created twice.
     """
     target = repo or _single_repo(routine)
-    lifecycle = Lifecycle(store.redis, store.prefix)
+    groups = ConcurrencyGroups(store.redis, store.prefix)
     if run_id is not None:
         existing = await _existing(store, run_id)
         if existing is not None:
             if existing.state is RunState.QUEUED:
-                await _start(store, pool, lifecycle, routine, existing, retry=True)
+                await _start(store, pool, groups, routine, existing, retry=True)
             return existing
     run = Run(id=run_id or new_run_id(), routine=routine.name, repo=target, trigger=trigger)
     await store.create_run(run)
     try:
-        await lifecycle.check_active(routine)
-        await lifecycle.take_quota(routine, max_runs_per_day)
+        await RoutineStates(store.redis, store.prefix).check_active(routine)
+        await Quotas(store.redis, store.prefix).take(routine, max_runs_per_day)
     except Refused as exc:
         await store.append_event(run.id, Event("run.refused", {"limit": exc.limit, "reason": str(exc)}))
         exc.run = await store.transition(run.id, RunState.CANCELLED, error=str(exc))
         raise
-    await _start(store, pool, lifecycle, routine, run)
+    await _start(store, pool, groups, routine, run)
     return run
 
 
 async def release(store: RedisStore, pool: ArqRedis, run_id: str) -> str | None:
     """The run ended: hand its concurrency group to the next waiting run and enqueue it (its id, or None)."""
-    nxt = await Lifecycle(store.redis, store.prefix).release(run_id)
+    nxt = await ConcurrencyGroups(store.redis, store.prefix).release(run_id)
     if nxt is not None:
         await queue.enqueue_run(pool, nxt)
     return nxt
@@ -87,7 +90,7 @@ async def restart_stalled_groups(store: RedisStore, pool: ArqRedis) -> list[str]
     """Enqueue each group-holding run still `queued`: a worker that died between handing a group over
     and enqueueing the next run left it there. A run whose job exists is not queued twice (job id)."""
     started = []
-    for run_id in await Lifecycle(store.redis, store.prefix).holders():
+    for run_id in await ConcurrencyGroups(store.redis, store.prefix).holders():
         try:
             run = await store.get_run(run_id)
         except RunNotFound:
@@ -104,38 +107,38 @@ def group_of(routine: Routine, repo: str) -> str | None:
 
 
 async def _start(
-    store: RedisStore, pool: ArqRedis, lifecycle: Lifecycle, routine: Routine, run: Run, *, retry: bool = False
+    store: RedisStore, pool: ArqRedis, groups: ConcurrencyGroups, routine: Routine, run: Run, *, retry: bool = False
 ) -> None:
     group = group_of(routine, run.repo)
     if group is None:
         await queue.enqueue_run(pool, run.id)
         return
     if retry:
-        members = await lifecycle.members(group)
+        members = await groups.members(group)
         if run.id in members:
             if members[0] == run.id:
                 await queue.enqueue_run(pool, run.id)
             return
     if routine.concurrency.cancel_in_progress:
-        await _cancel_group(store, lifecycle, group, by=run.id)
-    admission = await lifecycle.admit(run.id, group)
+        await _cancel_group(store, groups, group, by=run.id)
+    admission = await groups.admit(run.id, group)
     if admission.behind is not None:
         await store.append_event(run.id, Event("run.waiting", {"group": group, "behind": admission.behind}))
     if admission.start is not None:
         await queue.enqueue_run(pool, admission.start)
 
 
-async def _cancel_group(store: RedisStore, lifecycle: Lifecycle, group: str, *, by: str) -> None:
+async def _cancel_group(store: RedisStore, groups: ConcurrencyGroups, group: str, *, by: str) -> None:
     """cancel_in_progress: queued runs of the group end now; a running one is asked to stop."""
     reason = f"superseded by run {by}: concurrency group {group!r} cancels runs in progress"
-    for member in await lifecycle.members(group):
+    for member in await groups.members(group):
         try:
             older = await store.get_run(member)
         except RunNotFound:
             continue
         if older.state.terminal:
             continue
-        await lifecycle.request_cancel(member)
+        await CancelFlags(store.redis, store.prefix).request(member)
         await store.append_event(member, Event("run.cancel_requested", {"by": by, "group": group}))
         if older.state is RunState.QUEUED:
             try:

@@ -14,10 +14,8 @@ A request is remembered under `routines:redeliver:<guid>`: asked again at most e
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
 
 from redis import asyncio as aioredis
 
@@ -26,12 +24,18 @@ from app.core.errors import ForgeError
 from app.forge.github_app import GitHubApp
 from app.triggers.intake import claimed
 
-if TYPE_CHECKING:
-    from app.services import Services
-
 log = logging.getLogger(__name__)
 
 REQUEST_PREFIX = "routines:redeliver:"
+# KEYS: last request time, request count; ARGV: now, retry_after_s, ttl → 0 (asked too recently) or the attempt
+_ASK = """
+local last = redis.call('GET', KEYS[1])
+if last and tonumber(ARGV[1]) - tonumber(last) < tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+local n = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return n
+"""
 
 
 @dataclass(frozen=True)
@@ -92,10 +96,10 @@ async def sweep(app: GitHubApp, redis: aioredis.Redis, policy: SweepPolicy, now:
         if len(report.requested) >= policy.max_requests:
             break
         key = REQUEST_PREFIX + guid
-        if not await redis.set(key, "1", nx=True, ex=policy.retry_after_s):
+        args: list[str | int] = [repr(now), policy.retry_after_s, int(policy.window_s) + policy.retry_after_s]
+        attempts = int(await redis.register_script(_ASK)(keys=[key, key + ":count"], args=args))
+        if attempts == 0:
             continue
-        attempts = await redis.incr(key + ":count")
-        await redis.expire(key + ":count", int(policy.window_s) + policy.retry_after_s)
         if attempts > policy.max_attempts:
             report.gave_up.append(guid)
             continue
@@ -112,11 +116,3 @@ async def sweep(app: GitHubApp, redis: aioredis.Redis, policy: SweepPolicy, now:
         )  # fmt: skip
     return report
 
-
-async def recovery_sweep(ctx: dict[str, Any]) -> int:
-    """The arq cron job: one sweep with the default policy; returns how many redeliveries were requested."""
-    services: Services = ctx["services"]
-    if services.github is None:
-        return 0
-    report = await sweep(GitHubApp(services.github), services.store.redis, SweepPolicy(), time.time())
-    return len(report.requested)

@@ -14,9 +14,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.core.domain import Event, Routine, Run, RunState, Trigger
-from app.core.errors import ConfigError, ForgeError, NotAllowed, RoutineNotFound, RunNotFound, StoreError
+from app.core.errors import ConfigError, ForgeError, NotAllowed, Refused, RoutineNotFound, RunNotFound, StoreError
 from app.services import Services
-from app.store.admission import Lifecycle, Refused
+from app.store.cancels import CancelFlags
+from app.store.quotas import Quotas
+from app.store.routine_states import RoutineState, RoutineStates
 from app.triggers.dispatch import fire_checked, named_repo, release
 
 log = logging.getLogger(__name__)
@@ -157,11 +159,19 @@ async def list_routines(request: Request) -> Response:
     services = services_of(request)
     await services.refresh_routines()
     routines = services.catalog.all()
-    lifecycle = Lifecycle(services.store.redis, services.store.prefix)
-    fields = await lifecycle.describe(routines.values(), services.settings.max_runs_per_day)
+    states = await RoutineStates(services.store.redis, services.store.prefix).all()
+    counts = await Quotas(services.store.redis, services.store.prefix).runs_today(routines)
     return JSONResponse(
         {
-            "routines": [{**routine_json(r), **fields.get(r.name, {})} for r in routines.values()],
+            "routines": [
+                {
+                    **routine_json(r),
+                    **states.get(name, RoutineState()).to_json(),
+                    "runs_today": counts.get(name, 0),
+                    "runs_per_day": r.limits.runs_per_day,
+                }
+                for name, r in routines.items()
+            ],
             "errors": [str(e) for e in services.catalog.errors],
         }
     )
@@ -291,7 +301,7 @@ async def cancel_run(request: Request) -> Response:
         run = await services.store.transition(run.id, RunState.CANCELLED, error="cancelled before it started")
         await release(services.store, services.pool, run.id)
     else:
-        await Lifecycle(services.store.redis, services.store.prefix).request_cancel(run.id)
+        await CancelFlags(services.store.redis, services.store.prefix).request(run.id)
         await services.store.append_event(run.id, Event("run.cancel_requested", {}))
     return JSONResponse({"run_id": run.id, "state": run.state.value}, status_code=202)
 

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.core.domain import Routine
-from app.core.errors import RoutineConflict, RoutineFileError, RoutineNotFound
+from app.core.errors import Refused, RoutineConflict, RoutineFileError, RoutineNotFound
 from app.routines import admin as routine_admin
 from app.routines.admin import MAX_ROUTINE_BYTES
 from app.routines.catalog import API_SOURCE
 from app.routines.files import parse_routine
 from app.services import Services
-from app.store.admission import ACTIVE, ARCHIVED, PAUSED, Lifecycle, Refused
+from app.store.routine_states import ACTIVE, ARCHIVED, PAUSED, RoutineStates
 from app.web.api import bearer_token, error, is_admin, routine_json, services_of
 
 _STATES = {"pause": PAUSED, "resume": ACTIVE, "archive": ARCHIVED}
-
-
-def lifecycle(services: Services) -> Lifecycle:
-    return Lifecycle(services.store.redis, services.store.prefix)
-
-
-async def lifecycle_fields(services: Services, routines: Iterable[Routine]) -> dict[str, dict[str, Any]]:
-    """By routine name, the fields to merge into `routine_json`: state, since, by, runs_today, runs_per_day."""
-    cap = services.settings.max_runs_per_day
-    return await lifecycle(services).describe(routines, cap)
 
 
 def refusal(exc: Refused) -> JSONResponse:
@@ -53,7 +41,7 @@ async def change_state(request: Request, action: str) -> Response:
         services.catalog.get(name)
     except RoutineNotFound as exc:
         return error(404, str(exc))
-    state = await lifecycle(services).set_state(name, _STATES[action], by="api")
+    state = await RoutineStates(services.store.redis, services.store.prefix).set(name, _STATES[action], by="api")
     return JSONResponse({"name": name, **state.to_json()})
 
 

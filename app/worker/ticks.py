@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from app.services import Services
-from app.store.admission import Lifecycle
+from app.store.routine_states import RoutineStates
 from app.triggers.schedules import Scheduler, Slot
 from app.worker.jobs import enqueue_slot
 
@@ -45,7 +45,7 @@ class ScheduleTicker:
         last = await services.store.redis.get(key)
         slots: list[Slot] = []
         if last is not None:
-            paused = await Lifecycle(services.store.redis, services.store.prefix).states()
+            paused = await RoutineStates(services.store.redis, services.store.prefix).all()
             await services.refresh_routines()
             routines = {n: r for n, r in services.catalog.all().items() if r.on.schedule and n not in paused}
             slots = self.scheduler.due(routines.values(), float(last), now)

@@ -22,12 +22,13 @@ from arq import Worker
 from arq.worker import func
 
 from app.core.config import Settings
+from app.forge.github_app import GitHubApp
 from app.services import Services, build
 from app.store import queue
 from app.store.leases import Leases, new_worker_id, reap
 from app.triggers.dispatch import restart_stalled_groups
 from app.triggers.intake import DELIVERY_JOB, DeliveryPump
-from app.triggers.recovery import recovery_sweep
+from app.triggers.recovery import SweepPolicy, sweep
 from app.worker.jobs import FIRE_SLOT_JOB, SLOT_KEEP_S, fire_slot, handle_delivery, run_routine
 from app.worker.ticks import Periodic, ScheduleTicker, repeat
 
@@ -115,4 +116,7 @@ def create_worker(
 
 async def _recover_deliveries(services: Services) -> object:
     """GitHub never redelivers on its own: ask it again for deliveries that never got a 2xx from us."""
-    return await recovery_sweep({"services": services})
+    if services.github is None:
+        return 0
+    report = await sweep(GitHubApp(services.github), services.store.redis, SweepPolicy(), time.time())
+    return len(report.requested)

@@ -13,7 +13,7 @@ from redis import asyncio as aioredis
 from app.agent.connectors import MAX_REOPENS, ConnectorError, open_connectors
 from app.agent.loop import Agent, Budget
 from app.agent.tools import Toolbox
-from app.core.domain import JSON, Connector
+from app.core.domain import Connector
 from app.core.ports import Hands
 from app.core.redact import Redactor
 from app.models.scripted import ScriptedModel
@@ -22,20 +22,12 @@ from app.sandbox.local import LocalSandbox
 from app.store.vault import Vault
 from app.testing.mcp_server import McpState, create_app
 from app.testing.serve import Served, free_port, serve_in_thread
+from tests.support.events import Recorder
 
 TOKEN = "lin_api_connector-token-0123456789"
 KEY = b"k" * 32
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, JSON]] = []
-
-    async def emit(self, type: str, data: JSON) -> None:
-        self.events.append((type, data))
-
-    def of(self, type: str) -> list[JSON]:
-        return [data for t, data in self.events if t == type]
 
 
 @pytest.fixture

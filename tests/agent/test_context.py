@@ -29,19 +29,11 @@ from app.models.scripted import ScriptedModel
 from app.sandbox.local import LocalSandbox
 from app.testing.anthropic_server import AnthropicState, Script, Turn, bash, create_app, text
 from app.testing.serve import Served, serve_in_thread
+from tests.support.events import Recorder
 
 EPHEMERAL = {"type": "ephemeral"}
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, JSON]] = []
-
-    async def emit(self, type: str, data: JSON) -> None:
-        self.events.append((type, copy.deepcopy(data)))
-
-    def of(self, type: str) -> list[JSON]:
-        return [data for t, data in self.events if t == type]
 
 
 class OrderedModel:

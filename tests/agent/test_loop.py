@@ -13,8 +13,9 @@ from app.agent.tools import Toolbox
 from app.core.domain import JSON
 from app.core.errors import ModelError
 from app.core.ports import Hands, ModelResponse
-from app.models.pricing import Price, Pricer
+from app.core.pricing import Price, Pricer
 from app.sandbox.local import LocalSandbox
+from tests.support.events import Recorder
 
 
 class CannedModel:
@@ -34,16 +35,6 @@ class CannedModel:
         return copy.deepcopy(response)
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, JSON]] = []
-
-    async def emit(self, type: str, data: JSON) -> None:
-        self.events.append((type, data))
-
-    @property
-    def types(self) -> list[str]:
-        return [t for t, _ in self.events]
 
 
 def bash(command: str, id: str = "toolu_1", stop: str = "tool_use") -> ModelResponse:

@@ -17,6 +17,7 @@ from app.core.ports import Hands
 from app.models.scripted import ScriptedModel
 from app.models.scripts import Script, Turn, text, tool_use
 from app.sandbox.local import LocalSandbox
+from tests.support.events import Recorder
 
 ROUTINE = "weekly-findings"
 
@@ -161,11 +162,3 @@ async def test_memory_is_offered_only_when_the_routine_lists_it(shell: Hands, tm
     memory = Memory(tmp_path / "memories", routine=ROUTINE)
     assert Toolbox(["bash"], hands=shell, memory=memory).names == ["bash"]
     assert Toolbox(["memory"], hands=shell).names == []
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, JSON]] = []
-
-    async def emit(self, type: str, data: JSON) -> None:
-        self.events.append((type, data))

@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.core.errors import ForgeError
-from app.core.ports import Credentials, RepoInfo
+from app.core.errors import CommentsRefused, ForgeError
+from app.core.ports import Credentials, InlineComment, RepoInfo
 from app.forge.github import GitHubForge
 from app.forge.github_outputs import GitHubOutputs
-from app.run.outputs import CommentsRefused, InlineComment, diff_lines
+from app.run.outputs import diff_lines
 from app.testing.github_server import GitHubState, create_app, generate_app_key
 from app.testing.serve import serve_in_thread
 

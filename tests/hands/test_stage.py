@@ -5,14 +5,22 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import TypedDict
 
 import pygit2
 
 from app.git.workspace import Mirrors, checkout
 from app.hands.stage import Stager, _own_stat
-from tests.test_workspace import commit_file, git
+from tests.support.git import commit_file, git
 
-LIMITS = {"max_file_bytes": 1000, "max_total_bytes": 5000, "max_files": 100}
+
+class Limits(TypedDict):
+    max_file_bytes: int
+    max_total_bytes: int
+    max_files: int
+
+
+LIMITS = Limits(max_file_bytes=1000, max_total_bytes=5000, max_files=100)
 
 
 def write_bytes(path: bytes, data: bytes) -> None:
@@ -54,7 +62,7 @@ async def test_what_is_staged_and_what_is_left_out(tmp_path: Path) -> None:
     tree = repo[staged["tree"]].peel(pygit2.Tree)
     names = {entry.name: entry.filemode for entry in tree}
     assert "gone.txt" not in names and names["run.sh"] == pygit2.enums.FileMode.BLOB_EXECUTABLE
-    assert names["link"] == pygit2.enums.FileMode.LINK and tree["new.txt"].data == b"new\n"  # type: ignore[attr-defined]
+    assert names["link"] == pygit2.enums.FileMode.LINK and tree["new.txt"].peel(pygit2.Blob).data == b"new\n"
     assert not {"debug.log", "pipe", "big.bin"} & set(names)
     skipped = {item["path"]: item["reason"] for item in staged["skipped"]}
     assert "1,001 bytes" in skipped["big.bin"] and "not UTF-8" in skipped["caf\ufffd.txt"]

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from app.core.errors import ModelError, PromptTooLong
+from app.core.pricing import cost_usd
 from app.models.anthropic import AnthropicModel
-from app.models.pricing import cost_usd
 from app.models.scripts import web_search
 from app.testing.anthropic_server import AnthropicState, Script, Turn, bash, create_app, edit_view, text
 from app.testing.serve import Served, free_port, serve_in_thread

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -20,16 +20,13 @@ from app.core.errors import SandboxError
 from app.git.workspace import Mirrors
 from app.sandbox.bwrap import CA_INSIDE, DEFAULT_RO_PATHS, BwrapSandbox, Limits, sandbox_available
 from app.sandbox.shell import PersistentShell
+from tests.support.git import git
 
 SECRET = "s3cr3t-worker-value-1234"
 KEY = "-----BEGIN RSA PRIVATE KEY-----\nfake-app-key-5678\n-----END RSA PRIVATE KEY-----\n"
 LIMITS = Limits(cpu_s=30, memory_bytes=256 * 1024**2, max_processes=64, file_size_bytes=10 * 1024**2)
 
 
-def git(*args: str, cwd: Path) -> None:
-    env = {"PATH": os.environ["PATH"], "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1"}
-    identity = ["-c", "user.name=Dev", "-c", "user.email=dev@example.com"]
-    subprocess.run(["git", *identity, *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
 @pytest.fixture
@@ -159,9 +156,10 @@ async def test_what_the_host_keeps_from_other_users_stays_hidden(shell: Persiste
 
 
 async def test_redis_on_the_host_is_unreachable(shell: PersistentShell, workspace: Path, redis_url: str) -> None:
-    with socket.create_connection(("127.0.0.1", 6379), timeout=5):
+    port = urlsplit(redis_url).port or 6379
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
-    result = await shell.run("exec 3<>/dev/tcp/127.0.0.1/6379 && echo PING >&3 && head -c 7 <&3", 10)
+    result = await shell.run(f"exec 3<>/dev/tcp/127.0.0.1/{port} && echo PING >&3 && head -c 7 <&3", 10)
     assert result.exit_code != 0 and "PONG" not in result.output
     await still_works(shell, workspace)
 

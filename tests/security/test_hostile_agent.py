@@ -125,7 +125,7 @@ def _branch_tree(hostile: Hostile, branch: str) -> dict[str, str]:
             if entry.filemode == pygit2.enums.FileMode.TREE:
                 walk(repo[entry.id].peel(pygit2.Tree), f"{path}/")
             else:
-                found[path] = repo[entry.id].data.decode(errors="replace")
+                found[path] = repo[entry.id].peel(pygit2.Blob).data.decode(errors="replace")
 
     walk(tree, "")
     json.dumps(found)

@@ -16,12 +16,13 @@ import pytest
 import redis
 
 from app.testing.anthropic_server import Script, Turn, edit_create, text
+from app.testing.github_hooks import deliver
 from app.testing.stack import Stack, running_stack
 from app.triggers.intake import claim_key
+from tests.support.paths import PAYLOADS
 
 JSON = dict[str, Any]
 SECRET = "webhook-secret-for-authorisation"
-PAYLOADS = Path(__file__).resolve().parents[1] / "payloads"
 ROUTINES = {
     "fixer": "repo: acme/svc\non: {api: true}",
     "anywhere": "repo: '*'\non: {api: true}",
@@ -109,7 +110,7 @@ def review_comment(stack: Stack, branch: str, *, repo: str = "acme/svc", head_re
 
 def deliver_and_wait(stack: Stack, event: str, payload: dict[str, Any]) -> None:
     """Deliver `payload` and wait until the worker has handled it (its stored payload is dropped)."""
-    guid = stack.github.deliver(event, payload, f"{stack.web_url}/webhooks/github", SECRET)
+    guid = deliver(stack.github, event, payload, f"{stack.web_url}/webhooks/github", SECRET)
     client = redis.Redis.from_url(stack.settings.redis_url or "")
     deadline = time.monotonic() + 30
     while client.exists(claim_key(guid) + ":payload") and time.monotonic() < deadline:

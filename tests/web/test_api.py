@@ -75,6 +75,7 @@ async def test_events_stream_live_over_sse(stack: Stack) -> None:
     run_id = stack.fire("docs").json()["run_id"]
     store = RedisStore(aioredis.Redis.from_url(stack.settings.redis_url or ""))
     received: list[dict[str, object]] = []
+    first = asyncio.Event()
 
     async def listen() -> None:
         headers = {"authorization": f"Bearer {API_TOKEN}"}
@@ -86,10 +87,11 @@ async def test_events_stream_live_over_sse(stack: Stack) -> None:
             async for line in reply.aiter_lines():
                 if line.startswith("data: ") and line != "data: {}":
                     received.append(json.loads(line[6:]))
+                    first.set()
 
     task = asyncio.create_task(listen())
-    await asyncio.sleep(0.3)
-    assert [e["type"] for e in received] == ["run.state"]  # the past is replayed, the stream stays open
+    await asyncio.wait_for(first.wait(), timeout=10)
+    assert [e["type"] for e in received] == ["run.state"] and not task.done()  # the past, then it stays open
     await store.append_event(run_id, Event("log", {"message": "working"}))
     await store.transition(run_id, RunState.PREPARING)
     await store.transition(run_id, RunState.FAILED, error="stopped by the test")

@@ -11,8 +11,8 @@ import pytest
 
 from app.core.config import Settings
 from app.core.domain import Run, RunState, Trigger
+from app.core.errors import Refused
 from app.routines.catalog import ApiRoutines, RoutineCatalog
-from app.store.admission import Refused
 from app.testing.serve import serve_in_thread
 from app.web import routines_api
 from app.web.app import create_app
@@ -37,6 +37,14 @@ def test_pause_resume_and_archive_change_the_state(web: httpx.Client) -> None:
     assert paused.status_code == 200 and paused.json()["state"] == "paused" and paused.json()["by"] == "api"
     assert web.post("/api/routines/docs/resume").json()["state"] == "active"
     assert web.post("/api/routines/docs/archive").json()["state"] == "archived"
+
+
+def test_the_listing_shows_each_routines_state_and_runs_today(web: httpx.Client) -> None:
+    assert web.post("/api/routines/docs/fire", json={"text": "now"}).status_code == 202
+    web.post("/api/routines/docs/pause")
+    [docs] = web.get("/api/routines").json()["routines"]
+    assert (docs["state"], docs["by"], docs["runs_today"], docs["runs_per_day"]) == ("paused", "api", 1, None)
+    assert isinstance(docs["since"], float)
 
 
 def test_changing_state_needs_the_admin_token_and_a_known_routine(web: httpx.Client) -> None:

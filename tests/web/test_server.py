@@ -66,10 +66,16 @@ def connect(hooks: HookStack) -> socket.socket:
     return socket.create_connection(("127.0.0.1", int(hooks.web_url.rsplit(":", 1)[1])), timeout=10)
 
 
+def blocked(admin: redis.Redis) -> int:
+    info: Any = admin.info("clients")
+    return int(info["blocked_clients"])
+
+
 def stored(hooks: HookStack, guid: str) -> bytes | None:
     client = redis.Redis.from_url(hooks.settings.redis_url or "")
     try:
         value = client.get(claim_key(guid) + ":payload")
+        assert value is None or isinstance(value, bytes)
         return None if value is None else unpack_payload(value)
     finally:
         client.close()
@@ -184,9 +190,12 @@ def test_shutdown_waits_for_an_answer_being_queued(tmp_path: Path, redis_url: st
     ):
         conn.sendall(request("warm"))
         assert response(stream)[0] == 202
-        admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+        admin.client_pause(1500, all=False)  # writes only
         conn.sendall(request("s-1"))
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while blocked(admin) == 0:  # the claim waits for Redis
+            assert time.monotonic() < deadline, "the delivery never reached Redis"
+            time.sleep(0.01)
         stopping = threading.Thread(target=stack.stop_web)
         stopping.start()
         status, headers, _ = response(stream)

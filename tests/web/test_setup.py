@@ -22,9 +22,7 @@ from app.testing.github_server import create_app as github_app
 from app.testing.serve import free_port, serve_in_thread
 from app.web import setup
 from app.web.app import create_app
-
-ROOT = Path(__file__).resolve().parents[2]
-
+from tests.support.paths import ROOT
 
 ADMIN = "admin-token-for-setup-tests"
 

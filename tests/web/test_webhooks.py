@@ -17,8 +17,8 @@ import pytest
 from githubkit.webhooks import parse_obj
 
 from app.testing.webhook_stack import SECRET, HookStack, webhook_stack
+from tests.support.paths import PAYLOADS
 
-PAYLOADS = Path(__file__).parent.parent / "payloads"
 ROUTINE = """---
 name: labelled-fix
 repo: "*"

@@ -1,0 +1,69 @@
+"""Checkpoints of a workspace: a commit in the run's checkpoint store (same machine) or a patch (another
+machine); the mirror, which every sandbox of the repository sees, never holds them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pygit2
+import pytest
+
+from app.git.workspace import Mirrors, Workspace
+from tests.support.git import commit_file, git, snap
+
+REF = "refs/routines/checkpoints/run1"
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    repo = tmp_path / "origin"
+    git("init", "-q", "-b", "main", str(repo))
+    commit_file(repo, "keep.txt", "keep\n")
+    commit_file(repo, "gone.txt", "soon gone\n")
+    commit_file(repo, "edit.txt", "old\n")
+    return repo
+
+
+def change(work: Path) -> None:
+    (work / "gone.txt").unlink()
+    (work / "edit.txt").write_text("new\n")
+    (work / "sub").mkdir()
+    (work / "sub" / "added.txt").write_text("added\n")
+
+
+def state(work: Path) -> dict[str, str]:
+    files = sorted(p for p in work.rglob("*") if p.is_file() and ".git" not in p.relative_to(work).parts)
+    return {str(p.relative_to(work)): p.read_text() for p in files}
+
+
+@pytest.mark.parametrize("source", ["commit", "patch"])
+async def test_a_checkpoint_restores_into_a_fresh_workspace(tmp_path: Path, origin: Path, source: str) -> None:
+    mirrors = Mirrors(tmp_path / "data", spares=False)
+    mirror = await mirrors.ensure(str(origin))
+    dest = tmp_path / "run" / "repo"
+    first = await mirrors.checkout(mirror, "main", dest)
+    await snap(first)
+    assert await first.checkpoint(REF) is None, "nothing changed yet"
+    change(first.path)
+    await snap(first)
+    sha = await first.checkpoint(REF)
+    assert sha is not None and await first.checkpoint(REF) is None
+    patch, expected, changed = first.diff(), state(first.path), first.changed_files()
+    assert REF not in pygit2.Repository(str(mirror)).references
+    assert pygit2.Oid(hex=sha) not in pygit2.Repository(str(mirror)).odb
+    mirrors.discard(dest)  # as after a crash: the checkout goes, the run's checkpoints stay
+
+    second = await mirrors.checkout(mirror, "main", dest)
+    how = await second.restore(sha if source == "commit" else "0" * 40, patch)
+
+    assert how == source
+    assert state(second.path) == expected and second.changed_files() == changed == [
+        "edit.txt",
+        "gone.txt",
+        "sub/added.txt",
+    ]
+    reopened = Workspace.open(second.path)
+    await snap(reopened)
+    assert reopened.diff() == patch
+    second.cleanup()
+    assert not any(path.name.startswith("repo") for path in dest.parent.iterdir())

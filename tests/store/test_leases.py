@@ -1,0 +1,66 @@
+"""Leases on runs and the reaper that re-enqueues runs whose worker died."""
+
+from __future__ import annotations
+
+from arq.connections import ArqRedis
+from redis import asyncio as aioredis
+
+from app.core.domain import Run, RunState, Trigger, new_run_id
+from app.store import queue
+from app.store.leases import Leases, reap
+from app.store.runs import RedisStore
+from tests.support.clock import Ticks
+
+
+async def test_one_holder_at_a_time_and_only_the_holder_renews_or_releases(aredis: aioredis.Redis) -> None:
+    leases = Leases(aredis, "routines:", lease_s=0.3)
+    assert await leases.take("r1", "worker-a")
+    assert not await leases.take("r1", "worker-b")
+    assert not await leases.renew("r1", "worker-b") and await leases.renew("r1", "worker-a")
+    await leases.release("r1", "worker-b")
+    assert await aredis.get(leases.key("r1")) == b"worker-a"
+    await leases.release("r1", "worker-a")
+    assert await aredis.get(leases.key("r1")) is None and not await aredis.sismember(leases.live_key, "r1")  # type: ignore[misc]
+
+
+async def test_a_held_lease_outlives_its_ttl_while_renewed(aredis: aioredis.Redis) -> None:
+    ticks = Ticks()
+    leases = Leases(aredis, "routines:", lease_s=60, sleep=ticks)
+    async with leases.held("r1", "worker-a") as held:
+        assert held
+        for _ in range(3):
+            await aredis.pexpire(leases.key("r1"), 50)  # as if the lease were about to run out
+            await ticks.tick()  # the renewer's wait ends; it renews and waits again
+            assert await aredis.pttl(leases.key("r1")) > 59_000
+        assert ticks.waits == [20.0] * 4
+        async with leases.held("r1", "worker-b") as other:
+            assert not other
+    assert await aredis.get(leases.key("r1")) is None
+
+
+async def test_reaper_resumes_a_run_whose_lease_expired_then_gives_up(redis_url: str) -> None:
+    pool = queue.connect(redis_url)
+    store = RedisStore(pool)
+    leases = Leases(pool, "routines:", lease_s=0.3)
+    run = Run(id=new_run_id(), routine="nightly", repo="acme/calc", trigger=Trigger("api", actor="test"))
+    await store.create_run(run)
+    await store.transition(run.id, RunState.PREPARING)
+    await store.transition(run.id, RunState.RUNNING)
+    try:
+        assert await leases.take(run.id, "worker-a")
+        assert await reap(store, pool, leases, max_resumes=1) == []
+        await pool.delete(leases.key(run.id))
+        assert await reap(store, pool, leases, max_resumes=1) == [f"run:{run.id}:resume:1"]
+        assert await reap(store, pool, leases, max_resumes=1) == [], "one reaper per lease period"
+        assert await _job_ids(pool) == {f"run:{run.id}:resume:1"}
+        await pool.delete(f"routines:reaping:{run.id}")
+        assert await reap(store, pool, leases, max_resumes=1) == []
+        failed = await store.get_run(run.id)
+        assert failed.state is RunState.FAILED and "resumed 1 times" in (failed.error or "")
+        assert not await pool.sismember(leases.live_key, run.id)  # type: ignore[misc]
+    finally:
+        await pool.aclose()
+
+
+async def _job_ids(pool: ArqRedis) -> set[str]:
+    return {str(job.job_id) for job in await pool.queued_jobs()}

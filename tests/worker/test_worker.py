@@ -1,0 +1,139 @@
+"""The worker's schedule tick: many arq workers on one Redis fire each slot exactly once, and catch up once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from arq import Worker
+from redis import asyncio as aioredis
+
+from app.core.config import Settings
+from app.store.routine_states import PAUSED, RoutineStates
+from app.store.runs import RedisStore
+from app.worker.ticks import ScheduleTicker
+from app.worker.worker import create_worker
+
+HOURLY = '---\nname: hourly\nrepo: acme/api\non:\n  schedule:\n    - cron: "0 * * * *"\n---\nTidy up.\n'
+START = datetime(2025, 1, 1, 0, 30, tzinfo=UTC).timestamp()
+
+
+class Clock:
+    """The workers' wall clock, moved by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def settings_for(tmp_path: Path, redis_url: str) -> Settings:
+    routines = tmp_path / "routines"
+    routines.mkdir(exist_ok=True)
+    (routines / "hourly.md").write_text(HOURLY)
+    return Settings(redis_url=redis_url, routines_dir=routines, data_dir=tmp_path / "data", poll_delay_ms=5)
+
+
+@asynccontextmanager
+async def workers(settings: Settings, clock: Clock, count: int) -> AsyncIterator[list[Worker]]:
+    started = [create_worker(settings, handle_signals=False, clock=clock, tick_s=0.005) for _ in range(count)]
+    tasks = [asyncio.create_task(w.main()) for w in started]
+    try:
+        yield started
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for w in started:
+            await w.close()
+
+
+def ticks(worker: Worker) -> int:
+    ticker: ScheduleTicker | None = worker.ctx.get("ticker")
+    return ticker.ticks if ticker else 0
+
+
+async def until(condition: Callable[[], object], what: str) -> None:
+    for _ in range(4000):
+        if await condition() if asyncio.iscoroutinefunction(condition) else condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+async def settle(pool: list[Worker], store: RedisStore) -> None:
+    """Every worker ticks twice more (a full tick at the current time) and the queue is drained."""
+    marks = [ticks(w) + 2 for w in pool]
+    await until(lambda: all(ticks(w) >= m for w, m in zip(pool, marks, strict=True)), "every worker to tick")
+
+    async def drained() -> bool:
+        return await store.redis.zcard("arq:queue") == 0 and not await store.redis.keys("arq:in-progress:*")
+
+    await until(drained, "the queue to drain")
+
+
+async def slots_fired(store: RedisStore) -> Counter[int]:
+    runs = await store.list_runs(routine="hourly", limit=200)
+    return Counter(int(run.trigger.data["slot_ms"]) for run in runs if run.trigger.kind == "schedule")
+
+
+def hour(n: int) -> int:
+    return int((START - 1800 + 3600 * n) * 1000)
+
+
+async def test_three_workers_racing_over_twenty_slots_fire_each_exactly_once(
+    tmp_path: Path, redis_url: str, aredis: aioredis.Redis
+) -> None:
+    clock = Clock(START)
+    store_settings = settings_for(tmp_path, redis_url)
+    async with workers(store_settings, clock, 3) as pool:
+        store = RedisStore(aredis)
+        await settle(pool, store)
+        for _ in range(20):
+            clock.now += 3600
+            await settle(pool, store)
+        fired = await slots_fired(store)
+    assert fired == Counter({hour(n): 1 for n in range(1, 21)})
+
+
+async def test_a_worker_down_across_slots_catches_up_with_the_latest_slot_once(
+    tmp_path: Path, redis_url: str, aredis: aioredis.Redis
+) -> None:
+    clock = Clock(START)
+    settings = settings_for(tmp_path, redis_url)
+    async with workers(settings, clock, 1) as pool:
+        store = RedisStore(aredis)
+        await settle(pool, store)
+        assert await slots_fired(store) == Counter()
+    clock.now += 3 * 3600 + 600  # down across 01:00, 02:00 and 03:00
+    async with workers(settings, clock, 1) as pool:
+        store = RedisStore(aredis)
+        await settle(pool, store)
+        await settle(pool, store)
+        assert await slots_fired(store) == Counter({hour(3): 1})
+
+
+async def test_a_paused_routine_misses_its_slots_and_resuming_does_not_replay_them(
+    tmp_path: Path, redis_url: str, aredis: aioredis.Redis
+) -> None:
+    clock = Clock(START)
+    settings = settings_for(tmp_path, redis_url)
+    async with workers(settings, clock, 1) as pool:
+        store = RedisStore(aredis)
+        states = RoutineStates(store.redis)
+        await settle(pool, store)
+        await states.set("hourly", PAUSED)
+        clock.now += 3600
+        await settle(pool, store)
+        await states.set("hourly", "active")
+        await settle(pool, store)
+        assert await slots_fired(store) == Counter()
+        (settings.routines_dir / "hourly.md").write_text(HOURLY.replace("0 * * * *", "15 * * * *"))
+        clock.now += 2700  # 02:15: the changed file is read without a restart
+        await settle(pool, store)
+        assert await slots_fired(store) == Counter({hour(2) + 15 * 60_000: 1})
