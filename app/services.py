@@ -10,7 +10,6 @@ from pathlib import Path
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from app.agent.memory import RedisMemoryStore
 from app.core.config import Settings
 from app.core.domain import JSON, Routine, Run, is_local_repo
 from app.core.errors import ConfigError, StoreError
@@ -20,7 +19,7 @@ from app.core.redact import Redactor
 from app.forge.github import GitHubForge
 from app.forge.github_outputs import GitHubOutputs
 from app.forge.local import LocalForge
-from app.git.workspace import Mirrors
+from app.git.mirrors import Mirrors
 from app.models.anthropic import AnthropicModel
 from app.routines.catalog import ApiRoutines, RoutineCatalog
 from app.run.context import Reporting, RunnerDeps, RunSettings
@@ -30,6 +29,7 @@ from app.sandbox.bwrap import sandbox_available
 from app.sandbox.egress.policy import SystemResolver
 from app.store import queue
 from app.store.cancels import CancelFlags
+from app.store.memory import RedisMemoryStore
 from app.store.runs import RedisStore
 from app.store.vault import Vault, secret_key
 from app.triggers.intake import DeliveryIntake

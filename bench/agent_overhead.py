@@ -30,7 +30,7 @@ from redis import asyncio as aioredis
 from app.agent.context import cache_read_share, prompt_tokens
 from app.agent.loop import Agent, Budget
 from app.agent.prompts import build_system
-from app.agent.tools import Toolbox
+from app.agent.tools.toolbox import Toolbox
 from app.core.domain import JSON, Event, Routine
 from app.core.ports import CommandResult, EventSink, ModelResponse, Staged, StageLimits
 from app.core.pricing import cost_usd

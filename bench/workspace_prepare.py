@@ -6,6 +6,7 @@ Builds a repository of small text files in nested directories, serves it with `g
 then alternates (a) `git clone --depth 1 <url>` and (b) warm preparation: `Mirrors.ensure` on a
 mirror that already exists (an incremental fetch that finds nothing new) followed by `checkout`.
 Work trees are kept until the end, because deleting many files slows the next writes on some disks.
+
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.git.workspace import Mirrors, checkout
+from app.git.checkouts import checkout
+from app.git.mirrors import Mirrors
 from app.testing.git_http import run_http_backend
 from app.testing.serve import serve_in_thread
 

@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from app.agent import context as ctx
-from app.agent.tools import BASH, Toolbox, server_tool_events
+from app.agent.tools.bash import BASH
+from app.agent.tools.server import server_tool_events
+from app.agent.tools.toolbox import Toolbox
 from app.core.domain import JSON
 from app.core.errors import PromptTooLong, RunLimitReached, RunStopped
 from app.core.ports import EventSink, ModelClient, ModelResponse

@@ -357,3 +357,13 @@ class ForgeOutputs(Protocol):
     async def update_issue(
         self, repo: RepoInfo, number: int, *, title: str, body: str, creds: Credentials | None
     ) -> IssueRef: ...
+
+
+class MemoryStore(Protocol):
+    """Where each routine's memory folder is kept between runs: relative path → file bytes."""
+
+    async def load(self, routine: str) -> dict[str, bytes]: ...
+
+    async def save(self, routine: str, files: dict[str, bytes]) -> None:
+        """Replace the routine's stored folder with `files` (an empty dict clears it)."""
+        ...

@@ -1,4 +1,4 @@
-"""Git with libgit2 only: per-repository mirrors and per-run checkouts (`workspace`), the fast tree
-writer (`worktree`), remotes and credentials (`remotes`), and the import of snapshots staged in the
-sandbox (`snapshots`).
+"""Git with libgit2 only: per-repository `mirrors`, per-run `checkouts` (with spare work trees), the
+run's `workspace` (commits, checkpoints, pushes) and where its parts live (`layout`), remotes and
+credentials (`remotes`), and the import of snapshots staged in the sandbox (`snapshots`).
 """

@@ -1,4 +1,4 @@
-"""Workspaces: a bare mirror per repository, and a fresh checkout per run that borrows its objects.
+"""One run's work tree and the two git directories beside it (app.git.checkouts makes it).
 
 A checkout has two git directories. `dest/.git` is the agent's: it may write anything there, and
 the host never reads it. The runner commits and pushes through a private git directory next to
@@ -14,212 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import hashlib
 import logging
 import os
-import re
-import secrets
 import shutil
 import stat
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pygit2
-from pygit2.enums import CheckoutStrategy, FetchPrune
+from pygit2.enums import CheckoutStrategy
 
 from app.core.errors import WorkspaceError
 from app.core.ports import Credentials, Staged, StageLimits, TreeSource
-from app.git.remotes import Callbacks, display_url, git_failure, is_local, locked, repo_name
+from app.git.layout import checkpoints_dir, private_gitdir
+from app.git.remotes import Callbacks, display_url, git_failure, is_local
 from app.git.snapshots import import_tree
-from app.git.worktree import write_tree
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_TIMEOUT_S = 300.0
-MIRROR_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 _GITLINK = 0o160000
-
-
-class Mirrors:
-    """Bare mirrors of repositories under `root/mirrors`, one per URL, safe to share between workers.
-
-    With `spares`, each mirror keeps one work tree ready (made in the background after a checkout)
-    that the next `checkout` of the same commit takes by renaming it: O(1) instead of writing every file.
-    """
-
-    def __init__(self, root: Path, *, spares: bool = True) -> None:
-        self.root = root
-        self.spares = spares
-        self._refills: set[asyncio.Task[None]] = set()
-
-    def path_for(self, url: str) -> Path:
-        clean = display_url(url)
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "+", "/".join(repo_name(url).split("/")[-2:])).strip("+.")
-        digest = hashlib.sha256(clean.encode()).hexdigest()[:10]
-        return self.root / "mirrors" / f"{slug or 'repo'}-{digest}.git"
-
-    async def ensure(self, url: str, creds: Credentials | None = None) -> Path:
-        """The mirror of `url`, cloned the first time and fetched (heads and tags, pruned) afterwards."""
-        if urlsplit(url).password:
-            raise WorkspaceError(f"{display_url(url)} carries a password in the URL; pass it as Credentials instead")
-        return await asyncio.to_thread(self._ensure, url, creds)
-
-    def _ensure(self, url: str, creds: Credentials | None) -> Path:
-        path = self.path_for(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with locked(path.with_suffix(".lock")):
-            if (path / "HEAD").exists():
-                repo = pygit2.Repository(str(path))
-                if repo.remotes["origin"].url != url:
-                    repo.remotes.set_url("origin", url)
-                self._fetch(repo, url, creds)
-            else:
-                self._clone(path, url, creds)
-        return path
-
-    def _clone(self, path: Path, url: str, creds: Credentials | None) -> None:
-        staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        try:
-            repo = pygit2.init_repository(str(staging), bare=True)
-            repo.remotes.create("origin", url, MIRROR_REFSPECS[0])
-            repo.remotes.add_fetch("origin", MIRROR_REFSPECS[1])
-            self._fetch(repo, url, creds)
-            staging.rename(path)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    async def checkout(self, mirror: Path, base: str, dest: Path) -> Workspace:
-        """Like the module's `checkout`, served from the mirror's spare work tree when it has `base`'s commit."""
-        workspace = await asyncio.to_thread(_claim_spare, mirror, base, dest) if self.spares else None
-        if workspace is None:
-            workspace = await checkout(mirror, base, dest)
-        if self.spares:
-            task = asyncio.create_task(asyncio.to_thread(_make_spare, mirror, workspace.base_commit))
-            self._refills.add(task)
-            task.add_done_callback(self._refilled)
-        return workspace
-
-    def _refilled(self, task: asyncio.Task[None]) -> None:
-        self._refills.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning("could not make a spare work tree: %s", task.exception())
-
-    def discard(self, dest: Path) -> None:
-        """Remove what a dead worker left of a checkout at `dest`: after a crash the checkpoint is the truth."""
-        if (dest.parent / f"{dest.name}.gitdir" / "routines-base").is_file():
-            Workspace.open(dest).cleanup(keep_checkpoints=True)
-        elif dest.exists():
-            shutil.rmtree(dest, ignore_errors=True)
-
-    async def settle(self) -> None:
-        """Wait until the spare work trees being made are ready (before shutdown, or in a benchmark)."""
-        await asyncio.gather(*self._refills, return_exceptions=True)
-
-    def _fetch(self, repo: pygit2.Repository, url: str, creds: Credentials | None) -> None:
-        try:
-            repo.remotes["origin"].fetch(callbacks=Callbacks(url, creds), prune=FetchPrune.PRUNE)
-        except pygit2.GitError as exc:
-            raise git_failure("fetch", url, exc) from None
-
-
-async def checkout(mirror: Path, base: str, dest: Path) -> Workspace:
-    """A fresh work tree of `base` (branch, tag or commit id) of `mirror` at `dest`, which must not exist."""
-    return await asyncio.to_thread(_checkout, mirror, base, dest)
-
-
-def _checkout(mirror: Path, base: str, dest: Path) -> Workspace:
-    repo = pygit2.Repository(str(mirror))
-    name = _mirror_name(repo, mirror)
-    commit, branch = _resolve_base(repo, base, name)
-    gitdir = _private_gitdir(dest)
-    if dest.exists() and any(dest.iterdir()):
-        raise WorkspaceError(f"workspace {dest} is not empty; give each run a new directory")
-    if gitdir.exists():
-        raise WorkspaceError(f"{gitdir} already exists; clean up the previous workspace at {dest} first")
-    dest.mkdir(parents=True, exist_ok=True)
-    objects = Path(repo.path).resolve() / "objects"
-    _init_gitdir(dest / ".git", objects, {}, branch, str(commit.id))
-    _init_gitdir(gitdir, objects, {"worktree": str(dest.resolve())}, None, str(commit.id))
-    _borrow_checkpoints(dest, objects)
-    (gitdir / "info" / "exclude").write_text("/.git\n")
-    (gitdir / "routines-base").write_text(f"{commit.id}\n")
-    try:
-        index = write_tree(repo, commit.tree, dest)
-        if index is None:
-            private = pygit2.Repository(str(gitdir))
-            private.checkout_tree(private[commit.id], strategy=CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
-            index = (gitdir / "index").read_bytes()
-        for directory in (dest / ".git", gitdir):
-            (directory / "index").write_bytes(index)
-    except (OSError, pygit2.GitError) as exc:
-        Workspace(dest, "").cleanup()
-        raise WorkspaceError(f"could not check out {base} of {name} into {dest}: {exc}") from None
-    except BaseException:
-        Workspace(dest, "").cleanup()
-        raise
-    return Workspace(dest, str(commit.id))
-
-
-def _mirror_name(repo: pygit2.Repository, mirror: Path) -> str:
-    origin = repo.remotes["origin"].url if "origin" in repo.remotes.names() else None
-    return repo_name(origin) if origin else str(mirror)
-
-
-def _private_gitdir(dest: Path) -> Path:
-    return dest.parent / f"{dest.name}.gitdir"
-
-
-def _checkpoints(dest: Path) -> Path:
-    """Where the run's checkpoint objects live: beside the checkout, outside the mirror every run sees."""
-    return dest.parent / f"{dest.name}.checkpoints"
-
-
-def _borrow_checkpoints(dest: Path, mirror_objects: Path) -> None:
-    """Let the private git directory read the mirror's objects and the run's checkpoints (made if missing)."""
-    store = _checkpoints(dest) / "objects"
-    for sub in ("info", "pack"):
-        (store / sub).mkdir(parents=True, exist_ok=True)
-    alternates = _private_gitdir(dest) / "objects" / "info" / "alternates"
-    alternates.write_text(f"{mirror_objects}\n{store.resolve()}\n")
-
-
-def _resolve_base(repo: pygit2.Repository, base: str, name: str) -> tuple[pygit2.Commit, str | None]:
-    for ref, branch in ((f"refs/heads/{base}", base), (f"refs/tags/{base}", None)):
-        if ref in repo.references:
-            return repo.references[ref].peel(pygit2.Commit), branch
-    if re.fullmatch(r"[0-9a-f]{7,40}", base):
-        with contextlib.suppress(KeyError, ValueError, pygit2.GitError):
-            return repo.revparse_single(base).peel(pygit2.Commit), None
-    branches = sorted(repo.branches.local)
-    known = ", ".join(branches[:10]) + (" …" if len(branches) > 10 else "") if branches else "no branches"
-    raise WorkspaceError(
-        f"branch '{base}' does not exist in {name}; set `base:` to an existing branch (it has: {known})"
-    )
-
-
-def _init_gitdir(path: Path, objects: Path, core: dict[str, str], branch: str | None, oid: str) -> None:
-    """Lay out a git directory by hand: faster than `git init`, and no template (hooks) is copied."""
-    for sub in ("objects/info", "objects/pack", "refs/heads", "refs/tags", "info"):
-        (path / sub).mkdir(parents=True, exist_ok=True)
-    (path / "objects" / "info" / "alternates").write_text(f"{objects}\n")
-    _write_config(path, core)
-    _write_head(path, branch, oid)
-
-
-def _write_config(path: Path, core: dict[str, str]) -> None:
-    settings = {"repositoryformatversion": "0", "filemode": "true", "bare": "false", "logallrefupdates": "true"}
-    settings.update(core)
-    (path / "config").write_text("[core]\n" + "".join(f"\t{k} = {v}\n" for k, v in settings.items()))
-
-
-def _write_head(path: Path, branch: str | None, oid: str) -> None:
-    """HEAD on `branch` at `oid`, or detached at `oid` when there is no branch."""
-    if branch:
-        ref = path / "refs" / "heads" / branch
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        ref.write_text(f"{oid}\n")
-    (path / "HEAD").write_text(f"ref: refs/heads/{branch}\n" if branch else f"{oid}\n")
 
 
 class Workspace:
@@ -234,14 +47,14 @@ class Workspace:
     def __init__(self, path: Path, base_commit: str) -> None:
         self.path = path
         self.base_commit = base_commit
-        self._gitdir = _private_gitdir(path)
+        self._gitdir = private_gitdir(path)
         self._tree: str | None = None
         self._seeded = False
 
     @classmethod
     def open(cls, path: Path) -> Workspace:
         """The workspace that `checkout` made at `path` earlier, e.g. after a worker restarted."""
-        marker = _private_gitdir(path) / "routines-base"
+        marker = private_gitdir(path) / "routines-base"
         if not marker.is_file():
             raise WorkspaceError(f"{path} is not a workspace made by checkout(); check out a fresh one")
         return cls(path, marker.read_text().strip())
@@ -329,7 +142,7 @@ class Workspace:
                 return None
             author = pygit2.Signature("routines", "routines@localhost")
             oid = repo.create_commit(ref, author, author, f"checkpoint {ref}", tree, [parent.id])
-            store = pygit2.Odb(str(_checkpoints(self.path) / "objects"))
+            store = pygit2.Odb(str(checkpoints_dir(self.path) / "objects"))
             _copy_objects(repo, store, oid, also_have=pygit2.Odb(str(self._mirror_objects())))
             return str(oid)
         except (OSError, pygit2.GitError) as exc:
@@ -394,7 +207,7 @@ class Workspace:
         agent removed write permission."""
         leftovers = [self.path, self._gitdir, self.path.with_name(self.path.name + ".stage")]
         if not keep_checkpoints:
-            leftovers.append(_checkpoints(self.path))
+            leftovers.append(checkpoints_dir(self.path))
         for directory in leftovers:
             if directory.is_dir() and not directory.is_symlink():
                 shutil.rmtree(directory, onerror=_unlock)
@@ -457,55 +270,3 @@ def _copy_objects(
     for oid in reversed(missing):
         kind, data = repo.odb.read(oid)
         dest.write(kind, data)
-
-
-def _spares_dir(mirror: Path) -> Path:
-    return mirror.with_name(mirror.name + ".spares")
-
-
-def _claim_spare(mirror: Path, base: str, dest: Path) -> Workspace | None:
-    """Move a ready spare of `base`'s commit to `dest` (atomically claimed by rename), or None."""
-    repo = pygit2.Repository(str(mirror))
-    commit, branch = _resolve_base(repo, base, _mirror_name(repo, mirror))
-    if (dest.exists() and any(dest.iterdir())) or _private_gitdir(dest).exists():
-        return None
-    spares = _spares_dir(mirror)
-    for ready in spares.glob(f"{commit.id}-*") if spares.is_dir() else ():
-        claimed = spares / f".claimed-{secrets.token_hex(4)}"
-        try:
-            ready.rename(claimed)
-        except FileNotFoundError:
-            continue
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            (claimed / "work").rename(dest)
-            (claimed / "work.gitdir").rename(_private_gitdir(dest))
-        except OSError:
-            shutil.rmtree(claimed, ignore_errors=True)
-            return None
-        shutil.rmtree(claimed, ignore_errors=True)  # what the spare kept beside its tree
-        _write_config(_private_gitdir(dest), {"worktree": str(dest.resolve())})
-        _borrow_checkpoints(dest, Path(repo.path).resolve() / "objects")
-        (dest / ".git" / "HEAD").unlink()
-        _write_head(dest / ".git", branch, str(commit.id))
-        return Workspace(dest, str(commit.id))
-    return None
-
-
-def _make_spare(mirror: Path, commit: str) -> None:
-    """Keep one spare work tree of `commit` for `mirror`; stale ones (other commits) are removed."""
-    spares = _spares_dir(mirror)
-    spares.mkdir(exist_ok=True)
-    with open(spares / ".lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return
-        for entry in spares.iterdir():
-            if entry.name.startswith(commit):
-                return
-            if entry.name != ".lock" and not entry.name.startswith(".claimed-"):
-                shutil.rmtree(entry, ignore_errors=True)
-        building = spares / f".building-{secrets.token_hex(4)}"
-        _checkout(mirror, commit, building / "work")
-        building.rename(spares / f"{commit}-{secrets.token_hex(4)}")

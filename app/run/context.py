@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Protocol
 
 from app.agent.loop import AgentOutcome
-from app.agent.memory import MemoryStore
 from app.core.domain import JSON, Event, Routine, Run
 from app.core.ports import (
     Boundary,
@@ -17,6 +16,7 @@ from app.core.ports import (
     Emit,
     Forge,
     ForgeOutputs,
+    MemoryStore,
     ModelClient,
     PullInfo,
     Redacts,

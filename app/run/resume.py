@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from app.agent import context as ctx
 from app.agent.loop import CONTINUE, CUT_TOOL_CALL, USAGE_KEYS, AgentOutcome
-from app.agent.tools import BASH
+from app.agent.tools.bash import BASH
 from app.core.domain import JSON, Event
 
 INTERRUPTED = "the machine restarted while this command ran; it did not finish — check the state and rerun it if needed"

@@ -7,11 +7,11 @@ import logging
 import time
 from pathlib import Path
 
-from app.agent.connectors import open_connectors
 from app.agent.loop import Agent, AgentOutcome, Budget, Hooks
-from app.agent.memory import Memory
 from app.agent.prompts import build_first_message, build_system, fence
-from app.agent.tools import Toolbox
+from app.agent.tools.connectors import open_connectors
+from app.agent.tools.memory import Memory
+from app.agent.tools.toolbox import Toolbox
 from app.core.domain import JSON, Event, Routine, Run, RunState
 from app.core.errors import ConfigError, RoutinesError
 from app.core.ports import Hands

@@ -20,7 +20,7 @@ from app.agent.context import (
 )
 from app.agent.loop import Agent, AgentOutcome, Budget, Window
 from app.agent.prompts import build_system
-from app.agent.tools import Toolbox
+from app.agent.tools.toolbox import Toolbox
 from app.core.domain import JSON, Routine
 from app.core.errors import PromptTooLong
 from app.core.ports import Hands, ModelResponse

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.agent.loop import Agent, AgentOutcome, Budget, Window
-from app.agent.tools import Toolbox
+from app.agent.tools.toolbox import Toolbox
 from app.core.domain import JSON
 from app.core.errors import ModelError
 from app.core.ports import Hands, ModelResponse

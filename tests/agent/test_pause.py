@@ -7,7 +7,7 @@ import copy
 from pathlib import Path
 
 from app.agent.loop import Agent, Budget
-from app.agent.tools import Toolbox
+from app.agent.tools.toolbox import Toolbox
 from app.core.domain import JSON
 from app.core.ports import ModelResponse
 from app.models.scripts import Turn, bash, check_messages, play, text, web_search

@@ -8,7 +8,7 @@ import pytest
 
 from app.core.errors import ForgeError
 from app.forge.local import LocalForge
-from app.git.workspace import Mirrors
+from app.git.mirrors import Mirrors
 from tests.support.git import git, snap
 
 

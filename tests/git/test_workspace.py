@@ -16,7 +16,9 @@ from starlette.routing import Route
 
 from app.core.errors import WorkspaceError
 from app.core.ports import Credentials
-from app.git.workspace import Mirrors, Workspace, checkout
+from app.git.checkouts import checkout
+from app.git.mirrors import Mirrors
+from app.git.workspace import Workspace
 from app.testing.git_http import basic_password, run_http_backend
 from app.testing.serve import serve_in_thread
 from tests.support.git import commit_file, git, snap
@@ -262,7 +264,7 @@ async def test_a_follow_up_push_only_fast_forwards_over_http_and_locally(
 async def test_concurrent_ensure_in_tasks_and_processes(origin: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     script = (
-        "import asyncio, sys; from pathlib import Path; from app.git.workspace import Mirrors; "
+        "import asyncio, sys; from pathlib import Path; from app.git.mirrors import Mirrors; "
         "print(asyncio.run(Mirrors(Path(sys.argv[1])).ensure(sys.argv[2])))"
     )
     processes = [

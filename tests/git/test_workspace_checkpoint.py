@@ -8,7 +8,8 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from app.git.workspace import Mirrors, Workspace
+from app.git.mirrors import Mirrors
+from app.git.workspace import Workspace
 from tests.support.git import commit_file, git, snap
 
 REF = "refs/routines/checkpoints/run1"

@@ -9,7 +9,8 @@ from typing import TypedDict
 
 import pygit2
 
-from app.git.workspace import Mirrors, checkout
+from app.git.checkouts import checkout
+from app.git.mirrors import Mirrors
 from app.hands.stage import Stager, _own_stat
 from tests.support.git import commit_file, git
 

@@ -17,7 +17,7 @@ import pytest
 from app.core.domain import Run, RunState, Trigger
 from app.forge.github import GitHubForge
 from app.forge.github_outputs import GitHubOutputs
-from app.git.workspace import Mirrors
+from app.git.mirrors import Mirrors
 from app.run.notify import notify, outcome_text
 from app.run.outputs import deliver_report, deliver_review, review_context
 from app.testing.github_server import GitHubState, create_app

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from app.core.errors import SandboxError
-from app.git.workspace import Mirrors
+from app.git.mirrors import Mirrors
 from app.sandbox.bwrap import CA_INSIDE, DEFAULT_RO_PATHS, BwrapSandbox, Limits, sandbox_available
 from app.sandbox.shell import PersistentShell
 from tests.support.git import git

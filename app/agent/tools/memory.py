@@ -16,13 +16,11 @@ import asyncio
 import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
-
-from redis import asyncio as aioredis
-from redis.exceptions import RedisError
+from typing import Any
 
 from app.core.domain import JSON
 from app.core.errors import StoreError, ToolError
+from app.core.ports import MemoryStore
 from app.hands.editor import Editor, EditorError
 
 MEMORY = "memory"
@@ -30,52 +28,10 @@ ROOT = "/memories"
 _WRITES = frozenset({"create", "str_replace", "insert", "delete", "rename"})
 
 
-class MemoryStore(Protocol):
-    """Where each routine's memory folder is kept between runs: relative path → file bytes."""
-
-    async def load(self, routine: str) -> dict[str, bytes]: ...
-
-    async def save(self, routine: str, files: dict[str, bytes]) -> None:
-        """Replace the routine's stored folder with `files` (an empty dict clears it)."""
-        ...
-
-
 @dataclass(frozen=True)
 class MemoryLimits:
     max_bytes: int = 100_000
     max_files: int = 50
-
-
-class RedisMemoryStore:
-    """One Redis hash per routine, `<prefix>memory:<routine>`: field = relative path, value = bytes.
-
-    A save replaces the whole hash in one transaction; two runs of one routine saving at once
-    leave the later save.
-    """
-
-    def __init__(self, redis: aioredis.Redis, prefix: str = "routines:") -> None:
-        self.redis = redis
-        self.prefix = prefix
-
-    def _key(self, routine: str) -> str:
-        return f"{self.prefix}memory:{routine}"
-
-    async def load(self, routine: str) -> dict[str, bytes]:
-        try:
-            raw: dict[bytes, bytes] = await self.redis.hgetall(self._key(routine))  # type: ignore[misc]
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"could not read the memory of routine {routine}: Redis failed ({exc})") from None
-        return {key.decode(): value for key, value in raw.items()}
-
-    async def save(self, routine: str, files: dict[str, bytes]) -> None:
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self._key(routine))
-                if files:
-                    pipe.hset(self._key(routine), mapping=dict(files))
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"could not save the memory of routine {routine}: Redis failed ({exc})") from None
 
 
 class Memory:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from redis import asyncio as aioredis
 
-from app.agent.connectors import MAX_REOPENS, ConnectorError, open_connectors
 from app.agent.loop import Agent, Budget
-from app.agent.tools import Toolbox
+from app.agent.tools.connectors import MAX_REOPENS, ConnectorError, open_connectors
+from app.agent.tools.toolbox import Toolbox
 from app.core.domain import Connector
 from app.core.ports import Hands
 from app.core.redact import Redactor

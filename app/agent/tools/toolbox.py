@@ -1,32 +1,19 @@
-"""The tools a run offers the model, and how each call is answered.
-
-Client tools: bash and the editor (str_replace_based_edit_tool) act through the run's `Hands`,
-inside its sandbox (the editor is app.hands.editor, run where the files are); memory
-(memory_20250818, the run's `/memories` folder, see app.agent.memory) and connector tools
-(`<connector>__<tool>`, see app.agent.connectors) run here. Server tools (web_search, web_fetch)
-are only declared: Anthropic runs them, outside our egress proxy, so they are offered only when
-the routine lists them; `server_tool_events` turns their uses in an assistant turn into events.
-"""
+"""The Toolbox: the tools a routine enabled, their definitions, and the answer to each call."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
+from app.agent.tools.bash import BASH, run_bash
+from app.agent.tools.bash import DEFINITION as BASH_DEFINITION
+from app.agent.tools.connectors import Connectors
+from app.agent.tools.editor import EDITOR, editor_definition
+from app.agent.tools.memory import MEMORY, Memory
+from app.agent.tools.server import SERVER_TOOLS, server_definitions
 from app.core.domain import JSON
 from app.core.errors import ToolError
 from app.core.ports import Hands
-
-if TYPE_CHECKING:
-    from app.agent.connectors import Connectors
-    from app.agent.memory import Memory
-
-BASH = "bash"
-EDITOR = "str_replace_based_edit_tool"
-MEMORY = "memory"
-# Anthropic-run tools: the routine's name → the versioned tool type the Messages API takes.
-SERVER_TOOLS = {"web_search": "web_search_20250305", "web_fetch": "web_fetch_20250910"}
 
 
 @dataclass
@@ -70,11 +57,7 @@ class Toolbox:
         self._editor = "edit" in enabled
         self._memory = memory if MEMORY in enabled else None
         self._connectors = connectors
-        self._server = [
-            {"type": kind, "name": name, "max_uses": server_tool_max_uses}
-            for name, kind in SERVER_TOOLS.items()
-            if name in enabled
-        ]
+        self._server = server_definitions(enabled, server_tool_max_uses)
 
     @property
     def names(self) -> list[str]:
@@ -85,7 +68,7 @@ class Toolbox:
         """The `tools` list for a Messages request."""
         tools: list[JSON] = []
         if self._bash:
-            tools.append({"type": "bash_20250124", "name": BASH})
+            tools.append(dict(BASH_DEFINITION))
         if self._editor:
             tools.append(editor_definition(self._max_view_characters))
         if self._memory is not None:
@@ -108,7 +91,7 @@ class Toolbox:
             if not isinstance(params, dict):
                 raise ToolError("the tool input must be a JSON object")
             if name == BASH and self._bash:
-                output, exit_code, is_error = await self._run_bash(params)
+                output, exit_code, is_error = await run_bash(self._hands, params, self._command_timeout_s)
             elif name == EDITOR and self._editor:
                 output, is_error = await self._hands.edit(params, self._max_view_characters), False
             elif name == MEMORY and self._memory is not None:
@@ -127,43 +110,6 @@ class Toolbox:
         result = {"type": "tool_result", "tool_use_id": block.get("id", ""), "content": content, "is_error": is_error}
         return ToolOutput(result, output, is_error, exit_code, self.connector_of(name))
 
-    async def _run_bash(self, params: dict[str, Any]) -> tuple[str, int | None, bool]:
-        if params.get("restart") is True:
-            await self._hands.restart()
-            return "The shell was restarted; the working directory and variables are reset.", None, False
-        command = params.get("command")
-        if not isinstance(command, str) or not command.strip():
-            raise ToolError('bash needs {"command": "<shell command>"} or {"restart": true}')
-        result = await self._hands.run(command, self._command_timeout_s)
-        text = result.output or "(no output)"
-        if result.exit_code not in (0, None):
-            text = f"{text.rstrip(chr(10))}\nexit code {result.exit_code}"
-        return text, result.exit_code, result.timed_out
-
-
-def server_tool_events(content: list[JSON]) -> list[tuple[str, JSON]]:
-    """The events for the server tool uses in an assistant turn's content, in order.
-
-    `server_tool.call` {id, name, input} for each `server_tool_use` block, and `server_tool.result`
-    {tool_use_id, type, error, urls} for each `*_tool_result` block Anthropic returned with it.
-    """
-    events: list[tuple[str, JSON]] = []
-    for block in content:
-        kind = str(block.get("type", ""))
-        if kind == "server_tool_use":
-            events.append(("server_tool.call", {k: block.get(k) for k in ("id", "name", "input")}))
-        elif kind.endswith("_tool_result") and kind != "tool_result":
-            events.append(("server_tool.result", _server_result(block)))
-    return events
-
-
-def _server_result(block: JSON) -> JSON:
-    content = block.get("content")
-    items = content if isinstance(content, list) else [content] if isinstance(content, dict) else []
-    error = next((i.get("error_code") for i in items if isinstance(i, dict) and "error_code" in i), None)
-    urls = [str(i["url"]) for i in items if isinstance(i, dict) and i.get("url")]
-    return {"tool_use_id": block.get("tool_use_id"), "type": block.get("type"), "error": error, "urls": urls[:20]}
-
 
 def _cut(text: str, limit: int) -> str:
     if len(text) <= limit:
@@ -172,11 +118,3 @@ def _cut(text: str, limit: int) -> str:
     cut = len(text) - 2 * half
     note = f"\n[... {cut} characters cut; redirect long output to a file and read it in parts ...]\n"
     return text[:half] + note + text[-half:]
-
-
-def editor_definition(max_characters: int | None = None) -> JSON:
-    """The editor's entry in a Messages request's `tools`."""
-    tool: JSON = {"type": "text_editor_20250728", "name": EDITOR}
-    if max_characters is not None:
-        tool["max_characters"] = max_characters
-    return tool

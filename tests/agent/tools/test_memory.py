@@ -10,13 +10,14 @@ import pytest
 from redis import asyncio as aioredis
 
 from app.agent.loop import Agent, Budget
-from app.agent.memory import Memory, MemoryLimits, RedisMemoryStore
-from app.agent.tools import Toolbox
+from app.agent.tools.memory import Memory, MemoryLimits
+from app.agent.tools.toolbox import Toolbox
 from app.core.domain import JSON
 from app.core.ports import Hands
 from app.models.scripted import ScriptedModel
 from app.models.scripts import Script, Turn, text, tool_use
 from app.sandbox.local import LocalSandbox
+from app.store.memory import RedisMemoryStore
 from tests.support.events import Recorder
 
 ROUTINE = "weekly-findings"

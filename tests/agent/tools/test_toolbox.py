@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from app.agent.loop import Agent, Budget
-from app.agent.tools import Toolbox, server_tool_events
+from app.agent.tools.server import server_tool_events
+from app.agent.tools.toolbox import Toolbox
 from app.core.ports import Hands
 from app.models.anthropic import AnthropicModel
 from app.models.scripts import load_scripts, play, web_fetch, web_search
