@@ -70,19 +70,31 @@ class Leases:
         await self.redis.eval(_RELEASE, 1, self.key(run_id), holder)  # type: ignore[misc]
         await self.redis.srem(self.live_key, run_id)  # type: ignore[misc]
 
+    async def drop(self, run_id: str, holder: str) -> None:
+        """Drop the lease (if `holder` still holds it) but leave the run live: it is not over, and the
+        reaper hands it to another worker at its next pass instead of after the lease would expire."""
+        await self.redis.eval(_RELEASE, 1, self.key(run_id), holder)  # type: ignore[misc]
+
     @contextlib.asynccontextmanager
     async def held(self, run_id: str, holder: str) -> AsyncIterator[bool]:
-        """Hold the lease while the block runs (yields False, holding nothing, when another worker has it)."""
+        """Hold the lease while the block runs (yields False, holding nothing, when another worker has it).
+
+        When the block ends, the run is over and the lease released; when it is cancelled (the worker
+        is stopping), the lease is dropped and the run stays live, to be resumed elsewhere."""
         if not await self.take(run_id, holder):
             yield False
             return
         renewer = asyncio.create_task(self._renew_forever(run_id, holder), name=f"lease:{run_id}")
+        over = True
         try:
             yield True
+        except asyncio.CancelledError:
+            over = False
+            raise
         finally:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
-            await self.release(run_id, holder)
+            await (self.release if over else self.drop)(run_id, holder)
 
     async def _renew_forever(self, run_id: str, holder: str) -> None:
         while True:

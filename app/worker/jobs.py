@@ -3,6 +3,7 @@ must happen once: a run by its id, a slot `<routine>:<slot_ms>`, a delivery `del
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -80,12 +81,22 @@ async def run_routine(ctx: dict[str, Any], run_id: str) -> str:
             log.info("run %s is held by another worker; this job (%s) does nothing", run_id, ctx.get("job_id"))
             return "held elsewhere"
         try:
-            return await _execute(services, run_id)
-        finally:
-            try:
-                await release(services.store, services.pool, run_id)
-            except RoutinesError:
-                log.exception("could not release the concurrency group of run %s", run_id)
+            result = await _execute(services, run_id)
+        except asyncio.CancelledError:
+            log.warning("run %s: this worker is stopping; another worker resumes the run", run_id)
+            raise  # not over: it keeps its concurrency group and stays live for the reaper
+        except BaseException:
+            await _release_group(services, run_id)
+            raise
+        await _release_group(services, run_id)
+        return result
+
+
+async def _release_group(services: Services, run_id: str) -> None:
+    try:
+        await release(services.store, services.pool, run_id)
+    except RoutinesError:
+        log.exception("could not release the concurrency group of run %s", run_id)
 
 
 async def _execute(services: Services, run_id: str) -> str:

@@ -141,6 +141,38 @@ def test_worker_killed_at_turn_5_is_resumed_by_another_worker(stack: Stack, tmp_
     assert "The machine running you restarted" in restart and "end of turn 5" in restart
 
 
+def test_a_worker_stopped_with_sigterm_hands_its_run_to_another_worker(stack: Stack, tmp_path: Path) -> None:
+    """A rolling upgrade: the stopped worker cancels its run, which is not over; another worker resumes it
+    at once (the lease is dropped, not left to expire) and the concurrency group is not handed on."""
+    stack.anthropic.add_script(ten_turns("[script:drill]", slow_turn=6))
+    log = (tmp_path / "worker-a.log").open("wb")
+    worker_a = subprocess.Popen(
+        [sys.executable, "-m", "app", "worker"], env=worker_env(stack.settings), stdout=log, stderr=log
+    )
+    worker_b: WorkerThread | None = None
+    try:
+        run_id = stack.fire("drill").json()["run_id"]
+        wait_for(stack, run_id, "workspace.checkpoint", 5)
+        worker_a.send_signal(signal.SIGTERM)
+        assert worker_a.wait(30) == 0, (tmp_path / "worker-a.log").read_text()
+        stopped = stack.get(f"/api/runs/{run_id}").json()
+        worker_b = WorkerThread(stack.settings).start()
+        run = stack.wait(run_id, timeout_s=60)
+    finally:
+        if worker_a.poll() is None:
+            worker_a.kill()
+            worker_a.wait(10)
+        if worker_b is not None:
+            worker_b.stop()
+        log.close()
+
+    assert stopped["state"] == "running", "a stopped worker does not end the run"
+    assert run["state"] == "succeeded", run["error"]
+    events = stack.events(run_id)
+    assert [e["data"]["from_turn"] for e in events if e["type"] == "run.resumed"] == [5]
+    assert [e["data"]["turn"] for e in events if e["type"] == "model.turn"] == list(range(1, 11))
+
+
 def _is(body: dict[str, Any], script: Script) -> bool:
     return script.matches(str(body.get("system")) + str(body["messages"][0]["content"]))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from arq.connections import ArqRedis
 from redis import asyncio as aioredis
 
@@ -64,3 +66,20 @@ async def test_reaper_resumes_a_run_whose_lease_expired_then_gives_up(redis_url:
 
 async def _job_ids(pool: ArqRedis) -> set[str]:
     return {str(job.job_id) for job in await pool.queued_jobs()}
+
+
+async def test_a_cancelled_holder_drops_the_lease_but_leaves_the_run_live(aredis: aioredis.Redis) -> None:
+    leases = Leases(aredis, "routines:", lease_s=60, sleep=Ticks())
+    entered = asyncio.Event()
+
+    async def work() -> None:
+        async with leases.held("r1", "worker-a"):
+            entered.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(work())
+    await entered.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert await aredis.get(leases.key("r1")) is None, "another worker may take it at once"
+    assert await aredis.sismember(leases.live_key, "r1"), "the reaper still sees the run"  # type: ignore[misc]
