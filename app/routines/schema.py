@@ -52,6 +52,8 @@ EVENT_FILTER_KEYS = (
     "labels",
     "branches",
     "branches-ignore",
+    "tags",
+    "tags-ignore",
     "paths",
     "paths-ignore",
     "mention",
@@ -166,6 +168,8 @@ def _filters_def() -> dict[str, Any]:
             "labels": _strings("Only when the issue or pull request has one of these labels."),
             "branches": _strings("Only for these branches (glob patterns)."),
             "branches-ignore": _strings("Not for these branches (as Actions; not with `branches`)."),
+            "tags": _strings("push only: only for these tags (glob patterns); with no `branches`, not for branches."),
+            "tags-ignore": _strings("push only: not for these tags (as Actions; not with `tags`)."),
             "paths": _strings("Only when a changed file matches one of these glob patterns."),
             "paths-ignore": _strings("Not when every changed file matches these (as Actions; not with `paths`)."),
             "mention": {"type": "string", "minLength": 1, "description": "Only when the text mentions this."},
@@ -174,7 +178,13 @@ def _filters_def() -> dict[str, Any]:
             "forks": {"type": "boolean", "description": "Whether pull requests from forks fire the routine."},
             "authors": _strings("Only for these GitHub logins."),
         },
-        "not": {"anyOf": [{"required": ["paths", "paths-ignore"]}, {"required": ["branches", "branches-ignore"]}]},
+        "not": {
+            "anyOf": [
+                {"required": ["paths", "paths-ignore"]},
+                {"required": ["branches", "branches-ignore"]},
+                {"required": ["tags", "tags-ignore"]},
+            ]
+        },
     }
 
 

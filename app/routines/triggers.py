@@ -132,11 +132,14 @@ def _filters(r: Reader, node: yaml.Node, event: str) -> JSON:
                     raise r.error(
                         item_node, unknown(f"{key[:-1] if key == 'types' else key} {value!r}", value, allowed)
                     )
-                wrong = problem(value) if key.startswith(("branches", "paths")) else None
+                wrong = problem(value) if key.startswith(("branches", "tags", "paths")) else None
                 if wrong is not None:
                     raise r.error(item_node, f"{wrong} — GitHub Actions refuses it too (its filter cheat sheet)")
             config[key] = [value for value, _ in items]
-    for key in ("branches", "paths"):
+    for key in ("tags", "tags-ignore"):
+        if key in entries and event != "push":
+            raise r.error(entries[key][0], f"{key} filters pushes of tags; only on.github.push takes it, as in Actions")
+    for key in ("branches", "tags", "paths"):
         _ignore_as_exclusions(r, entries, config, key)
     return config
 

@@ -5,10 +5,13 @@ optional, must all pass:
 
 - `labels`: for `labeled`/`unlabeled`, the label being added or removed; otherwise any label the
   issue or pull request carries.
-- `branches`: the base branch for `pull_request*`, the pushed branch for `push` (tags never
-  match), the head branch for `check_suite`/`workflow_run`. Actions' patterns exactly
-  (app.routines.patterns: `*`, `**`, `?`, `+`, `[...]`, `!`, `\\`).
-- `paths`: for `push`, the commits' added/modified/removed files. A pull request's payload does
+- `branches`: the base branch for `pull_request*`, the pushed branch for `push`, the head branch
+  for `check_suite`/`workflow_run`. `tags` (push only): the pushed tag. As in Actions, a push
+  routine with only `branches` ignores tag pushes, one with only `tags` ignores branch pushes, one
+  with both takes either. Actions' patterns exactly (app.routines.patterns: `*`, `**`, `?`, `+`,
+  `[...]`, `!`, `\\`).
+- `paths`: for `push`, the commits' added/modified/removed files (not applied to tag pushes, as
+  in Actions). A pull request's payload does
   not list its files: the match carries the patterns (`Match.paths`) and the worker applies them
   to the files GitHub lists for the pull request (`paths_match`), before firing.
 - In `branches` and `paths`, a pattern starting with `!` excludes what it matches; later patterns
@@ -133,7 +136,9 @@ def check(routine: Routine, event: str, payload: JSON) -> Match | str:
     actor, access = _actor_check(event, filters, payload)
     notes: tuple[str, ...] = ()
     paths = tuple(str(p) for p in filters.get("paths") or ())
-    if paths and event == "push":
+    if paths and event == "push" and _pushed_tag(payload) is not None:
+        pass  # Actions does not evaluate paths for tag pushes
+    elif paths and event == "push":
         if not paths_match(paths, _pushed_files(payload)):
             return "no pushed file matches paths"
     elif paths and pull_number(event, payload) is not None:
@@ -241,12 +246,36 @@ def _labels(filters: JSON, payload: JSON) -> str | None:
 
 def _branches(event: str, filters: JSON, payload: JSON) -> str | None:
     wanted = filters.get("branches")
+    if event == "push":
+        return _push_ref(filters, payload)
     if not wanted:
         return None
     branch = event_branch(event, payload)
     if branch is not None and selected(wanted, branch):
         return None
     return f"branch {branch!r} does not match {', '.join(wanted)}"
+
+
+def _push_ref(filters: JSON, payload: JSON) -> str | None:
+    """Actions' rule for a push: each of `branches` and `tags` decides for its kind of ref; a kind the
+    routine names no filter for passes only when it names neither."""
+    branches, tags = filters.get("branches"), filters.get("tags")
+    tag = _pushed_tag(payload)
+    if tag is not None:
+        if tags is not None:
+            return None if selected(tags, tag) else f"tag {tag!r} does not match {', '.join(tags)}"
+        return f"tag {tag!r} pushed; the routine filters branches only" if branches is not None else None
+    branch = event_branch("push", payload)
+    if branches is not None:
+        if branch is not None and selected(branches, branch):
+            return None
+        return f"branch {branch!r} does not match {', '.join(branches)}"
+    return f"branch {branch!r} pushed; the routine filters tags only" if tags is not None else None
+
+
+def _pushed_tag(payload: JSON) -> str | None:
+    ref = str(payload.get("ref") or "")
+    return ref.removeprefix("refs/tags/") if ref.startswith("refs/tags/") else None
 
 
 def event_branch(event: str, payload: JSON) -> str | None:

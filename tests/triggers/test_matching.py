@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from app.core.domain import Routine
+from app.core.errors import RoutineFileError
 from app.routines.files import parse_routine
 from app.triggers.event_text import clean, render
 from app.triggers.matching import TRIAGE_ACCESS, Match, check, github_trigger, match, paths_match
@@ -106,6 +107,44 @@ def test_branch_globs_and_push_tags() -> None:
     assert fires(routine("pull_request: {branches: ['release/**']}"), "pull_request", pull)
     tag = payload("push") | {"ref": "refs/tags/v1"}
     assert not fires(routine("push: {branches: ['**']}"), "push", tag)
+
+
+@pytest.mark.parametrize(
+    ("filters", "branch_push", "tag_push"),
+    [
+        ("push: null", True, True),  # neither: every push
+        ("push: {branches: [main]}", True, False),  # only branches: tag pushes never fire
+        ("push: {tags: ['v*']}", False, True),  # only tags: branch pushes never fire
+        ("push: {branches: [main], tags: ['v*']}", True, True),  # both: either
+        ("push: {branches: [main], tags: ['v2.*']}", True, False),
+        ("push: {tags-ignore: ['v1.*']}", False, False),
+        ("push: {tags-ignore: ['beta-*']}", False, True),
+        ("push: {branches-ignore: [main], tags: ['v[0-9]+.*']}", False, True),
+    ],
+)
+def test_push_branches_and_tags_decide_as_in_actions(filters: str, branch_push: bool, tag_push: bool) -> None:
+    """GitHub's rule: a routine that defines only branches or only tags does not run for the other kind
+    of ref; with both, either fires; with neither, every push. Paths are not applied to tags."""
+    branch = payload("push") | {"ref": "refs/heads/main"}
+    tag = payload("push") | {"ref": "refs/tags/v1.4"}
+    assert fires(routine(filters), "push", branch) is branch_push
+    assert fires(routine(filters), "push", tag) is tag_push
+
+
+def test_paths_are_not_applied_to_a_tag_push() -> None:
+    tag = payload("push") | {"ref": "refs/tags/v1.4"}
+    assert fires(routine("push: {tags: ['v*'], paths: ['src/**']}"), "push", tag)
+    branch = payload("push") | {"ref": "refs/heads/main"}
+    assert not fires(routine("push: {branches: [main], paths: ['src/**']}"), "push", branch)
+
+
+def test_tags_are_a_push_filter_only() -> None:
+    with pytest.raises(RoutineFileError, match="only on.github.push takes it"):
+        routine("pull_request: {tags: ['v*']}")
+    with pytest.raises(RoutineFileError, match="tags and tags-ignore cannot both be set"):
+        routine("push: {tags: ['v*'], tags-ignore: ['v0*']}")
+    with pytest.raises(RoutineFileError, match="is not closed"):
+        routine("push: {tags: ['v[12']}")
 
 
 def test_paths_match_pushed_files_and_are_left_to_the_worker_for_pull_requests() -> None:
