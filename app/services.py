@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -133,7 +134,7 @@ class Services:
     async def runner_deps(self) -> RunnerDeps:
         s = self.settings
         if not self._sandbox_checked:
-            self.check_sandbox()
+            await asyncio.to_thread(self.check_sandbox)  # runs bwrap once: off the event loop
             self._sandbox_checked = True
         vault = self.vault()
         return RunnerDeps(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,30 @@ def wait_for(stack: Stack, run_id: str, kind: str, turn: int) -> None:
     raise TimeoutError(f"run {run_id} never recorded {kind} for turn {turn}")
 
 
+@contextmanager
+def worker_process(stack: Stack, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`routines worker` as its own process (one that can be killed), logging to `log_path`."""
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker"], env=worker_env(stack.settings), stdout=log, stderr=log
+        )
+        try:
+            yield worker
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(10)
+
+
+def finish_elsewhere(stack: Stack, run_id: str) -> dict[str, Any]:
+    """Start a second worker and wait for it to end the run."""
+    worker = WorkerThread(stack.settings).start()
+    try:
+        return stack.wait(run_id, timeout_s=60)
+    finally:
+        worker.stop()
+
+
 def tree_of(stack: Stack, branch: str) -> str:
     repo = pygit2.Repository(str(stack.github.repos["acme/calc"].path))
     return str(repo.revparse_single(f"refs/heads/{branch}").peel(pygit2.Commit).tree_id)
@@ -93,29 +118,15 @@ def tree_of(stack: Stack, branch: str) -> str:
 def test_worker_killed_at_turn_5_is_resumed_by_another_worker(stack: Stack, tmp_path: Path) -> None:
     stack.anthropic.add_script(ten_turns("[script:reference]"))
     drill_script = stack.anthropic.add_script(ten_turns("[script:drill]", slow_turn=6))
-    log = (tmp_path / "worker-a.log").open("wb")
-    worker_a = subprocess.Popen(
-        [sys.executable, "-m", "app", "worker"], env=worker_env(stack.settings), stdout=log, stderr=log
-    )
-    worker_b: WorkerThread | None = None
-    try:
+    with worker_process(stack, tmp_path / "worker-a.log") as worker_a:
         reference = stack.wait(stack.fire("reference").json()["run_id"], timeout_s=60)
         assert reference["state"] == "succeeded", reference["error"]
-
         run_id = stack.fire("drill").json()["run_id"]
         wait_for(stack, run_id, "workspace.checkpoint", 5)
         worker_a.send_signal(signal.SIGKILL)
         worker_a.wait(10)
-        before = stack.events(run_id)
-        worker_b = WorkerThread(stack.settings).start()
-        run = stack.wait(run_id, timeout_s=60)
-    finally:
-        if worker_a.poll() is None:
-            worker_a.kill()
-            worker_a.wait(10)
-        if worker_b is not None:
-            worker_b.stop()
-        log.close()
+    before = stack.events(run_id)
+    run = finish_elsewhere(stack, run_id)
 
     assert run["state"] == "succeeded", run["error"]
     assert max((e["data"]["turn"] for e in before if e["type"] == "model.turn"), default=0) == 5
@@ -145,26 +156,13 @@ def test_a_worker_stopped_with_sigterm_hands_its_run_to_another_worker(stack: St
     """A rolling upgrade: the stopped worker cancels its run, which is not over; another worker resumes it
     at once (the lease is dropped, not left to expire) and the concurrency group is not handed on."""
     stack.anthropic.add_script(ten_turns("[script:drill]", slow_turn=6))
-    log = (tmp_path / "worker-a.log").open("wb")
-    worker_a = subprocess.Popen(
-        [sys.executable, "-m", "app", "worker"], env=worker_env(stack.settings), stdout=log, stderr=log
-    )
-    worker_b: WorkerThread | None = None
-    try:
+    with worker_process(stack, tmp_path / "worker-a.log") as worker_a:
         run_id = stack.fire("drill").json()["run_id"]
         wait_for(stack, run_id, "workspace.checkpoint", 5)
         worker_a.send_signal(signal.SIGTERM)
         assert worker_a.wait(30) == 0, (tmp_path / "worker-a.log").read_text()
-        stopped = stack.get(f"/api/runs/{run_id}").json()
-        worker_b = WorkerThread(stack.settings).start()
-        run = stack.wait(run_id, timeout_s=60)
-    finally:
-        if worker_a.poll() is None:
-            worker_a.kill()
-            worker_a.wait(10)
-        if worker_b is not None:
-            worker_b.stop()
-        log.close()
+    stopped = stack.get(f"/api/runs/{run_id}").json()
+    run = finish_elsewhere(stack, run_id)
 
     assert stopped["state"] == "running", "a stopped worker does not end the run"
     assert run["state"] == "succeeded", run["error"]
