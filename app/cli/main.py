@@ -34,7 +34,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
 
     from app.web import server as web_server
     from app.web.app import create_app
-    from app.worker.worker import create_worker
+    from app.worker.worker import close_worker, create_worker
 
     with redis_for(settings, say=print) as s:
 
@@ -49,7 +49,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([web_task, worker_task], return_when=asyncio.FIRST_COMPLETED)
             server.should_exit = True
-            await worker.close()
+            await close_worker(worker)
             await asyncio.gather(web_task, return_exceptions=True)
             worker_task.cancel()
 
@@ -73,7 +73,7 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from app.worker.worker import create_worker
+    from app.worker.worker import close_worker, create_worker
 
     _require_redis(settings)
 
@@ -89,7 +89,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         except asyncio.CancelledError:
             log.info("worker stopping")
         finally:
-            await worker.close()
+            await close_worker(worker)
 
     asyncio.run(main())
     return 0

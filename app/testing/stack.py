@@ -44,7 +44,7 @@ class WorkerThread:
         self._loop.run_until_complete(self._serve())
 
     async def _serve(self) -> None:
-        from app.worker.worker import create_worker
+        from app.worker.worker import close_worker, create_worker
 
         worker = create_worker(self.settings, handle_signals=False)
         self._task = asyncio.current_task()
@@ -54,9 +54,9 @@ class WorkerThread:
         except asyncio.CancelledError:
             pass
         finally:
-            # a job still running when the test stops is cancelled; arq's close re-raises that
+            # this task was cancelled to stop the worker; close_worker passes a job's cancellation on then
             with contextlib.suppress(asyncio.CancelledError):
-                await worker.close()
+                await close_worker(worker)
 
     def start(self) -> WorkerThread:
         self._thread.start()

@@ -83,17 +83,6 @@ def create_worker(
         pump = DeliveryPump(services.pool, consumer=worker_id)
         ctx["periodic"].append(asyncio.create_task(pump.run(stop), name="delivery-pump"))
 
-    async def shutdown(ctx: dict[str, Any]) -> None:
-        running: list[asyncio.Task[None]] = ctx.pop("periodic", [])
-        if "stop" in ctx:
-            ctx["stop"].set()
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
-        services: Services | None = ctx.get("services")
-        if services is not None:
-            await services.close()
-
     return Worker(
         functions=[
             func(run_routine, name=queue.RUN_JOB, max_tries=1),
@@ -112,6 +101,36 @@ def create_worker(
         handle_signals=handle_signals,
         burst=burst,
     )
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """Stop the worker's own tasks and close its Services; a second call does nothing."""
+    running: list[asyncio.Task[None]] = ctx.pop("periodic", [])
+    if "stop" in ctx:
+        ctx["stop"].set()
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    services: Services | None = ctx.pop("services", None)
+    if services is not None:
+        await services.close()
+
+
+async def close_worker(worker: Worker) -> None:
+    """Stop `worker`: arq's close (cancel the jobs, wait for them, on_shutdown), then our shutdown again.
+
+    arq's close gathers the jobs it cancelled before it calls on_shutdown; a job cancelled while it
+    writes its result (arq shields that write) ends cancelled, the gather raises CancelledError, and
+    on_shutdown is skipped. That error is the job's, not ours, so it is not passed on."""
+    try:
+        await worker.close()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("a job was stopped while it wrote its result; arq will not have run the worker's shutdown")
+    finally:
+        await shutdown(worker.ctx)
 
 
 async def _recover_deliveries(services: Services) -> object:

@@ -139,7 +139,7 @@ def test_paths_are_not_applied_to_a_tag_push() -> None:
 
 
 def test_tags_are_a_push_filter_only() -> None:
-    with pytest.raises(RoutineFileError, match="only on.github.push takes it"):
+    with pytest.raises(RoutineFileError, match=r"only on\.github\.push takes it"):
         routine("pull_request: {tags: ['v*']}")
     with pytest.raises(RoutineFileError, match="tags and tags-ignore cannot both be set"):
         routine("push: {tags: ['v*'], tags-ignore: ['v0*']}")

@@ -3,33 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from arq import Worker
+from arq.worker import func
 from redis import asyncio as aioredis
 
 from app.core.config import Settings
+from app.store import queue
 from app.store.routine_states import PAUSED, RoutineStates
 from app.store.runs import RedisStore
 from app.worker.ticks import ScheduleTicker
-from app.worker.worker import create_worker
+from app.worker.worker import close_worker, create_worker, shutdown
+from tests.support.clock import Clock
 
 HOURLY = '---\nname: hourly\nrepo: acme/api\non:\n  schedule:\n    - cron: "0 * * * *"\n---\nTidy up.\n'
 START = datetime(2025, 1, 1, 0, 30, tzinfo=UTC).timestamp()
-
-
-class Clock:
-    """The workers' wall clock, moved by the test."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def settings_for(tmp_path: Path, redis_url: str) -> Settings:
@@ -50,7 +45,7 @@ async def workers(settings: Settings, clock: Clock, count: int) -> AsyncIterator
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for w in started:
-            await w.close()
+            await close_worker(w)
 
 
 def ticks(worker: Worker) -> int:
@@ -137,3 +132,48 @@ async def test_a_paused_routine_misses_its_slots_and_resuming_does_not_replay_th
         clock.now += 2700  # 02:15: the changed file is read without a restart
         await settle(pool, store)
         assert await slots_fired(store) == Counter({hour(2) + 15 * 60_000: 1})
+
+
+async def test_a_worker_stopped_while_a_job_writes_its_result_still_stops_its_own_tasks(
+    redis_url: str, aredis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """arq's close cancels its jobs and gathers them before on_shutdown; a job cancelled while it writes
+    its result (a shielded write) ends cancelled, the gather raises, and on_shutdown never runs.
+    close_worker stops the worker's own tasks (here one that would run forever) anyway."""
+    caplog.set_level(logging.INFO, logger="arq.worker")
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def job(ctx: dict[str, object]) -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    async def startup(ctx: dict[str, object]) -> None:
+        ctx["periodic"] = [asyncio.create_task(asyncio.Event().wait())]
+
+    worker = Worker(
+        functions=[func(job, name="job")],
+        redis_settings=queue.redis_settings(redis_url),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        handle_signals=False,
+        poll_delay=0.005,
+        job_serializer=queue.dumps,
+        job_deserializer=queue.loads,
+    )
+    main = asyncio.create_task(worker.main())
+    pool = queue.connect(redis_url)
+    try:
+        await pool.enqueue_job("job", _job_id="j1")
+        await asyncio.wait_for(started.wait(), 10)
+        own = list(worker.ctx["periodic"])
+        await aredis.client_pause(3000, all=False)  # writes wait: the job's result cannot be written yet
+        release.set()
+        await until(lambda: any("← j1:job" in r.getMessage() for r in caplog.records), "the job to return")
+        main.cancel()
+        await asyncio.gather(main, return_exceptions=True)
+        await close_worker(worker)
+    finally:
+        await aredis.client_unpause()
+        await pool.aclose()
+    assert all(task.done() for task in own), "the worker's own tasks were left running"
