@@ -42,16 +42,22 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
             server = uvicorn.Server(web_server.config(create_app(s), s.host, s.port, log_level="info"))
             worker = create_worker(s, handle_signals=False)
             print(f"Routines on {s.base_url} — routines from {s.routines_dir}, data in {s.data_dir}")
+            # SIGTERM (Docker, systemd) must end here, not kill the process, or the embedded Redis is orphaned.
+            # While uvicorn serves it handles SIGTERM itself, then raises it again: this handler takes that.
+            terminated = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminated.set)
             web_task = asyncio.create_task(server.serve())
             worker_task = asyncio.create_task(worker.main())
+            stop_task = asyncio.create_task(terminated.wait())
             # Ctrl+C: uvicorn stops, then raises SIGINT again, which asyncio.run turns into cancelling this
             # task. Runs still hold sandboxes: stop the worker as gracefully as the web server either way.
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([web_task, worker_task], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait([web_task, worker_task, stop_task], return_when=asyncio.FIRST_COMPLETED)
             server.should_exit = True
             await close_worker(worker)
             await asyncio.gather(web_task, return_exceptions=True)
             worker_task.cancel()
+            stop_task.cancel()
 
         asyncio.run(both())
     return 0

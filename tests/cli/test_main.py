@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -164,6 +165,34 @@ def test_dev_starts_an_embedded_redis_when_redis_url_is_unset(tmp_path: Path, lo
     assert (tmp_path / "data" / "redis").is_dir()
     assert proc.returncode in (0, 130) and b"Traceback" not in out, out.decode()  # 130: stopped by Ctrl+C
     assert not (tmp_path / "data" / "redis" / "port").exists(), "the embedded server was stopped"
+
+
+def test_dev_stops_cleanly_on_sigterm_and_takes_its_embedded_redis_with_it(tmp_path: Path, local_repo: Path) -> None:
+    """As under Docker or systemd: SIGTERM to the process alone (not its group) stops web, worker and the
+    embedded server it started; no valkey-server is left writing under the data directory."""
+    write_routine(tmp_path, local_repo)
+    port = free_port()
+    env = env_for(tmp_path, None, None, PORT=str(port), ANTHROPIC_API_KEY=KEY, ANTHROPIC_BASE_URL="http://127.0.0.1:9")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "dev"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        server_port = int((tmp_path / "data" / "redis" / "port").read_text())
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and b"Traceback" not in out, out.decode()
+    assert not (tmp_path / "data" / "redis" / "port").exists()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server_port), timeout=1).close()
 
 
 def test_secrets_are_set_from_stdin_and_never_printed(tmp_path: Path, redis_url: str) -> None:
