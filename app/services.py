@@ -31,6 +31,7 @@ from app.sandbox.egress.policy import SystemResolver
 from app.store import queue
 from app.store.cancels import CancelFlags
 from app.store.memory import RedisMemoryStore
+from app.store.metrics import RedisMetrics
 from app.store.runs import RedisStore
 from app.store.vault import Vault, secret_key
 from app.triggers.intake import DeliveryIntake
@@ -48,6 +49,7 @@ class Services:
     pool: ArqRedis
     catalog: RoutineCatalog
     mirrors: Mirrors
+    metrics: RedisMetrics
     github: GitHubForge | None = None
     _model: ModelClient | None = None
     _sandbox_checked: bool = False
@@ -153,6 +155,7 @@ class Services:
             ),
             memory_store=RedisMemoryStore(self.pool),
             connector_secret=vault,
+            metrics=self.metrics,
         )
 
     @property
@@ -179,6 +182,7 @@ class Services:
             await update_tracking_comment(self.github, self.store, run, self.settings.run_url(run.id))
 
     async def close(self) -> None:
+        await self.metrics.close()
         await self.mirrors.settle()
         await self._stack.aclose()
         await self.pool.aclose()
@@ -202,7 +206,8 @@ async def build(settings: Settings, *, check_redis: bool = True) -> Services:
         except StoreError:
             await pool.aclose()
             raise
-    services = Services(settings, store, pool, RoutineCatalog(settings.routines_dir), Mirrors(settings.data_dir))
+    catalog, mirrors, metrics = RoutineCatalog(settings.routines_dir), Mirrors(settings.data_dir), RedisMetrics(pool)
+    services = Services(settings, store, pool, catalog, mirrors, metrics)
     if settings.github_app_configured:
         forge = GitHubForge(
             settings.github_api_url,
@@ -213,4 +218,5 @@ async def build(settings: Settings, *, check_redis: bool = True) -> Services:
         services.github = await services._stack.enter_async_context(forge)
     if check_redis:
         await services.refresh_routines()
+    metrics.start()
     return services

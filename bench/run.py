@@ -24,6 +24,7 @@ BENCHES: dict[str, list[str]] = {
     "scheduler_tick": [],
     "agent_overhead": [],
     "editor_latency": [],
+    "console_pages": [],
 }
 
 

@@ -202,7 +202,7 @@ class Agent:
         await self.events.emit("model.request", {"turn": turn})
         response = await self._create(self.outcome.messages)
         self.outcome.turns = turn
-        self._account(response.usage)
+        cost = self._account(response.usage)
         self.context.observe(response.usage, len(self.outcome.messages))
         await self.events.emit(
             "model.turn",
@@ -211,6 +211,7 @@ class Agent:
                 "content": response.content,
                 "stop_reason": response.stop_reason,
                 "usage": response.usage,
+                "cost_usd": cost,
                 "model": response.model,
                 "id": response.id,
             },

@@ -19,14 +19,13 @@ from app.cli.support import redis_for, with_services
 from app.core.config import Settings
 from app.core.domain import Event, Run, RunState, Trigger
 from app.core.errors import RoutinesError
-from app.core.redact import redact_logs
+from app.core.logs import TEXT_FORMAT, configure_logging, run_scope
 from app.triggers.dispatch import named_repo
 
 if TYPE_CHECKING:
     from app.services import Services
 
 log = logging.getLogger("routines")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -126,7 +125,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 await services.store.create_run(run)
                 print(f"run {run.id} — {s.run_url(run.id)}", file=sys.stderr)
                 printer = asyncio.create_task(_print_events(services.store.follow(run.id), args.json))
-                final = await execute(run.id, await services.runner_deps())
+                with run_scope(run.id):
+                    final = await execute(run.id, await services.runner_deps())
                 await asyncio.wait_for(printer, timeout=10)
                 _print_outcome(final)
                 return 0 if final.state is RunState.SUCCEEDED else 1
@@ -242,20 +242,14 @@ async def _aiter(items: list[Event]) -> AsyncIterator[Event]:
 
 def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     """Stop a run: a queued one now, a running one before its next model turn."""
-    from app.store.cancels import CancelFlags
-    from app.triggers.dispatch import release
+    from app.web.operations import cancel as cancel_run
 
     async def cancel(services: Services) -> int:
         run = await services.store.get_run(args.run)
         if run.state.terminal:
             print(f"run {run.id} already ended ({run.state.value})", file=sys.stderr)
             return 1
-        if run.state is RunState.QUEUED:
-            await services.store.transition(run.id, RunState.CANCELLED, error="cancelled before it started")
-            await release(services.store, services.pool, run.id)
-        else:
-            await CancelFlags(services.store.redis, services.store.prefix).request(run.id)
-            await services.store.append_event(run.id, Event("run.cancel_requested", {}))
+        await cancel_run(services, run)
         print(f"run {run.id}: cancel requested")
         return 0
 
@@ -264,17 +258,34 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_message(settings: Settings, args: argparse.Namespace) -> int:
     """Send a message the model of a live run sees at its next turn."""
+    from app.web.operations import send_message
 
     async def send(services: Services) -> int:
         run = await services.store.get_run(args.run)
         if run.state.terminal:
             print(f"run {run.id} already ended ({run.state.value})", file=sys.stderr)
             return 1
-        await services.store.push_message(run.id, args.text)
-        await services.store.append_event(run.id, Event("run.message", {"text": args.text}))
+        await send_message(services, run, args.text)
         return 0
 
     return with_services(settings, send)
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    """Write one run as JSONL: its record, then its events (from Redis, or from its archive)."""
+    from app.store.archive import run_events, to_jsonl
+
+    async def export(services: Services) -> int:
+        run = await services.store.get_run(args.run)
+        text = to_jsonl(run, await run_events(services.store, run))
+        if args.output is None:
+            sys.stdout.write(text)
+        else:
+            args.output.write_text(text, encoding="utf-8")
+            print(f"run {run.id}: {text.count(chr(10)) - 1} events written to {args.output}", file=sys.stderr)
+        return 0
+
+    return with_services(settings, export)
 
 
 def cmd_secrets(settings: Settings, args: argparse.Namespace) -> int:
@@ -314,6 +325,9 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("run")
     logs.add_argument("-f", "--follow", action="store_true", help="follow a live run")
     logs.add_argument("--json", action="store_true")
+    export = sub.add_parser("export", help="write a run and its event log as JSONL (stdout, or --output FILE)")
+    export.add_argument("run")
+    export.add_argument("-o", "--output", type=Path, default=None)
     cancel = sub.add_parser("cancel", help="stop a run (partial work is delivered as an incomplete draft)")
     cancel.add_argument("run")
     message = sub.add_parser("message", help="send a message the run's model sees at its next turn")
@@ -333,6 +347,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "token": cmd_token,
     "runs": cmd_runs,
     "logs": cmd_logs,
+    "export": cmd_export,
     "secrets": cmd_secrets,
     "cancel": cmd_cancel,
     "message": cmd_message,
@@ -342,10 +357,10 @@ COMMANDS.update(cli_lifecycle.COMMANDS)
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.basicConfig(level=logging.INFO, format=TEXT_FORMAT)
     try:
         settings = Settings.from_env()
-        redact_logs(settings.own_secrets())
+        configure_logging(settings.log_format, settings.own_secrets())
         return COMMANDS[args.command](settings, args)
     except RoutinesError as exc:
         print(f"routines: {exc}", file=sys.stderr)

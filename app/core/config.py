@@ -45,6 +45,9 @@ class Settings:
     lease_s: float = 15.0
     reaper_s: float = 5.0
     max_resumes: int = 3
+    log_format: str = "text"
+    retention_days: float | None = None
+    archive_dir: Path | None = None  # default: data_dir / "archive"
 
     @property
     def base_url(self) -> str:
@@ -118,8 +121,15 @@ class Settings:
         if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"REDIS_URL={redis_url!r} is not a redis:// URL; e.g. redis://127.0.0.1:6379/0")
 
+        log_format = (text("ROUTINES_LOG_FORMAT") or cls.log_format).lower()
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"ROUTINES_LOG_FORMAT={log_format!r} is unknown; use 'text' or 'json'")
         cap = text("ROUTINES_MAX_RUNS_PER_DAY")
+        keep = text("ROUTINES_RETENTION_DAYS")
         return cls(
+            log_format=log_format,
+            retention_days=number("ROUTINES_RETENTION_DAYS", 0, integer=False, minimum=0.01) if keep else None,
+            archive_dir=Path(folder) if (folder := text("ROUTINES_ARCHIVE_DIR")) else None,
             max_runs_per_day=int(number("ROUTINES_MAX_RUNS_PER_DAY", 0, minimum=1)) if cap else None,
             schedule_tick_s=number("ROUTINES_SCHEDULE_TICK_S", cls.schedule_tick_s, integer=False, minimum=0.1),
             delivery_sweep_s=number("ROUTINES_DELIVERY_SWEEP_S", cls.delivery_sweep_s, integer=False, minimum=10),
@@ -150,6 +160,11 @@ class Settings:
             command_timeout_s=number("ROUTINES_COMMAND_TIMEOUT_S", cls.command_timeout_s, integer=False),
             model_max_retries=int(number("ROUTINES_MODEL_MAX_RETRIES", cls.model_max_retries)),
         )
+
+    @property
+    def archive_folder(self) -> Path:
+        """Where retention exports old runs (ROUTINES_ARCHIVE_DIR, else ROUTINES_DATA_DIR/archive)."""
+        return self.archive_dir or self.data_dir / "archive"
 
     def own_secrets(self) -> list[tuple[str, str]]:
         """(name, value) of every secret this process holds, for redaction."""

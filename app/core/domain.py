@@ -170,6 +170,7 @@ class Run:
     summary: str | None = None
     incomplete: bool = False
     outputs: JSON = field(default_factory=dict)
+    archived: str | None = None  # the file its event log was exported to, once retention trimmed it from Redis
 
     def to_json(self) -> JSON:
         data = asdict(self)
@@ -197,6 +198,7 @@ class Run:
             summary=data.get("summary"),
             incomplete=bool(data.get("incomplete")),
             outputs=dict(data.get("outputs") or {}),
+            archived=data.get("archived"),
         )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.core.domain import JSON, Event, PullRequest, Run, RunState
+from app.core.metrics import Counter, Histogram
 
 
 @dataclass
@@ -367,3 +368,14 @@ class MemoryStore(Protocol):
     async def save(self, routine: str, files: dict[str, bytes]) -> None:
         """Replace the routine's stored folder with `files` (an empty dict clears it)."""
         ...
+
+
+class Metrics(Protocol):
+    """Where a process counts what it saw, for `GET /metrics` (app.core.metrics names every metric).
+
+    Counting never waits and never raises: the counts reach the shared store in the background, and a
+    store that is down delays them without failing the request or run that counted."""
+
+    def count(self, metric: Counter, amount: float = 1, **labels: str) -> None: ...
+
+    def observe(self, metric: Histogram, value: float, **labels: str) -> None: ...

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from app.agent.loop import AgentOutcome
 from app.core.domain import JSON, Event, Routine, Run
+from app.core.metrics import NoMetrics
 from app.core.ports import (
     Boundary,
     Checkout,
@@ -17,6 +18,7 @@ from app.core.ports import (
     Forge,
     ForgeOutputs,
     MemoryStore,
+    Metrics,
     ModelClient,
     PullInfo,
     Redacts,
@@ -25,6 +27,7 @@ from app.core.ports import (
     Store,
     Workspaces,
 )
+from app.run.meter import RunMeter
 
 
 class Price(Protocol):
@@ -85,18 +88,24 @@ class RunnerDeps:
     reporting: Reporting
     memory_store: MemoryStore | None = None
     connector_secret: SecretLookup | None = None
+    metrics: Metrics = field(default_factory=NoMetrics)
 
 
 class RunEvents:
-    """The EventSink of one run: appends to its log in the store, with every known secret redacted."""
+    """The EventSink of one run: appends to its log in the store, with every known secret redacted, and
+    has the run's `meter` count what each recorded event says."""
 
-    def __init__(self, store: Store, run_id: str, redactor: Redacts) -> None:
+    def __init__(self, store: Store, run_id: str, redactor: Redacts, meter: RunMeter | None = None) -> None:
         self.store = store
         self.run_id = run_id
         self.redactor = redactor
+        self.meter = meter
 
     async def emit(self, type: str, data: JSON) -> None:
-        await self.store.append_event(self.run_id, Event(type, self.redactor.redact(data)))
+        data = self.redactor.redact(data)
+        await self.store.append_event(self.run_id, Event(type, data))
+        if self.meter is not None:
+            self.meter.saw(type, data)
 
 
 @dataclass

@@ -14,9 +14,10 @@ from app.agent.tools.memory import Memory
 from app.agent.tools.toolbox import Toolbox
 from app.core.domain import JSON, Event, Routine, Run, RunState
 from app.core.errors import ConfigError, RoutinesError
-from app.core.ports import Hands
+from app.core.ports import Boundary, Hands
 from app.run.context import RunContext, RunEvents, RunnerDeps
 from app.run.finish import deliver_and_record
+from app.run.meter import RunMeter
 from app.run.outputs import review_context
 from app.run.resume import INTERRUPTED, rebuild, restart_note
 
@@ -38,7 +39,7 @@ async def execute(run_id: str, deps: RunnerDeps) -> Run:
     run = await deps.store.get_run(run_id)
     if run.state.terminal:
         return run
-    events = RunEvents(deps.store, run_id, deps.reporting.redactor())
+    events = RunEvents(deps.store, run_id, deps.reporting.redactor(), RunMeter(deps.metrics, run))
     ctx = RunContext(run=run, routine=deps.routine(run.routine), events=events)
     try:
         if run.state is RunState.QUEUED:
@@ -190,13 +191,8 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
         return
     routine = ctx.routine
     run_dir = deps.settings.work_dir / ctx.run.id
-    boundary = await deps.sandboxes.open(ctx.run.id, routine, run_dir, ctx.events.emit, ctx.events.redactor)
+    boundary, hands = await _start_sandbox(ctx, deps, run_dir, ctx.checkout.path)
     try:
-        if boundary.sandbox.name == "local":
-            await ctx.events.emit(
-                "sandbox.warning", {"sandbox": "local", "message": "commands ran unsandboxed (ROUTINES_SANDBOX=local)"}
-            )
-        hands = await boundary.sandbox.hands(ctx.checkout.path, {**SANDBOX_ENV, **boundary.env})
         try:
             async with open_connectors(
                 routine.connectors, deps.connector_secret, redactor=ctx.events.redactor, emit=ctx.events.emit
@@ -226,6 +222,28 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
     await deps.store.update(
         ctx.run.id, turns=outcome.turns, usage=outcome.usage, cost_usd=outcome.cost_usd, summary=outcome.summary
     )
+
+
+async def _start_sandbox(ctx: RunContext, deps: RunnerDeps, run_dir: Path, workdir: Path) -> tuple[Boundary, Hands]:
+    """The run's boundary and the agent's hands inside it, counted as a sandbox start or failure."""
+    meter = ctx.events.meter
+    try:
+        boundary = await deps.sandboxes.open(ctx.run.id, ctx.routine, run_dir, ctx.events.emit, ctx.events.redactor)
+        try:
+            if boundary.sandbox.name == "local":
+                message = "commands ran unsandboxed (ROUTINES_SANDBOX=local)"
+                await ctx.events.emit("sandbox.warning", {"sandbox": "local", "message": message})
+            hands = await boundary.sandbox.hands(workdir, {**SANDBOX_ENV, **boundary.env})
+        except BaseException:
+            await boundary.close()
+            raise
+    except Exception:
+        if meter is not None:
+            meter.sandbox_failed()
+        raise
+    if meter is not None:
+        meter.sandbox_started()
+    return boundary, hands
 
 
 def _budget(routine: Routine, deps: RunnerDeps) -> Budget:

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError, WatchError
 
 from app.core.domain import JSON, Event, Run, RunState, can_transition
 from app.core.errors import InvalidTransition, RunNotFound, StoreError
+from app.store.metrics import LIVE_COUNTED, execute_counted, record_created, record_moved
 
 _FOLLOW_BLOCK_MS = 1000
 
@@ -33,6 +34,10 @@ class RedisStore:
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
+    def key(self, *parts: str) -> str:
+        """The Redis key of `parts` under this store's prefix (`run:<id>`, `runs`, `events:<id>`, …)."""
+        return self._key(*parts)
+
     async def ping(self) -> None:
         try:
             await self.redis.ping()
@@ -43,10 +48,14 @@ class RedisStore:
         score = int(run.created_at * 1000)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(self._key("run", run.id), json.dumps(run.to_json()))
+                pipe.set(self._key("run", run.id), json.dumps({**run.to_json(), LIVE_COUNTED: True}))
                 pipe.zadd(self._key("runs"), {run.id: score})
                 pipe.zadd(self._key("runs", run.routine), {run.id: score})
-                await pipe.execute()
+                pipe.zadd(self._key("runs-by-repo", run.repo), {run.id: score})
+                pipe.zadd(self._key("runs-by-trigger", run.trigger.kind), {run.id: score})
+                ours = len(pipe)
+                record_created(pipe, self.prefix, run)
+                await execute_counted(pipe, ours)
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not record run {run.id}: Redis failed ({exc})") from None
         await self.append_event(run.id, Event("run.state", {"state": run.state.value}))
@@ -91,7 +100,10 @@ class RedisStore:
                         data["updated_at"] = time.time()
                         pipe.multi()  # type: ignore[no-untyped-call]
                         pipe.set(key, json.dumps(data))
-                        await pipe.execute()
+                        if new is not None and new is not current:
+                            counted = bool(data.get(LIVE_COUNTED))
+                            record_moved(pipe, self.prefix, Run.from_json(data), current, data["updated_at"], counted)
+                        await execute_counted(pipe, 1)
                         break
                     except WatchError:
                         continue
@@ -128,6 +140,88 @@ class RedisStore:
                 if state is None or run.state.value == state:
                     runs.append(run)
         return runs[:limit]
+
+    async def page_runs(
+        self,
+        *,
+        routine: str | None = None,
+        repo: str | None = None,
+        trigger: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+        scan: int = 2_000,
+    ) -> tuple[list[Run], str | None]:
+        """Newest first, filtered; and the cursor of the next page (None: no more). One index serves the
+        most specific filter (routine, then repository, then trigger kind); the others are checked on the
+        records. At most `scan` runs are read per page, so a rare match costs pages, never a slow page."""
+        if routine:
+            index = self._key("runs", routine)
+        elif repo:
+            index = self._key("runs-by-repo", repo)
+        elif trigger:
+            index = self._key("runs-by-trigger", trigger)
+        else:
+            index = self._key("runs")
+        high: str | float = "+inf"
+        skipping = None  # runs created in the same millisecond as `before` come before or after it by id
+        if before is not None:
+            score = await self.redis.zscore(index, before)
+            high, skipping = (int(score), before) if score is not None else ("+inf", None)
+        found: list[Run] = []
+        read, last = 0, None
+        while len(found) < limit and read < scan:
+            ids = await self.redis.zrevrangebyscore(index, high, "-inf", start=read, num=min(max(limit * 2, 50), scan))
+            if not ids:
+                return found, None
+            read += len(ids)
+            raws = await self.redis.mget([self._key("run", i.decode()) for i in ids])
+            for run_id, raw in zip(ids, raws, strict=True):
+                last = run_id.decode()
+                if skipping is not None:
+                    skipping = None if last == skipping else skipping
+                    continue
+                run = Run.from_json(json.loads(raw)) if raw is not None else None
+                if run is None or (repo and run.repo != repo) or (trigger and run.trigger.kind != trigger):
+                    continue
+                if state and run.state.value != state:
+                    continue
+                found.append(run)
+                if len(found) == limit:
+                    return found, last
+        return found, last
+
+    async def runs_since(self, routine: str, since: float, *, cap: int = 1_000) -> list[Run]:
+        """The routine's runs created at or after `since` (epoch seconds), newest first, at most `cap`."""
+        ids = await self.redis.zrevrangebyscore(self._key("runs", routine), "+inf", int(since * 1000), start=0, num=cap)
+        if not ids:
+            return []
+        raws = await self.redis.mget([self._key("run", i.decode()) for i in ids])
+        return [Run.from_json(json.loads(raw)) for raw in raws if raw is not None]
+
+    async def mark_archived(self, run_id: str, path: str) -> None:
+        """Record that the run's events now live in the file `path`, and drop them from Redis (its record,
+        indexes and timestamps stay)."""
+        key = self._key("run", run_id)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.get(key)
+                        if raw is None:
+                            raise RunNotFound(f"run {run_id!r} does not exist")
+                        data: JSON = json.loads(raw)
+                        data["archived"] = path
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        pipe.set(key, json.dumps(data))
+                        pipe.delete(self._key("events", run_id))
+                        await pipe.execute()
+                        return
+                    except WatchError:
+                        continue
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not archive run {run_id}: Redis failed ({exc})") from None
 
     async def append_event(self, run_id: str, event: Event) -> str:
         fields = {"type": event.type, "ts": repr(event.ts), "data": json.dumps(event.data)}

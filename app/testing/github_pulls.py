@@ -7,11 +7,12 @@ request) for comments and reactions. Refusals use GitHub's status codes and mess
 
 from __future__ import annotations
 
+import html
 import json
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from app.testing.github_diff import FileDiff, pull_diff
 from app.testing.github_repos import branch_sha, commits_between
@@ -97,6 +98,21 @@ class PullsApi:
     async def get_pull(self, request: Request) -> Response:
         repo = self._repo(request, "pull_requests", "read")
         return JSONResponse(self._current(repo, request.path_params["number"]))
+
+    async def page(self, request: Request) -> Response:
+        """The pull request's web page (what `html_url` opens), reduced to its title, state and body."""
+        full_name = f"{request.path_params['owner']}/{request.path_params['repo']}"
+        repo = self.state.repos.get(full_name)
+        if repo is None:
+            return HTMLResponse("<h1>404</h1>", status_code=404)
+        pull = self._pull(repo, request.path_params["number"])
+        state = "Draft" if pull.get("draft") else str(pull["state"]).title()
+        body = (
+            f"<!doctype html><title>{html.escape(str(pull['title']))} · Pull Request #{pull['number']}</title>"
+            f"<h1 class='title'>{html.escape(str(pull['title']))} #{pull['number']}</h1>"
+            f"<p class='state'>{state}</p><pre class='body'>{html.escape(str(pull.get('body') or ''))}</pre>"
+        )
+        return HTMLResponse(body)
 
     def _current(self, repo: Repo, number: int) -> JSON:
         """The pull request with `head.sha` following its branch, as pushes move it on GitHub."""

@@ -68,6 +68,7 @@ def create_app(state: GitHubState) -> Starlette:
         ),
         *manifest_routes(state),
         Route("/{owner}/{name}.git/{path:path}", git_endpoint(state), methods=["GET", "POST"]),
+        Route("/{owner}/{repo}/pull/{number:int}", pulls.page),
     ]
     app = Starlette(
         routes=routes,

@@ -124,7 +124,7 @@ def running_stack(
         anthropic = AnthropicState()
         web_port = free_port()
         model = stack.enter_context(serve_in_thread(anthropic_app(anthropic)))
-        defaults: dict[str, Any] = {"poll_delay_ms": 20, "command_timeout_s": 30}
+        defaults: dict[str, Any] = {"poll_delay_ms": 20, "command_timeout_s": 30, "api_token": API_TOKEN}
         settings = Settings(
             redis_url=redis_url,
             github_api_url=gh.url,
@@ -134,7 +134,6 @@ def running_stack(
             anthropic_base_url=model.url,
             routines_dir=routines_dir,
             data_dir=root / "data",
-            api_token=API_TOKEN,
             public_url=f"http://127.0.0.1:{web_port}",
             **{**defaults, **overrides},
         )

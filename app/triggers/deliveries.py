@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from arq.connections import ArqRedis
 
 from app.core.domain import JSON, Routine, Run, RunState, Trigger, new_run_id
-from app.core.errors import ForgeError, RunNotFound
+from app.core.errors import ForgeError, RunNotFound, StoreError
+from app.store.delivery_log import DeliveryLog, DeliveryRecord
 from app.store.runs import RedisStore
 from app.triggers.dispatch import fire
 from app.triggers.followups import follow_up, follow_up_trigger, refusal
@@ -56,6 +57,28 @@ async def _process(deps: DeliveryDeps, guid: str) -> list[Run]:
         return []
     event = event_raw.decode()
     payload = json.loads(unpack_payload(body))
+    record = DeliveryRecord(
+        guid,
+        event,
+        "no match",
+        action=str(payload.get("action") or ""),
+        repo=str((payload.get("repository") or {}).get("full_name") or ""),
+        sender=str((payload.get("sender") or {}).get("login") or ""),
+    )
+    runs = await _handle(deps, guid, event, payload, record)
+    record.fired = {run.routine: run.id for run in runs}
+    record.why.update({run.routine: run.error or "refused" for run in runs if run.state is RunState.CANCELLED})
+    record.outcome = "fired" if any(run.state is not RunState.CANCELLED for run in runs) else record.outcome
+    if runs and record.outcome != "fired":
+        record.outcome = "refused"
+    try:
+        await DeliveryLog(redis, deps.store.prefix).record(record)
+    except StoreError as exc:
+        log.warning("delivery %s: not written to the delivery log: %s", guid, exc)
+    return runs
+
+
+async def _handle(deps: DeliveryDeps, guid: str, event: str, payload: JSON, record: DeliveryRecord) -> list[Run]:
     routines = list(deps.routines())
     wanted = follow_up(event, payload, {r.name: r for r in routines})
     if wanted is not None:
@@ -66,6 +89,7 @@ async def _process(deps: DeliveryDeps, guid: str) -> list[Run]:
             why = f"{login!r} has {level} access to {wanted.repo}, not write"
         if why is not None:
             log.warning("delivery %s (%s): follow-up of %s refused: %s", guid, event, wanted.branch, why)
+            record.why[wanted.routine.name] = f"follow-up refused: {why}"
             return []
         trigger = follow_up_trigger(github_trigger(event, payload, guid), wanted)
         run = await _fire_once(deps, guid, Match(wanted.routine, wanted.repo, ("follow-up",)), trigger)
@@ -77,10 +101,11 @@ async def _process(deps: DeliveryDeps, guid: str) -> list[Run]:
         result = check(routine, event, payload)
         if isinstance(result, str):
             log.debug("delivery %s (%s): routine %s %s", guid, event, routine.name, result)
+            record.why[routine.name] = result
         else:
             matches.append(result)
-    matches = await _apply_paths(deps, guid, event, payload, matches)
-    matches = await _apply_actors(deps, guid, payload, matches)
+    matches = await _apply_paths(deps, guid, event, payload, matches, record.why)
+    matches = await _apply_actors(deps, guid, payload, matches, record.why)
     if not matches:
         log.info("delivery %s (%s.%s): no routine wants it; ignored", guid, event, payload.get("action") or "")
         return []
@@ -100,7 +125,9 @@ async def _run_or_none(store: RedisStore, run_id: str) -> Run | None:
         return None
 
 
-async def _apply_paths(deps: DeliveryDeps, guid: str, event: str, payload: JSON, matches: list[Match]) -> list[Match]:
+async def _apply_paths(
+    deps: DeliveryDeps, guid: str, event: str, payload: JSON, matches: list[Match], why: dict[str, str]
+) -> list[Match]:
     """Apply the `paths` filters a pull request's payload cannot answer to the files GitHub lists for it
     (listed once per delivery). If they cannot be listed, the routine fires with a note: a missed run is
     worse than an extra one, and the note says the filter was not applied."""
@@ -124,10 +151,13 @@ async def _apply_paths(deps: DeliveryDeps, guid: str, event: str, payload: JSON,
             kept.append(replace(found, paths=()))
         else:
             log.info("delivery %s: routine %s: no changed file matches paths", guid, found.routine.name)
+            why[found.routine.name] = "no changed file matches paths"
     return kept
 
 
-async def _apply_actors(deps: DeliveryDeps, guid: str, payload: JSON, matches: list[Match]) -> list[Match]:
+async def _apply_actors(
+    deps: DeliveryDeps, guid: str, payload: JSON, matches: list[Match], why: dict[str, str]
+) -> list[Match]:
     """Keep the CI-event matches whose actor GitHub says has write access to the repository (asked once
     per actor and repository). Without a GitHub App, or when GitHub cannot say, nothing fires: a run
     an untrusted actor caused is worse than a missed one, and the log says why."""
@@ -143,6 +173,7 @@ async def _apply_actors(deps: DeliveryDeps, guid: str, payload: JSON, matches: l
         if known[key] in found.access:
             kept.append(replace(found, actor=None))
         else:
+            why[found.routine.name] = f"{found.actor!r} has {known[key]} access to {found.repo}, too little"
             log.warning(
                 "delivery %s: routine %s not fired: %r has %s access to %s, too little (name them in authors to allow)",
                 guid,

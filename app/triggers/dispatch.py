@@ -14,10 +14,12 @@ from arq.connections import ArqRedis
 
 from app.core.domain import Event, Routine, Run, RunState, Trigger, is_local_repo, new_run_id
 from app.core.errors import ConfigError, InvalidTransition, NotAllowed, Refused, RunNotFound
+from app.core.metrics import RUNS_REFUSED
 from app.routines.files import render_group
 from app.store import queue
 from app.store.cancels import CancelFlags
 from app.store.groups import ConcurrencyGroups
+from app.store.metrics import count_now
 from app.store.quotas import Quotas
 from app.store.routine_states import RoutineStates
 from app.store.runs import RedisStore
@@ -73,6 +75,7 @@ async def fire_checked(
     except Refused as exc:
         await store.append_event(run.id, Event("run.refused", {"limit": exc.limit, "reason": str(exc)}))
         exc.run = await store.transition(run.id, RunState.CANCELLED, error=str(exc))
+        await count_now(store.redis, store.prefix, RUNS_REFUSED, routine=routine.name, limit=exc.limit)
         raise
     await _start(store, pool, groups, routine, run)
     return run

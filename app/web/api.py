@@ -13,13 +13,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.core.domain import Event, Routine, Run, RunState, Trigger
-from app.core.errors import ConfigError, ForgeError, NotAllowed, Refused, RoutineNotFound, RunNotFound, StoreError
+from app.core.domain import Event, Routine, Run, RunState
+from app.core.errors import ConfigError, NotAllowed, Refused, RoutineNotFound, RunNotFound, StoreError
 from app.services import Services
-from app.store.cancels import CancelFlags
+from app.store.archive import run_events as run_events_of
 from app.store.quotas import Quotas
 from app.store.routine_states import RoutineState, RoutineStates
-from app.triggers.dispatch import fire_checked, named_repo, release
+from app.web.console.session import viewer as console_viewer
+from app.web.operations import cancel, fire_now, send_message
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,12 @@ def is_admin(services: Services, token: str | None) -> bool:
 
 
 def _may_read(request: Request) -> bool:
-    """Reads are open when no ROUTINES_API_TOKEN is set (local use), else they need it."""
+    """Reads are open when no ROUTINES_API_TOKEN is set (local use), else they need it as a bearer token,
+    or a console session (a SameSite=Strict cookie: the console's pages read runs and events this way)."""
     services = services_of(request)
-    return services.settings.api_token is None or is_admin(services, bearer_token(request))
+    if services.settings.api_token is None or is_admin(services, bearer_token(request)):
+        return True
+    return console_viewer(request, services.settings).logged_in
 
 
 def run_json(services: Services, run: Run) -> dict[str, Any]:
@@ -93,23 +97,11 @@ async def fire_routine(request: Request) -> Response:
     payload = await _fire_payload(request)
     if isinstance(payload, Response):
         return payload
-    repo = payload.get("repo")
-    if repo is not None:
-        try:
-            repo = await _allowed_repo(services, routine, repo)
-        except NotAllowed as exc:
-            log.warning("fire of %s refused: %s", name, exc)
-            return error(403, str(exc))
-    trigger = Trigger(kind="api", text=payload.get("text"), actor="api")
     try:
-        run = await fire_checked(
-            services.store,
-            services.pool,
-            routine,
-            trigger,
-            repo=repo,
-            max_runs_per_day=services.settings.max_runs_per_day,
-        )
+        run = await fire_now(services, routine, text=payload.get("text"), repo=payload.get("repo"), actor="api")
+    except NotAllowed as exc:
+        log.warning("fire of %s refused: %s", name, exc)
+        return error(403, str(exc))
     except Refused as exc:
         return error(exc.status, str(exc), limit=exc.limit, **({"run_id": exc.run.id} if exc.run else {}))
     except ConfigError as exc:
@@ -117,19 +109,6 @@ async def fire_routine(request: Request) -> Response:
     return JSONResponse(
         {"run_id": run.id, "url": services.settings.run_url(run.id), "state": run.state.value}, status_code=202
     )
-
-
-async def _allowed_repo(services: Services, routine: Routine, repo: str) -> str:
-    """`repo` as the run will use it, when the routine may run there (NotAllowed otherwise)."""
-    named, check_installed = named_repo(routine, repo)
-    if not check_installed:
-        return named
-    if services.github is None:
-        raise NotAllowed(f"routine {routine.name!r} runs on any installed repository, but no GitHub App is set up")
-    try:
-        return (await services.github.resolve(named)).full_name
-    except ForgeError as exc:
-        raise NotAllowed(f"routine {routine.name!r} cannot run on {repo!r}: {exc}") from None
 
 
 async def _fire_payload(request: Request) -> dict[str, Any] | Response:
@@ -219,26 +198,48 @@ async def run_events(request: Request) -> Response:
     services = services_of(request)
     run_id = request.path_params["run_id"]
     try:
-        await services.store.get_run(run_id)
+        run = await services.store.get_run(run_id)
     except RunNotFound as exc:
         return error(404, str(exc))
     after = request.query_params.get("after") or request.headers.get("last-event-id") or "0-0"
-    if "application/json" in request.headers.get("accept", "") and "text/event-stream" not in request.headers.get(
-        "accept", ""
-    ):
-        events = await services.store.events(run_id, after=after)
+    accept = request.headers.get("accept", "")
+    wants_json = "application/json" in accept and "text/event-stream" not in accept
+    archived: list[Event] | None = None
+    if run.archived:
+        try:
+            archived = [e for e in await run_events_of(services.store, run) if _stream_id(e.id) > _stream_id(after)]
+        except StoreError as exc:
+            return error(410, f"run {run_id}'s events were archived to {run.archived}, which cannot be read: {exc}")
+    if wants_json or request.query_params.get("format") == "json":
+        events = archived if archived is not None else await services.store.events(run_id, after=after)
         return JSONResponse({"run_id": run_id, "events": [e.to_json() for e in events]})
     return StreamingResponse(
-        _sse(services, run_id, after),
+        _replay(archived) if archived is not None else _sse(services, run_id, after),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 
 
+def _stream_id(value: str) -> tuple[int, int]:
+    """A Redis stream id (`<ms>-<seq>`) as numbers, for ordering; anything else sorts first."""
+    ms, _, seq = value.partition("-")
+    return (int(ms), int(seq or 0)) if ms.isdigit() and (seq or "0").isdigit() else (-1, -1)
+
+
+def _frame(event: Event) -> bytes:
+    return f"id: {event.id}\ndata: {json.dumps(event.to_json())}\n\n".encode()
+
+
 async def _sse(services: Services, run_id: str, after: str) -> AsyncIterator[bytes]:
     event: Event
     async for event in services.store.follow(run_id, after=after):
-        yield f"id: {event.id}\ndata: {json.dumps(event.to_json())}\n\n".encode()
+        yield _frame(event)
+    yield b"event: end\ndata: {}\n\n"
+
+
+async def _replay(events: list[Event]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield _frame(event)
     yield b"event: end\ndata: {}\n\n"
 
 
@@ -285,9 +286,7 @@ async def message_run(request: Request) -> Response:
     text = payload.get("text")
     if not text:
         return error(422, 'send {"text": "..."}: the message for the model')
-    services = services_of(request)
-    await services.store.push_message(run.id, text)
-    await services.store.append_event(run.id, Event("run.message", {"text": text}))
+    await send_message(services_of(request), run, text)
     return JSONResponse({"run_id": run.id, "state": run.state.value, "queued": True}, status_code=202)
 
 
@@ -296,13 +295,7 @@ async def cancel_run(request: Request) -> Response:
     run = await _live_run(request)
     if isinstance(run, Response):
         return run
-    services = services_of(request)
-    if run.state is RunState.QUEUED:
-        run = await services.store.transition(run.id, RunState.CANCELLED, error="cancelled before it started")
-        await release(services.store, services.pool, run.id)
-    else:
-        await CancelFlags(services.store.redis, services.store.prefix).request(run.id)
-        await services.store.append_event(run.id, Event("run.cancel_requested", {}))
+    run = await cancel(services_of(request), run)
     return JSONResponse({"run_id": run.id, "state": run.state.value}, status_code=202)
 
 

@@ -13,23 +13,27 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from app.core.config import Settings
 from app.core.errors import StoreError
-from app.core.redact import redact_logs
+from app.core.logs import configure_logging
 from app.services import Services, build
-from app.web import api, pages, routines_api, secrets_api, setup, webhooks
+from app.web import api, routines_api, secrets_api, setup, webhooks
+from app.web.console import actions as console_actions
+from app.web.console import pages as console_pages
+from app.web.metrics import routes as metrics_routes
 
 log = logging.getLogger(__name__)
 
 
 def from_environment() -> Starlette:
     """The app of one of several web processes (`routines web --processes N`, which uvicorn starts by this
-    name): settings from the environment, log lines redacted as in `routines web`."""
+    name): settings from the environment, log lines formatted and redacted as in `routines web`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    redact_logs(settings.own_secrets())
+    configure_logging(settings.log_format, settings.own_secrets())
     return create_app(settings)
 
 
@@ -76,7 +80,10 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             *routines_api.routes,
             *secrets_api.routes,
             *setup.routes,
-            *pages.routes,
+            *console_pages.routes,
+            *console_actions.routes,
+            Mount("/static", StaticFiles(packages=[("app.web", "static")]), name="static"),
+            *metrics_routes,
             Route(webhooks.PATH, webhook, methods=["POST"]),
         ],
         middleware=[Middleware(webhooks.WebhookFirst, webhook=webhook)],

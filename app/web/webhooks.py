@@ -13,6 +13,9 @@ Contract (what GitHub sees):
 - 503 when Redis is unreachable: never 2xx, so GitHub marks the delivery failed and the
   recovery sweep has it redelivered.
 
+Every answer is counted by outcome (`routines_webhook_deliveries_total` on `GET /metrics`) in the process,
+without a round trip: the counts reach Redis in the background, a 503's once Redis is back.
+
 `GitHubWebhook.reply` holds the whole decision; `GitHubWebhook.__call__` serves it as a plain ASGI
 endpoint.
 """
@@ -29,6 +32,7 @@ import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.errors import StoreError
+from app.core.metrics import WEBHOOK_DELIVERIES
 from app.triggers.followups import EVENTS as FOLLOW_UP_EVENTS
 
 if TYPE_CHECKING:
@@ -40,6 +44,7 @@ PATH = "/webhooks/github"
 MAX_BODY_BYTES = 25 * 1024 * 1024
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _READ_HEADERS = frozenset({b"x-hub-signature-256", b"x-github-event", b"x-github-delivery"})
+_REFUSALS = {400: "bad_request", 401: "bad_signature", 413: "too_large", 503: "unavailable"}
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -81,6 +86,16 @@ def too_large(size: int | None, limit: int = MAX_BODY_BYTES) -> Reply:
     """413 for a body declared as `size` bytes, or (None) found over `limit` while reading."""
     what = "body is" if size is None else f"body of {size} bytes is"
     return refused(413, f"{what} over the {limit}-byte limit of GitHub webhooks")
+
+
+def outcome_of(reply: Reply) -> str:
+    """What a reply says happened, as the `outcome` label of routines_webhook_deliveries_total: the first word
+    of a 2xx's X-Routines-Delivery (queued, duplicate, ignored, pong), else the refusal's kind."""
+    if reply.status < 300:
+        for name, value in reply.headers:
+            if name == b"x-routines-delivery":
+                return value.split(b":", 1)[0].decode()
+    return _REFUSALS.get(reply.status, "error")
 
 
 class _Refused(Exception):
@@ -175,6 +190,9 @@ class GitHubWebhook:
         except Exception as exc:  # the web layer's catch-all: GitHub sees a 500 and redelivers later
             log.exception("the webhook failed")
             reply = refused(500, f"internal error: {type(exc).__name__}")
+        metrics = getattr(scope.get("state", {}).get("services"), "metrics", None)  # none without a lifespan
+        if metrics is not None:
+            metrics.count(WEBHOOK_DELIVERIES, outcome=outcome_of(reply))
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
         await send({"type": "http.response.body", "body": reply.body})
 

@@ -12,6 +12,7 @@ from arq.connections import ArqRedis
 
 from app.core.domain import JSON, Event, Routine, RunState, Trigger, new_run_id
 from app.core.errors import ForgeError, RoutineNotFound, RoutinesError
+from app.core.logs import run_scope
 from app.forge.github_app import GitHubApp
 from app.run.runner import execute
 from app.services import Services
@@ -72,7 +73,13 @@ async def fire_slot(
 
 async def run_routine(ctx: dict[str, Any], run_id: str) -> str:
     """The job boundary: whatever happens, the run ends in a terminal state with a reason, and its
-    concurrency group passes to the next waiting run."""
+    concurrency group passes to the next waiting run. Everything logged meanwhile is logged for the run
+    (`run_id` in JSON log lines)."""
+    with run_scope(run_id):
+        return await _run_routine(ctx, run_id)
+
+
+async def _run_routine(ctx: dict[str, Any], run_id: str) -> str:
     services: Services = ctx["services"]
     leases: Leases = ctx["leases"]
     await services.refresh_routines()

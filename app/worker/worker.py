@@ -13,19 +13,26 @@ Every worker also pumps GitHub deliveries from the web process's stream into `ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from arq import Worker
 from arq.worker import func
+from redis.exceptions import RedisError
 
 from app.core.config import Settings
 from app.forge.github_app import GitHubApp
 from app.services import Services, build
 from app.store import queue
+from app.store.archive import RunArchive, archive_old_runs
 from app.store.leases import Leases, new_worker_id, reap
+from app.store.metrics import WORKER_INFO_KEY
 from app.triggers.dispatch import restart_stalled_groups
 from app.triggers.intake import DELIVERY_JOB, DeliveryPump
 from app.triggers.recovery import SweepPolicy, sweep
@@ -35,6 +42,8 @@ from app.worker.ticks import Periodic, ScheduleTicker, repeat
 log = logging.getLogger(__name__)
 
 DEFAULT_TICK_S = 5.0
+DESCRIBE_S = 300.0
+RETENTION_S = 600.0
 
 
 def create_worker(
@@ -64,15 +73,34 @@ def create_worker(
             log.warning("run %s held its concurrency group but had no job (a worker died); enqueued", run_id)
         return [*resumed, *stalled]
 
+    started = time.time()
+
+    async def describe(services: Services) -> object:
+        """Who this worker is, for the console's health page (when it was last seen is the metrics heartbeat's)."""
+        about = {"id": worker_id, "host": socket.gethostname(), "pid": os.getpid(), "jobs": settings.max_jobs}
+        await services.store.redis.hset(  # type: ignore[misc]
+            services.store.prefix + WORKER_INFO_KEY, worker_id, json.dumps({**about, "started": started})
+        )
+        return None
+
+    async def retention(services: Services) -> object:
+        if settings.retention_days is None:
+            return 0
+        archive = RunArchive(settings.archive_folder)
+        return await archive_old_runs(services.store, archive, days=settings.retention_days)
+
     tasks = [
         Periodic("schedule", every_s, ticker.tick),
         sweep,
         Periodic("reaper", settings.reaper_s, reaper),
+        Periodic("describe", DESCRIBE_S, describe),
+        Periodic("retention", RETENTION_S, retention),
         *periodic,
     ]
 
     async def startup(ctx: dict[str, Any]) -> None:
         services = ctx["services"] = await build(settings)
+        services.metrics.beat_as(worker_id)  # /metrics counts the workers seen in the last minute
         ctx["ticker"], ctx["max_runs_per_day"] = ticker, ticker.max_runs_per_day
         ctx["worker_id"], ctx["leases"] = (
             worker_id,
@@ -113,6 +141,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await asyncio.gather(*running, return_exceptions=True)
     services: Services | None = ctx.pop("services", None)
     if services is not None:
+        with contextlib.suppress(RedisError, OSError):
+            await services.store.redis.hdel(services.store.prefix + WORKER_INFO_KEY, str(ctx.get("worker_id")))  # type: ignore[misc]
         await services.close()
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import json
 import os
 import signal
 import socket
@@ -16,7 +18,10 @@ from pathlib import Path
 import httpx
 import pygit2
 import pytest
+from redis import asyncio as aioredis
 
+from app.core.domain import Event, Run, Trigger
+from app.store.runs import RedisStore
 from app.testing.anthropic_server import AnthropicState, Script, Turn, bash, create_app, edit_str_replace, text
 from app.testing.serve import Served, free_port, serve_in_thread
 from tests.support.git import git
@@ -241,3 +246,23 @@ def test_the_web_process_logs_redact_its_secrets_uvicorn_lines_included(tmp_path
     assert (pong.status_code, pong.headers["x-routines-delivery"]) == (200, "pong")
     assert "GET /healthz?token=" in output and '"POST /webhooks/github HTTP/1.1" 200' in output, output
     assert token not in output and secret not in output
+
+
+def test_export_writes_a_run_and_its_events_as_jsonl(tmp_path: Path, redis_url: str) -> None:
+    async def make() -> None:
+        store = RedisStore(aioredis.Redis.from_url(redis_url))
+        await store.create_run(Run(id="r-export", routine="nightly", repo="acme/api", trigger=Trigger("api")))
+        await store.append_event("r-export", Event("log", {"message": "hello"}))
+        await store.redis.aclose()
+
+    asyncio.run(make())
+    (tmp_path / "routines").mkdir()
+    env = env_for(tmp_path, None, redis_url)
+    done = routines("export", "r-export", env=env, cwd=tmp_path)
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0 and lines[0]["run"]["id"] == "r-export"
+    assert [line["type"] for line in lines[1:]] == ["run.state", "log"] and lines[2]["data"] == {"message": "hello"}
+    written = routines("export", "r-export", "--output", str(tmp_path / "r.jsonl"), env=env, cwd=tmp_path)
+    assert written.returncode == 0 and (tmp_path / "r.jsonl").read_text() == done.stdout
+    missing = routines("export", "nope", env=env, cwd=tmp_path)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr

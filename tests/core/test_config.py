@@ -16,6 +16,8 @@ def test_defaults() -> None:
     assert s.github_api_url == "https://api.github.com"
     assert s.routines_dir == Path("routines") and s.port == 8000
     assert not s.github_app_configured
+    assert s.log_format == "text"
+    assert Settings.from_env({"ROUTINES_LOG_FORMAT": "JSON"}).log_format == "json"
 
 
 def test_enterprise_url_and_key_from_path(tmp_path: Path) -> None:
@@ -47,6 +49,7 @@ def test_enterprise_url_and_key_from_path(tmp_path: Path) -> None:
         ({"GITHUB_APP_ID": "1", "GITHUB_APP_PRIVATE_KEY_PATH": "/nonexistent/key.pem"}, "GITHUB_APP_PRIVATE_KEY_PATH"),
         ({"ROUTINES_SANDBOX": "docker"}, "ROUTINES_SANDBOX"),
         ({"ROUTINES_POLL_DELAY_MS": "fast"}, "ROUTINES_POLL_DELAY_MS"),
+        ({"ROUTINES_LOG_FORMAT": "xml"}, "ROUTINES_LOG_FORMAT"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:

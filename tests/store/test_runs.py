@@ -94,3 +94,36 @@ async def test_dead_redis_gives_a_clear_error() -> None:
     with pytest.raises(StoreError, match="could not record run"):
         await RedisStore(client).create_run(make_run())
     await client.aclose()
+
+
+async def test_pages_of_runs_follow_each_other_without_gaps_even_within_one_millisecond(
+    aredis: aioredis.Redis,
+) -> None:
+    store = RedisStore(aredis)
+    made = []
+    for n in range(120):
+        at = 1_700_000_000 + (n // 3)  # three runs per second, several per millisecond
+        run = Run(id=f"{n:04d}", routine="r", repo=f"acme/{'api' if n % 2 else 'web'}", trigger=Trigger("api"))
+        run.created_at = at
+        await store.create_run(run)
+        made.append(run.id)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = await store.page_runs(limit=25, before=cursor)
+        seen += [r.id for r in page]
+        if cursor is None or not page:
+            break
+    assert seen == sorted(made, reverse=True), "newest first, each run exactly once"
+    api, _ = await store.page_runs(repo="acme/api", limit=100)
+    assert [r.id for r in api] == [i for i in sorted(made, reverse=True) if int(i) % 2]
+
+
+async def test_a_rare_filter_reads_a_bounded_number_of_runs_per_page(aredis: aioredis.Redis) -> None:
+    store = RedisStore(aredis)
+    for n in range(300):
+        await store.create_run(Run(id=f"{n:04d}", routine="r", repo="acme/api", trigger=Trigger("api")))
+    page, cursor = await store.page_runs(state="failed", limit=10, scan=100)
+    assert page == [] and cursor is not None, "nothing in the first 100: the page says where to go on"
+    page, cursor = await store.page_runs(state="failed", limit=10, before=cursor, scan=1000)
+    assert page == [] and cursor is None

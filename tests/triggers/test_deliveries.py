@@ -18,6 +18,7 @@ from app.core.errors import StoreError
 from app.forge.github import GitHubForge
 from app.routines.files import parse_routine
 from app.store import queue
+from app.store.delivery_log import DeliveryLog, DeliveryRecord
 from app.store.runs import RedisStore
 from app.testing.github_shapes import add_comment
 from app.testing.webhook_stack import HookStack, webhook_stack
@@ -202,6 +203,29 @@ def test_bot_comments_and_unmentioned_comments_start_nothing(hooks: HookStack) -
     hooks.send("issue_comment", comment_event(hooks, "just chatting"))
     assert hooks.drain() == []
     assert hooks.github.comments("acme/api") and not hooks.github.issue_reactions("acme/api")
+
+
+def test_each_handled_delivery_is_logged_with_what_it_fired_and_why_the_rest_did_not(hooks: HookStack) -> None:
+    fired = hooks.send("issue_comment", comment_event(hooks, "@routines please look"))
+    quiet = hooks.send("issue_comment", comment_event(hooks, "just chatting"))
+    runs = hooks.drain()
+
+    async def read() -> list[DeliveryRecord]:
+        client = aioredis.Redis.from_url(hooks.settings.redis_url or "")
+        try:
+            return [record for _, record in await DeliveryLog(client).recent(10)]
+        finally:
+            await client.aclose()
+
+    records = {r.guid: r for r in asyncio.run(read())}
+    assert records[fired].outcome == "fired" and records[fired].event == "issue_comment"
+    assert records[fired].fired == {run.routine: run.id for run in runs} and set(records[fired].fired) == {
+        "triage",
+        "review",
+    }
+    assert records[fired].why == {"labels": "does not listen to issue_comment"}
+    assert records[quiet].outcome == "no match" and records[quiet].fired == {}
+    assert "mention" in records[quiet].why["triage"] and records[quiet].repo == "acme/api"
 
 
 @pytest.mark.parametrize(

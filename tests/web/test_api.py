@@ -103,13 +103,6 @@ async def test_events_stream_live_over_sse(stack: Stack) -> None:
     assert [e["id"] for e in as_json["events"]] == [e["id"] for e in received]
 
 
-def test_run_page_is_served_and_escapes_ids(stack: Stack) -> None:
-    run_id = stack.fire("docs").json()["run_id"]
-    page = stack.client.get(f"{stack.web_url}/runs/{run_id}")
-    assert page.status_code == 200 and run_id in page.text and "EventSource" in page.text
-    assert stack.client.get(f"{stack.web_url}/runs/<script>").status_code == 404
-
-
 def test_dead_redis_answers_503_with_a_reason(tmp_path: Path) -> None:
     folder = tmp_path / "routines"
     folder.mkdir()
