@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.errors import StoreError
 from app.core.metrics import WEBHOOK_DELIVERIES
+from app.store.delivery_log import DeliveryLog, DeliveryRecord
 from app.triggers.followups import EVENTS as FOLLOW_UP_EVENTS
 
 if TYPE_CHECKING:
@@ -195,6 +196,8 @@ class GitHubWebhook:
             metrics.count(WEBHOOK_DELIVERIES, outcome=outcome_of(reply))
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
         await send({"type": "http.response.body", "body": reply.body})
+        if outcome_of(reply) in ("duplicate", "ignored"):  # after the answer: GitHub never waits for this
+            await _log_turned_away(scope, reply)
 
     async def reply(self, services: Services, headers: Headers, body: bytes) -> Reply:
         """The answer to a delivery with these request `headers` and whole `body`."""
@@ -245,3 +248,21 @@ class WebhookFirst:
             await self.webhook(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+async def _log_turned_away(scope: Scope, reply: Reply) -> None:
+    """Put a delivery the web process answered itself (a duplicate, or an event no routine listens to) in
+    the console's delivery log; the workers log the rest. Best effort: a Redis failure is only logged."""
+    services = scope.get("state", {}).get("services")
+    if services is None:
+        return
+    headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _READ_HEADERS}
+    why = next((v.decode() for k, v in reply.headers if k == b"x-routines-delivery"), "")
+    outcome, _, reason = why.partition(":")
+    record = DeliveryRecord(
+        headers.get("x-github-delivery", ""), headers.get("x-github-event", ""), outcome, why={"*": reason.strip()}
+    )
+    try:
+        await DeliveryLog(services.store.redis, services.store.prefix).record(record)
+    except StoreError as exc:
+        log.debug("delivery %s not written to the delivery log: %s", record.guid, exc)

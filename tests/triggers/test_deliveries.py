@@ -226,6 +226,10 @@ def test_each_handled_delivery_is_logged_with_what_it_fired_and_why_the_rest_did
     assert records[fired].why == {"labels": "does not listen to issue_comment"}
     assert records[quiet].outcome == "no match" and records[quiet].fired == {}
     assert "mention" in records[quiet].why["triage"] and records[quiet].repo == "acme/api"
+    hooks.send("issue_comment", comment_event(hooks, "@routines please look"), guid=fired)  # a redelivery
+    hooks.send("star", {"action": "created", "repository": {"full_name": "acme/api"}})
+    turned_away = [(r.outcome, r.event, r.guid) for r in asyncio.run(read())[:2]]
+    assert turned_away[1] == ("duplicate", "issue_comment", fired) and turned_away[0][:2] == ("ignored", "star")
 
 
 @pytest.mark.parametrize(
