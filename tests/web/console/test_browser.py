@@ -1,7 +1,8 @@
 """The console in a real headless Chromium (Debian's chromium and chromedriver, driven by Selenium): log in,
 run a routine and watch its log go live to `succeeded` without reloading, follow its pull request, pause
 the routine and see a fire refused, cancel a live run, and read why a delivery matched nothing. Each page
-is photographed into docs/screenshots/ (the README shows them)."""
+is photographed: into docs/screenshots/ (docs/console.md shows them) when ROUTINES_SCREENSHOTS=docs, else
+into the test's temporary folder, so a test run leaves the repository as it was."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from app.testing.stack import API_TOKEN, Stack, running_stack
 from tests.support.paths import PAYLOADS, ROOT
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -30,7 +31,7 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER), reason="apt-get install chromium chromium-driver (scripts/test says so)"
 )
-SHOTS = ROOT / "docs" / "screenshots"
+DOC_SHOTS = ROOT / "docs" / "screenshots"
 SECRET = "test-webhook-secret"
 CALC = "def add(a, b):\n    return a - b\n"
 
@@ -79,27 +80,35 @@ def chrome(tmp_path: Path) -> Iterator[WebDriver]:
 
 def wait(driver: WebDriver, condition: object, what: str, timeout_s: float = 60) -> None:
     try:
-        WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(condition)  # type: ignore[arg-type]
+        # The live log replaces elements as events arrive: an element found a moment ago may be gone.
+        stale = [StaleElementReferenceException]
+        waiting = WebDriverWait(driver, timeout_s, poll_frequency=0.1, ignored_exceptions=stale)
+        waiting.until(condition)  # type: ignore[arg-type]
     except TimeoutException:
         page = driver.find_element(By.TAG_NAME, "body").text[:2000]
         raise AssertionError(f"gave up waiting for {what}; the page says: {page}") from None
 
 
-def shot(driver: WebDriver, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    return DOC_SHOTS if os.environ.get("ROUTINES_SCREENSHOTS") == "docs" else tmp_path / "screenshots"
 
 
-def log_in(driver: WebDriver, stack: Stack) -> None:
+def shot(driver: WebDriver, folder: Path, name: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(folder / f"{name}.png"))
+
+
+def log_in(driver: WebDriver, stack: Stack, shots: Path) -> None:
     driver.get(f"{stack.web_url}/routines")
     assert "/login" in driver.current_url
-    shot(driver, "login")
+    shot(driver, shots, "login")
     driver.find_element(By.NAME, "token").send_keys(API_TOKEN)
     driver.find_element(By.CSS_SELECTOR, "section.login button").click()
     wait(driver, lambda d: d.current_url.endswith("/routines"), "the routines page after logging in")
 
 
-def test_a_day_at_the_console(stack: Stack, chrome: WebDriver) -> None:
+def test_a_day_at_the_console(stack: Stack, chrome: WebDriver, shots: Path) -> None:
     stack.anthropic.add_script(
         Script(
             match="[script:fix]",
@@ -110,21 +119,21 @@ def test_a_day_at_the_console(stack: Stack, chrome: WebDriver) -> None:
             ],
         )
     )
-    log_in(chrome, stack)
+    log_in(chrome, stack, shots)
     assert "fix-calc" in chrome.page_source and "triage" in chrome.page_source
-    shot(chrome, "routines")
+    shot(chrome, shots, "routines")
 
     # Run now, from the routine's page, and watch the log go live without a reload.
     chrome.find_element(By.LINK_TEXT, "fix-calc").click()
     wait(chrome, lambda d: "Next fires" in d.page_source, "the routine page")
-    shot(chrome, "routine")
+    shot(chrome, shots, "routine")
     chrome.find_element(By.NAME, "text").send_keys("The add test fails.")
     chrome.find_element(By.CSS_SELECTOR, "form.fire button").click()
     wait(chrome, lambda d: "/runs/" in d.current_url, "the run page")
     chrome.execute_script("window.sameDocument = true")
     wait(chrome, lambda d: d.find_element(By.ID, "state").text in ("preparing", "running"), "the run to start", 30)
     wait(chrome, lambda d: d.find_elements(By.CSS_SELECTOR, ".ev.tool-result"), "a command's output in the log")
-    shot(chrome, "run-live")
+    shot(chrome, shots, "run-live")
     run_id = chrome.current_url.split("/runs/")[1].split("?")[0]
     try:
         wait(chrome, lambda d: d.find_element(By.ID, "state").text == "succeeded", "succeeded, live")
@@ -136,7 +145,7 @@ def test_a_day_at_the_console(stack: Stack, chrome: WebDriver) -> None:
     assert "workspace.checkpoint" in log_text and "model.turn" in log_text
     assert chrome.find_elements(By.CSS_SELECTOR, ".diff .add"), "the checkpoint's diff is rendered"
     assert not chrome.find_element(By.ID, "live-actions").is_displayed(), "a finished run offers no cancel"
-    shot(chrome, "run")
+    shot(chrome, shots, "run")
 
     # Follow the pull request to (the test) GitHub.
     chrome.find_element(By.CSS_SELECTOR, "#pr a").click()
@@ -166,7 +175,7 @@ def test_a_day_at_the_console(stack: Stack, chrome: WebDriver) -> None:
     chrome.find_element(By.CSS_SELECTOR, "button.cancel").click()
     wait(chrome, lambda d: d.find_element(By.ID, "state").text == "cancelled", "the run to stop")
     wait(chrome, lambda d: d.find_elements(By.ID, "incomplete"), "the partial work to be marked incomplete")
-    shot(chrome, "run-cancelled")
+    shot(chrome, shots, "run-cancelled")
 
     # A delivery that matched nothing, and why.
     data = json.loads((PAYLOADS / "issues.labeled.json").read_text())
@@ -181,8 +190,8 @@ def test_a_day_at_the_console(stack: Stack, chrome: WebDriver) -> None:
             break
         time.sleep(0.3)
     assert "no match" in chrome.page_source and "triage" in chrome.page_source
-    shot(chrome, "deliveries")
+    shot(chrome, shots, "deliveries")
 
     for page in ("runs", "secrets", "health", ""):
         chrome.get(f"{stack.web_url}/{page}")
-        shot(chrome, page or "dashboard")
+        shot(chrome, shots, page or "dashboard")
