@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,11 @@ def test_each_handled_delivery_is_logged_with_what_it_fired_and_why_the_rest_did
     assert "mention" in records[quiet].why["triage"] and records[quiet].repo == "acme/api"
     hooks.send("issue_comment", comment_event(hooks, "@routines please look"), guid=fired)  # a redelivery
     hooks.send("star", {"action": "created", "repository": {"full_name": "acme/api"}})
-    turned_away = [(r.outcome, r.event, r.guid) for r in asyncio.run(read())[:2]]
+    # The web process logs what it turned away just after answering: wait for both to be written.
+    deadline = time.monotonic() + 20
+    while (turned_away := [(r.outcome, r.event, r.guid) for r in asyncio.run(read())[:2]])[0][1] != "star":
+        assert time.monotonic() < deadline, f"the delivery log never showed the ignored star event: {turned_away}"
+        time.sleep(0.05)
     assert turned_away[1] == ("duplicate", "issue_comment", fired) and turned_away[0][:2] == ("ignored", "star")
 
 
