@@ -1,15 +1,32 @@
 """Bare mirrors of repositories, one per URL, cloned once and fetched before each run; safe to share
-between workers (a file lock per mirror)."""
+between workers (a file lock per mirror).
+
+Fetches coalesce: a run that asks while another fetch of the same mirror is under way waits for
+the next one to start after its request, and every run waiting then is served by that one fetch
+(counted in the mirror's fetch log, so across processes too): N concurrent runs cost at most two
+fetches, not N in a row.
+
+A mirror made over the network starts shallow, like `git clone --depth 1`: the remote's default
+branch at depth 1, so the first run checks out as soon as a shallow clone would. The rest (every
+branch and tag, the whole history) is fetched in the background once that checkout is written (so
+the two do not compete), or at once when a checkout asks for what the shallow mirror lacks; a
+process that fetches a mirror still shallow schedules that too. While a mirror is shallow, its
+checkouts carry its shallow roots, so a push computes its pack without a missing parent.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
 import secrets
 import shutil
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pygit2
@@ -17,27 +34,42 @@ from pygit2.enums import FetchPrune
 
 from app.core.errors import WorkspaceError
 from app.core.ports import Credentials
-from app.git.checkouts import checkout, claim_spare, make_spare
-from app.git.layout import private_gitdir
-from app.git.remotes import Callbacks, display_url, git_failure, locked, repo_name
+from app.git.checkouts import checkout, has_base
+from app.git.layout import fetch_log, mirror_lock, private_gitdir
+from app.git.remotes import Callbacks, display_url, git_failure, is_local, locked, repo_name
+from app.git.spares import claim_spare, keep_spare, spares_dir
 from app.git.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
 MIRROR_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+UNSHALLOW = 2**31 - 1  # libgit2's GIT_FETCH_DEPTH_UNSHALLOW
+HISTORY_DELAY_S = 10.0
+
+
+@dataclass(frozen=True)
+class _History:
+    """The fetch of a shallow mirror's history, waiting for `start`."""
+
+    start: asyncio.Event
+    task: asyncio.Task[None]
 
 
 class Mirrors:
     """Bare mirrors of repositories under `root/mirrors`, one per URL, safe to share between workers.
 
-    With `spares`, each mirror keeps one work tree ready (made in the background after a checkout)
-    that the next `checkout` of the same commit takes by renaming it: O(1) instead of writing every file.
+    With `spares`, each mirror keeps one work tree ready (app.git.spares): made in the background
+    after a checkout, brought to the new commit of its branch in the background after each fetch, and
+    taken by the next `checkout` by rename, then advanced by the difference if its base moved again.
     """
 
     def __init__(self, root: Path, *, spares: bool = True) -> None:
         self.root = root
         self.spares = spares
-        self._refills: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._refreshing: dict[Path, asyncio.Task[None]] = {}
+        self._histories: dict[Path, _History] = {}
+        self._fetching: dict[Path, asyncio.Lock] = {}
 
     def path_for(self, url: str) -> Path:
         clean = display_url(url)
@@ -46,50 +78,119 @@ class Mirrors:
         return self.root / "mirrors" / f"{slug or 'repo'}-{digest}.git"
 
     async def ensure(self, url: str, creds: Credentials | None = None) -> Path:
-        """The mirror of `url`, cloned the first time and fetched (heads and tags, pruned) afterwards."""
+        """The mirror of `url`: cloned the first time (shallow, completed in the background) and fetched
+        (heads and tags, pruned) afterwards; its spare work tree follows in the background."""
         if urlsplit(url).password:
             raise WorkspaceError(f"{display_url(url)} carries a password in the URL; pass it as Credentials instead")
-        return await asyncio.to_thread(self._ensure, url, creds)
+        path = self.path_for(url)
+        asked = _fetches(path)[0]
+        async with self._fetching.setdefault(path, asyncio.Lock()):
+            await asyncio.to_thread(self._ensure, url, creds, asked=asked)
+        if (path / "shallow").exists() and self._pending_history(path) is None:
+            start = asyncio.Event()
+            task = self._spawn(self._complete(path, url, creds, start), "could not fetch the history of %s", url)
+            self._histories[path] = _History(start, task)
+        elif self.spares and path not in self._refreshing and spares_dir(path).is_dir():
+            task = self._spawn(asyncio.to_thread(keep_spare, path), "could not refresh the spare of %s", url)
+            self._refreshing[path] = task
+        return path
 
-    def _ensure(self, url: str, creds: Credentials | None) -> Path:
+    def _ensure(
+        self, url: str, creds: Credentials | None, *, asked: int | None = None, unshallow: bool = False
+    ) -> None:
+        """Clone or fetch the mirror of `url` under its lock; skipped when a fetch that started after the
+        caller read `asked` (the fetches started then) has completed meanwhile, in any process."""
         path = self.path_for(url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with locked(path.with_suffix(".lock")):
-            if (path / "HEAD").exists():
+        with locked(mirror_lock(path)):
+            started, finished = _fetches(path)
+            if asked is not None and finished > asked and (path / "HEAD").exists():
+                return
+            _record_fetches(path, started + 1, finished)
+            if not (path / "HEAD").exists():
+                self._clone(path, url, creds)
+            else:
                 repo = pygit2.Repository(str(path))
                 if repo.remotes["origin"].url != url:
                     repo.remotes.set_url("origin", url)
-                self._fetch(repo, url, creds)
-            else:
-                self._clone(path, url, creds)
-        return path
+                self._fetch(repo, url, creds, depth=UNSHALLOW if unshallow and (path / "shallow").exists() else 0)
+            _record_fetches(path, started + 1, started + 1)
+
+    async def _complete(self, path: Path, url: str, creds: Credentials | None, start: asyncio.Event) -> None:
+        """Fetch what the shallow clone left out (every branch and tag, the whole history) once `start`
+        is set (by a checkout) or after HISTORY_DELAY_S, whichever comes first."""
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HISTORY_DELAY_S):
+                    await start.wait()
+            await asyncio.to_thread(self._ensure, url, creds, unshallow=True)
+        finally:
+            self._histories.pop(path, None)
+
+    def _pending_history(self, path: Path) -> _History | None:
+        history = self._histories.get(path)
+        return history if history is not None and not history.task.done() else None
 
     def _clone(self, path: Path, url: str, creds: Credentials | None) -> None:
         staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
         try:
             repo = pygit2.init_repository(str(staging), bare=True)
-            repo.remotes.create("origin", url, MIRROR_REFSPECS[0])
+            remote = repo.remotes.create("origin", url, MIRROR_REFSPECS[0])
             repo.remotes.add_fetch("origin", MIRROR_REFSPECS[1])
-            self._fetch(repo, url, creds)
+            head = None if is_local(url) else self._default_branch(remote, url, creds)
+            if head is None:
+                self._fetch(repo, url, creds)
+            else:
+                self._fetch(repo, url, creds, refspecs=[f"+{head}:{head}"], depth=1)
+                repo.set_head(head)
             staging.rename(path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def _default_branch(self, remote: pygit2.Remote, url: str, creds: Credentials | None) -> str | None:
+        """The branch the remote's HEAD names (refs/heads/…), or None (empty, or no HEAD advertised)."""
+        try:
+            heads = remote.list_heads(callbacks=Callbacks(url, creds))
+        except pygit2.GitError as exc:
+            raise git_failure("fetch", url, exc) from None
+        target = next((head.symref_target for head in heads if head.name == "HEAD"), None)
+        return target if target and target.startswith("refs/heads/") else None
+
     async def checkout(self, mirror: Path, base: str, dest: Path) -> Workspace:
-        """Like the module's `checkout`, served from the mirror's spare work tree when it has `base`'s commit."""
-        workspace = await asyncio.to_thread(claim_spare, mirror, base, dest) if self.spares else None
-        if workspace is None:
-            workspace = await checkout(mirror, base, dest)
+        """Like the module's `checkout`, served from the mirror's spare work tree when there is one (once
+        a refresh of it that this process started is over)."""
+        refreshing = self._refreshing.get(mirror)
+        if refreshing is not None:
+            await asyncio.wait([refreshing])
+        history = self._pending_history(mirror)
+        if history is not None and not await asyncio.to_thread(has_base, mirror, base):
+            history.start.set()
+            await asyncio.wait([history.task])
+        try:
+            workspace = await asyncio.to_thread(claim_spare, mirror, base, dest) if self.spares else None
+            if workspace is None:
+                workspace = await checkout(mirror, base, dest)
+        finally:
+            if history is not None:
+                history.start.set()
         if self.spares:
-            task = asyncio.create_task(asyncio.to_thread(make_spare, mirror, workspace.base_commit))
-            self._refills.add(task)
-            task.add_done_callback(self._refilled)
+            self._spawn(asyncio.to_thread(keep_spare, mirror, base), "could not make a spare work tree of %s", base)
         return workspace
 
-    def _refilled(self, task: asyncio.Task[None]) -> None:
-        self._refills.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning("could not make a spare work tree: %s", task.exception())
+    def _spawn(self, work: Coroutine[Any, Any, None], failure: str, name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._background.discard(task)
+            for path, refreshing in list(self._refreshing.items()):
+                if refreshing is task:
+                    del self._refreshing[path]
+            if not task.cancelled() and task.exception() is not None:
+                logger.warning(failure + ": %s", display_url(name), task.exception())
+
+        task.add_done_callback(done)
+        return task
 
     def discard(self, dest: Path) -> None:
         """Remove what a dead worker left of a checkout at `dest`: after a crash the checkpoint is the truth."""
@@ -99,11 +200,39 @@ class Mirrors:
             shutil.rmtree(dest, ignore_errors=True)
 
     async def settle(self) -> None:
-        """Wait until the spare work trees being made are ready (before shutdown, or in a benchmark)."""
-        await asyncio.gather(*self._refills, return_exceptions=True)
+        """Finish the work in the background: spare work trees, histories of shallow mirrors (before
+        shutdown, in a benchmark or a test)."""
+        for history in self._histories.values():
+            history.start.set()
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
-    def _fetch(self, repo: pygit2.Repository, url: str, creds: Credentials | None) -> None:
+    def _fetch(
+        self,
+        repo: pygit2.Repository,
+        url: str,
+        creds: Credentials | None,
+        *,
+        refspecs: list[str] | None = None,
+        depth: int = 0,
+    ) -> None:
         try:
-            repo.remotes["origin"].fetch(callbacks=Callbacks(url, creds), prune=FetchPrune.PRUNE)
+            repo.remotes["origin"].fetch(refspecs, callbacks=Callbacks(url, creds), prune=FetchPrune.PRUNE, depth=depth)
         except pygit2.GitError as exc:
             raise git_failure("fetch", url, exc) from None
+
+
+def _fetches(mirror: Path) -> tuple[int, int]:
+    """How many fetches of `mirror` have started, and the number of the last one that completed."""
+    try:
+        started, finished = fetch_log(mirror).read_text().split()
+        return int(started), int(finished)
+    except (OSError, ValueError):
+        return 0, 0
+
+
+def _record_fetches(mirror: Path, started: int, finished: int) -> None:
+    """Replace the fetch log at once, so a reader without the lock never sees half of it."""
+    staging = fetch_log(mirror).with_name(f".{fetch_log(mirror).name}.{secrets.token_hex(4)}")
+    staging.write_text(f"{started} {finished}\n")
+    staging.replace(fetch_log(mirror))

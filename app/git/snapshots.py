@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -32,6 +33,9 @@ _HFS_IGNORED = re.compile("[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]")
 _MODES = {0o040000: TREE, 0o100644: BLOB, 0o100755: BLOB, 0o120000: BLOB}
 _GITLINK, _SYMLINK = 0o160000, 0o120000
 _BATCH = 256
+# One tree entry: its mode, a space, its name, a NUL and its 20-byte id.
+_ENTRY = re.compile(rb"(\d+) ([^\0]*)\0(.{20})", re.DOTALL)
+_WRITTEN = {b"100644", b"100755", b"120000", b"40000", b"160000"}
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,18 @@ def _children(repo: pygit2.Repository, oid: str, depth: int, max_depth: int) -> 
 def tree_entries(data: bytes) -> list[tuple[int, bytes, str]]:
     """(mode, name, id) of a raw tree object, checked as git's fsck would: known modes written without
     leading zeros, names in git's order and each once."""
+    found = _ENTRY.findall(data)
+    if sum(len(mode) + len(name) + 22 for mode, name, _ in found) == len(data):
+        keys = [name + b"/" if mode == b"40000" else name for mode, name, _ in found]
+        in_order = all(a < b for a, b in itertools.pairwise(keys))
+        known = {mode for mode, _, _ in found} <= _WRITTEN
+        if in_order and known and len({name for _, name, _ in found}) == len(found):
+            return [(int(mode, 8), name, oid.hex()) for mode, name, oid in found]
+    return _entries_one_by_one(data)
+
+
+def _entries_one_by_one(data: bytes) -> list[tuple[int, bytes, str]]:
+    """`tree_entries` read entry by entry, to say what is wrong with a tree the fast reading refused."""
     entries: list[tuple[int, bytes, str]] = []
     seen: set[bytes] = set()
     at, previous = 0, b""
@@ -129,7 +145,7 @@ def tree_entries(data: bytes) -> list[tuple[int, bytes, str]]:
         if space < 0 or nul < space or nul + 21 > len(data):
             raise WorkspaceError("a tree object is malformed")
         raw_mode, name = data[at:space], data[space + 1 : nul]
-        mode = int(raw_mode, 8) if raw_mode.isdigit() and not raw_mode.startswith(b"0") else -1
+        mode = int(raw_mode, 8) if raw_mode in _WRITTEN else -1
         if mode not in (*_MODES, _GITLINK):
             raise WorkspaceError(
                 f"{name!r} has the file mode {raw_mode.decode(errors='replace')}, which git does not write"

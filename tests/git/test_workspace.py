@@ -243,11 +243,12 @@ async def test_a_follow_up_push_only_fast_forwards_over_http_and_locally(
     branch = "routines/demo/pr"
     for remote, repo in ((url, bare), (str(origin), origin)):
         git("branch", "-f", branch, "main", cwd=repo)
-        cache = tmp_path / f"cache-{repo.name}"
+        mirrors = Mirrors(tmp_path / f"cache-{repo.name}")
         creds = CREDS if remote == url else None
         runs = []
         for name in ("ahead", "behind"):
-            ws = await checkout(await Mirrors(cache).ensure(remote, creds), branch, tmp_path / f"{repo.name}-{name}")
+            mirror = await mirrors.ensure(remote, creds)
+            ws = await mirrors.checkout(mirror, branch, tmp_path / f"{repo.name}-{name}")
             (ws.path / "README.md").write_text(f"# demo, {name}\n")
             await snap(ws)
             runs.append((ws, await ws.commit(f"Follow-up {name}", "Routines", "bot@example.com")))
@@ -278,7 +279,7 @@ async def test_concurrent_ensure_in_tasks_and_processes(origin: Path, tmp_path: 
     outputs = [(await proc.communicate())[0].decode().strip() for proc in processes]
 
     assert {str(path) for path in paths} == {*outputs} == {str(mirrors.path_for(str(origin)))}
-    assert [p.name for p in (cache / "mirrors").iterdir() if not p.name.endswith(".lock")] == [paths[0].name]
+    assert [p.name for p in (cache / "mirrors").iterdir() if p.suffix not in (".lock", ".fetches")] == [paths[0].name]
     assert git("--git-dir", str(paths[0]), "fsck", "--strict", "--no-progress") == ""
     assert git("--git-dir", str(paths[0]), "rev-parse", "main") == git("rev-parse", "main", cwd=origin)
 

@@ -1,0 +1,107 @@
+"""Trees read for checkouts, object by object: whether a tree holds submodules (gitlinks), and which
+paths differ between two trees, with the new tree's changed folders checked as snapshots are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pygit2
+
+from app.core.errors import WorkspaceError
+from app.git.snapshots import check_name, tree_entries
+
+_FOLDER, _GITLINK = 0o040000, 0o160000
+_ATTRIBUTES = b".gitattributes"
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a checkout from one tree to another must write or remove.
+
+    `paths` name files, symlinks and gitlinks, and whole folders that appear or go; `sensitive` says
+    a gitlink or a `.gitattributes` is among them, which libgit2 handles only with the work tree open.
+    """
+
+    paths: list[str]
+    sensitive: bool
+
+
+def has_gitlinks(odb: pygit2.Odb, tree: str) -> bool:
+    """Whether `tree` holds a gitlink at any depth. A folder of files only is skipped by a substring
+    test, so a 50,000-file tree takes milliseconds; a tree that cannot be read counts as holding one."""
+    pending = [tree]
+    while pending:
+        try:
+            data = odb.read(pending.pop())[1]
+            if b"40000 " not in data and b"160000 " not in data:
+                continue
+            for mode, _, oid in _raw_entries(data):
+                if mode == _GITLINK:
+                    return True
+                if mode == _FOLDER:
+                    pending.append(oid)
+        except (KeyError, ValueError, pygit2.GitError):
+            return True
+    return False
+
+
+def changes(odb: pygit2.Odb, old: str, new: str) -> Changes:
+    """The paths that differ from tree `old` to tree `new`. Every folder of `new` that differs from
+    `old` is read whole and must pass the checks snapshots apply (git's modes and order, each name
+    once; no entry that differs from `old` may climb out or into `.git`), else WorkspaceError: a
+    duplicate name can make a path of the new tree go through a symlink the old one left, which a
+    checkout of only the changed paths would follow."""
+    paths: list[str] = []
+    sensitive = False
+    pending: list[tuple[str | None, str, bytes, bool]] = [(old, new, b"", False)]
+    while pending:
+        before_oid, after_oid, prefix, covered = pending.pop()
+        before = {name: (mode, oid) for mode, name, oid in _entries(odb, before_oid)} if before_oid else {}
+        for mode, name, oid in _entries(odb, after_oid):
+            was = before.pop(name, None)
+            if was == (mode, oid):
+                continue  # the old tree, already checked out, has this very entry
+            check_name(name, mode)
+            if was is not None and was[0] == mode == _FOLDER:
+                pending.append((was[1], oid, prefix + name + b"/", covered))
+                continue
+            if not covered:
+                paths.append(_text(prefix + name))
+            if mode == _FOLDER:
+                pending.append((None, oid, prefix + name + b"/", True))
+            sensitive |= _GITLINK in (mode, was[0] if was else None) or name == _ATTRIBUTES
+            sensitive |= was is not None and was[0] == _FOLDER and has_gitlinks(odb, was[1])
+        for name, (mode, oid) in before.items():
+            paths.append(_text(prefix + name))
+            sensitive |= mode == _GITLINK or name == _ATTRIBUTES or (mode == _FOLDER and has_gitlinks(odb, oid))
+    return Changes(sorted(paths), sensitive)
+
+
+def _entries(odb: pygit2.Odb, tree: str) -> list[tuple[int, bytes, str]]:
+    try:
+        kind, data = odb.read(tree)
+    except (KeyError, ValueError, pygit2.GitError):
+        raise WorkspaceError(f"tree {tree} is not in the mirror") from None
+    if kind != pygit2.enums.ObjectType.TREE:
+        raise WorkspaceError(f"object {tree} is not a tree")
+    return tree_entries(data)
+
+
+def _raw_entries(data: bytes) -> Iterator[tuple[int, bytes, str]]:
+    """(mode, name, id) of a raw tree, read leniently (ValueError if malformed)."""
+    at = 0
+    while at < len(data):
+        nul = data.index(b"\0", at)
+        mode, space, name = data[at:nul].partition(b" ")
+        if not space or nul + 21 > len(data):
+            raise ValueError("a tree object is malformed")
+        yield int(mode, 8), name, data[nul + 1 : nul + 21].hex()
+        at = nul + 21
+
+
+def _text(path: bytes) -> str:
+    try:
+        return path.decode()
+    except UnicodeDecodeError:
+        raise WorkspaceError(f"the path {path!r} is not UTF-8") from None
