@@ -16,6 +16,7 @@ from arq.worker import func
 from redis import asyncio as aioredis
 
 from app.core.config import Settings
+from app.routines.catalog import ApiRoutines
 from app.store import queue
 from app.store.routine_states import PAUSED, RoutineStates
 from app.store.runs import RedisStore
@@ -177,3 +178,37 @@ async def test_a_worker_stopped_while_a_job_writes_its_result_still_stops_its_ow
         await aredis.client_unpause()
         await pool.aclose()
     assert all(task.done() for task in own), "the worker's own tasks were left running"
+
+
+async def test_routines_added_changed_and_removed_by_file_and_api_between_ticks_fire_as_they_are_now_once(
+    tmp_path: Path, redis_url: str, aredis: aioredis.Redis
+) -> None:
+    clock = Clock(START)
+    settings = settings_for(tmp_path, redis_url)
+    async with workers(settings, clock, 2) as pool:
+        store = RedisStore(aredis)
+        api = ApiRoutines(aredis, store.prefix)
+        await settle(pool, store)
+        (settings.routines_dir / "hourly.md").unlink()
+        (settings.routines_dir / "quarter.md").write_text(HOURLY.replace("hourly", "quarter").replace("0 *", "15 *"))
+        await api.put("late", HOURLY.replace("hourly", "late").replace("0 *", "45 *"))
+        clock.now += 3600  # 01:30: quarter at 01:15 and late at 00:45 are due, hourly at 01:00 is gone
+        await settle(pool, store)
+        await api.put("late", HOURLY.replace("hourly", "late").replace("0 *", "50 *"))
+        clock.now += 3600  # 02:30: late at 01:50, not 01:45
+        await settle(pool, store)
+        await api.delete("late")
+        clock.now += 3600
+        await settle(pool, store)
+        fired = {name: sorted(await fired_slots(store, name)) for name in ("hourly", "quarter", "late")}
+    minute = 60_000
+    assert fired == {
+        "hourly": [],
+        "quarter": [hour(1) + 15 * minute, hour(2) + 15 * minute, hour(3) + 15 * minute],
+        "late": [hour(0) + 45 * minute, hour(1) + 50 * minute],
+    }
+
+
+async def fired_slots(store: RedisStore, routine: str) -> list[int]:
+    runs = await store.list_runs(routine=routine, limit=200)
+    return [int(run.trigger.data["slot_ms"]) for run in runs if run.trigger.kind == "schedule"]
