@@ -28,6 +28,7 @@ from app.run.notify import notify, outcome_text
 from app.sandbox.boundary import Boundaries
 from app.sandbox.bwrap import sandbox_available
 from app.sandbox.egress.policy import SystemResolver
+from app.sandbox.images import ImageStore
 from app.store import queue
 from app.store.cancels import CancelFlags
 from app.store.memory import RedisMemoryStore
@@ -146,7 +147,13 @@ class Services:
             sandboxes=self.boundaries(),
             model=await self.model(),
             price=Pricer(s.prices),
-            settings=RunSettings(s.data_dir / "runs", s.run_url, command_timeout_s=s.command_timeout_s),
+            settings=RunSettings(
+                s.data_dir / "runs",
+                s.run_url,
+                command_timeout_s=s.command_timeout_s,
+                setups_dir=s.setups_folder,
+                setup_cache_bytes=int(s.setup_cache_gb * 1024**3),
+            ),
             reporting=Reporting(
                 redactor=self.redactor,
                 cancel_check=CancelFlags(self.store.redis, self.store.prefix).check,
@@ -156,7 +163,13 @@ class Services:
             memory_store=RedisMemoryStore(self.pool),
             connector_secret=vault,
             metrics=self.metrics,
+            images=self.images() if s.sandbox == "bwrap" else None,
         )
+
+    def images(self) -> ImageStore:
+        """The environments' images this worker has pulled (data_dir/environments/images)."""
+        s = self.settings
+        return ImageStore(s.images_folder, insecure=s.insecure_registries, cap_bytes=int(s.image_cache_gb * 1024**3))
 
     @property
     def workspaces(self) -> Mirrors:

@@ -70,6 +70,17 @@ class InstantHands:
 
     async def stop(self) -> None: ...
 
+    async def names(self) -> list[str]:
+        return []
+
+    async def pack(self, created: list[str], max_bytes: int) -> int:
+        return 0
+
+    async def unpack(self) -> int:
+        return 0
+
+    async def ignore(self, names: list[str]) -> None: ...
+
     async def close(self) -> None: ...
 
 

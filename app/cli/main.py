@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.cli import environments as cli_environments
 from app.cli import lifecycle as cli_lifecycle
 from app.cli.secrets import add_secrets_parser
 from app.cli.support import redis_for, with_services
@@ -335,6 +336,7 @@ def parser() -> argparse.ArgumentParser:
     message.add_argument("text")
     add_secrets_parser(sub)
     cli_lifecycle.add_parsers(sub)
+    cli_environments.add_parser(sub)
     return p
 
 
@@ -351,6 +353,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "secrets": cmd_secrets,
     "cancel": cmd_cancel,
     "message": cmd_message,
+    "env": cli_environments.cmd_env,
 }
 COMMANDS.update(cli_lifecycle.COMMANDS)
 

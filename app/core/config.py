@@ -48,6 +48,9 @@ class Settings:
     log_format: str = "text"
     retention_days: float | None = None
     archive_dir: Path | None = None  # default: data_dir / "archive"
+    insecure_registries: tuple[str, ...] = ()  # registries (host:port) reached over plain HTTP
+    image_cache_gb: float = 20.0
+    setup_cache_gb: float = 10.0
 
     @property
     def base_url(self) -> str:
@@ -126,8 +129,17 @@ class Settings:
             raise ConfigError(f"ROUTINES_LOG_FORMAT={log_format!r} is unknown; use 'text' or 'json'")
         cap = text("ROUTINES_MAX_RUNS_PER_DAY")
         keep = text("ROUTINES_RETENTION_DAYS")
+        insecure = tuple(r.strip() for r in (text("ROUTINES_INSECURE_REGISTRIES") or "").split(",") if r.strip())
+        for registry in insecure:
+            if "/" in registry or " " in registry:
+                raise ConfigError(
+                    f"ROUTINES_INSECURE_REGISTRIES names {registry!r}; list registries as host:port, comma-separated"
+                )
         return cls(
             log_format=log_format,
+            insecure_registries=insecure,
+            image_cache_gb=number("ROUTINES_IMAGE_CACHE_GB", cls.image_cache_gb, integer=False, minimum=0.1),
+            setup_cache_gb=number("ROUTINES_SETUP_CACHE_GB", cls.setup_cache_gb, integer=False, minimum=0.01),
             retention_days=number("ROUTINES_RETENTION_DAYS", 0, integer=False, minimum=0.01) if keep else None,
             archive_dir=Path(folder) if (folder := text("ROUTINES_ARCHIVE_DIR")) else None,
             max_runs_per_day=int(number("ROUTINES_MAX_RUNS_PER_DAY", 0, minimum=1)) if cap else None,
@@ -165,6 +177,16 @@ class Settings:
     def archive_folder(self) -> Path:
         """Where retention exports old runs (ROUTINES_ARCHIVE_DIR, else ROUTINES_DATA_DIR/archive)."""
         return self.archive_dir or self.data_dir / "archive"
+
+    @property
+    def images_folder(self) -> Path:
+        """Where pulled environment images are unpacked, one folder per digest."""
+        return self.data_dir / "environments" / "images"
+
+    @property
+    def setups_folder(self) -> Path:
+        """Where the saved results of environments' setups are kept."""
+        return self.data_dir / "environments" / "setups"
 
     def own_secrets(self) -> list[tuple[str, str]]:
         """(name, value) of every secret this process holds, for redaction."""

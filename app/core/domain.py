@@ -79,6 +79,26 @@ class Connector:
 
 
 @dataclass(frozen=True)
+class Environment:
+    """Where a run's commands run and what is ready before the agent starts.
+
+    `image`: an OCI image reference whose filesystem becomes the sandbox's root (None: the worker's own
+    system, read-only, as without an environment). `setup`: shell commands run in the sandbox before the
+    agent's first turn. `cache`: repository files whose contents key the saved result of the setup.
+    `env`: variables set in the sandbox. `devcontainer`: take all of these, at run time, from the
+    repository's `.devcontainer/devcontainer.json`. `credentials`: the vault secret (`user:password` or
+    a token) that logs in to the image's registry.
+    """
+
+    image: str | None = None
+    setup: tuple[str, ...] = ()
+    cache: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    devcontainer: bool = False
+    credentials: str | None = None
+
+
+@dataclass(frozen=True)
 class Triggers:
     schedule: tuple[Schedule, ...] = ()
     api: bool = True
@@ -115,6 +135,7 @@ class Routine:
     outputs: JSON = field(default_factory=lambda: {"pull_request": {"draft": True}})
     limits: Limits = field(default_factory=Limits)
     concurrency: Concurrency = field(default_factory=Concurrency)
+    environment: Environment | None = None
     source: str | None = None
 
     @property

@@ -105,6 +105,54 @@ class Hands(Shell, TreeSource, Protocol):
         """End the shell and every process the agent started; editing and staging still work."""
         ...
 
+    async def names(self) -> list[str]:
+        """The work tree's top-level entries (`.git` aside)."""
+        ...
+
+    async def pack(self, created: list[str], max_bytes: int) -> int:
+        """Save the setup's result (`created` top-level entries and $HOME) for the host to keep; bytes."""
+        ...
+
+    async def unpack(self) -> int:
+        """Fill the work tree and $HOME from a saved setup; files."""
+        ...
+
+    async def ignore(self, names: list[str]) -> None:
+        """Never stage these top-level entries of the work tree (what the setup made) in a snapshot."""
+        ...
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a run's commands run: an image's unpacked filesystem as `/` and the variables its config sets
+    (None: the worker's own system, read-only), a folder kept as $HOME across shell restarts, and a folder
+    only the hands process sees, through which a setup's result is saved and restored."""
+
+    rootfs: Path | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    home: Path | None = None
+    exchange: Path | None = None
+
+
+@dataclass(frozen=True)
+class PulledImage:
+    reference: str
+    digest: str
+    rootfs: Path
+    env: tuple[tuple[str, str], ...]
+    pulled: bool
+    seconds: float
+
+
+class Images(Protocol):
+    """Where images come from: pulled once per digest, held by a run until released."""
+
+    async def ensure(self, reference: str, login: str | None = None, *, holder: str | None = None) -> PulledImage:
+        """The image, pulled if needed; raises SandboxError saying what to fix (unknown, refused, down, corrupt)."""
+        ...
+
+    def release(self, digest: str, holder: str) -> None: ...
+
 
 class Sandbox(Protocol):
     """Where the agent's hands act. Never given a credential."""
@@ -256,6 +304,10 @@ class Checkout(Protocol):
 
     async def restore(self, commit: str | None, patch: str) -> str:
         """Bring back a checkpoint: its commit if this machine has it, else the patch; says which."""
+        ...
+
+    def base_file(self, path: str, max_bytes: int) -> bytes | None:
+        """The file `path` of the base commit, read from git objects (None: no such regular file, or larger)."""
         ...
 
 

@@ -201,6 +201,18 @@ class Workspace:
         if callbacks.rejected:
             raise WorkspaceError(f"{display_url(url)} refused the push of {branch}: {'; '.join(callbacks.rejected)}")
 
+    def base_file(self, path: str, max_bytes: int) -> bytes | None:
+        """The file `path` of the base commit, from git objects only (None: absent, not a regular file, or over
+        `max_bytes`); the work tree, which the agent owns, is never read."""
+        try:
+            entry = self._repo()[self.base_commit].peel(pygit2.Commit).tree[path]
+        except (KeyError, ValueError):
+            return None
+        if entry.filemode not in (pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE):
+            return None
+        blob = entry.peel(pygit2.Blob)
+        return None if blob.size > max_bytes else bytes(blob.data)
+
     def cleanup(self, *, keep_checkpoints: bool = False) -> None:
         """Remove the work tree, the private git directory, the staging folder and (unless kept) the
         checkpoints. Called once no sandbox process is left; never follows a symlink, also where the

@@ -11,6 +11,9 @@ Requests are `wire` frames of JSON; `frames: n` announces n raw frames that foll
   → `{"ok": true, "tree": oid, "files": n, "skipped": [...]}`
 - `{"op": "objects", "oids": [...], "max_bytes": n}` → `{"ok": true, "objects": [[oid, type, size], ...]}` + a
   frame each
+- `{"op": "names"}` → `{"ok": true, "names": [...]}`; `{"op": "pack", "created": [...], "max_bytes": n}` →
+  `{"ok": true, "files": n, "bytes": n}`; `{"op": "unpack"}` → `{"ok": true, "files": n}` (stash.py; they need
+  the config's `home` and `exchange`); `{"op": "ignore", "names": [...]}` → `{"ok": true}` (never staged)
 
 A refused request answers `{"ok": false, "error": "..."}` and the process goes on; a broken frame ends it.
 """
@@ -76,6 +79,11 @@ class Hands:
                 limits = {k: int(request[k]) for k in ("max_file_bytes", "max_total_bytes", "max_files")}
                 staged = self.stager().stage(str(request["base"]), seed=extra[0] if extra else None, **limits)
                 return {"ok": True, **staged}, []
+            if op == "ignore":
+                self.stager().ignore([str(name) for name in request.get("names") or []])
+                return {"ok": True}, []
+            if op in ("names", "pack", "unpack"):
+                return {"ok": True, **self.stash(op, request)}, []
             if op == "objects":
                 found = self.stager().objects([str(o) for o in request.get("oids") or []], int(request["max_bytes"]))
                 return {"ok": True, "objects": [[oid, kind, len(data)] for oid, kind, data in found]}, [
@@ -86,6 +94,21 @@ class Hands:
         except Exception as exc:  # the worker turns this into a clear error; this process goes on
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}, []
         return {"ok": False, "error": f"unknown op {op!r}"}, []
+
+    def stash(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The setup cache's ops (see stash.py); they need the config's `home` and `exchange` folders."""
+        from . import stash
+
+        workspace = self.config["workspace"]
+        if op == "names":
+            return {"names": stash.names(workspace)}
+        home, exchange = self.config.get("home"), self.config.get("exchange")
+        if not home or not exchange:
+            raise ValueError("this sandbox keeps no setup (no home or exchange folder)")
+        if op == "pack":
+            created = [str(name) for name in request["created"]]
+            return stash.pack(workspace, home, exchange, created, int(request["max_bytes"]))
+        return stash.unpack(workspace, home, exchange)
 
     def stager(self) -> Stager:
         if self._stager is None:

@@ -23,6 +23,7 @@ _WRITTEN = pygit2.enums.FileStatus.WT_NEW | pygit2.enums.FileStatus.WT_MODIFIED 
 _SENDABLE = {pygit2.enums.ObjectType.TREE.value, pygit2.enums.ObjectType.BLOB.value}
 _NO_SEARCH = pygit2.enums.RepositoryOpenFlag.NO_SEARCH
 MAX_DEPTH = 90  # libgit2 refuses paths nested deeper than 100 folders
+IGNORED = "routines-ignored"  # top-level names the setup made, one per line
 GIT_FILE_BYTES = 1024 * 1024
 
 
@@ -113,8 +114,19 @@ class Stager:
         skipped += [{"path": _printable(p), "reason": f"nested deeper than {MAX_DEPTH} folders"} for p in deep]
         return dict(repo.status(untracked_files="all"))
 
+    def ignore(self, names: list[str]) -> None:
+        """Never stage these top-level entries of the work tree (what an environment's setup made)."""
+        kept = [n for n in names if n and "/" not in n and "\n" not in n and n not in (".", "..", ".git")]
+        with open(os.path.join(self.gitdir, IGNORED), "w") as out:
+            out.write("".join(f"{name}\n" for name in kept))
+
     def _exclude(self, paths: list[str]) -> None:
         patterns = "".join(f"/{_escape(p)}/\n" for p in paths if "\n" not in p)
+        try:
+            with open(os.path.join(self.gitdir, IGNORED)) as listed:
+                patterns += "".join(f"/{_escape(name)}\n" for name in listed.read().splitlines() if name)
+        except FileNotFoundError:
+            pass
         with open(os.path.join(self.gitdir, "info", "exclude"), "w") as out:
             out.write("/.git\n" + patterns)
 

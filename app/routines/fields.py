@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from app.core.domain import JSON, Concurrency, Connector, Limits, Routine
+from app.routines.environment import read_environment
 from app.routines.reader import Reader, unknown
 from app.routines.schema import (
     CONNECTOR_NAME_PATTERN,
@@ -59,6 +60,7 @@ def build_routine(r: Reader, root: yaml.Node, prompt: str, min_interval_s: float
         "outputs": lambda n: _outputs(r, n),
         "limits": lambda n: _limits(r, n),
         "concurrency": lambda n: _concurrency(r, n),
+        "environment": lambda n: read_environment(r, n),
     }
     for key, read in readers.items():
         if key in entries:

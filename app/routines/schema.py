@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from app.routines.environment import ENV_NAME, IMAGE_PATTERN
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 SECRET_PATTERN = r"^[A-Z][A-Z0-9_]*$"
 OWNER_NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$"
@@ -31,6 +33,7 @@ TOP_KEYS = (
     "outputs",
     "limits",
     "concurrency",
+    "environment",
 )
 ON_KEYS = ("schedule", "api", "github")
 SCHEDULE_KEYS = ("cron", "timezone")
@@ -322,6 +325,38 @@ def _policy_properties() -> dict[str, Any]:
                 },
                 "cancel_in_progress": {"type": "boolean", "description": "A new run cancels the running one."},
             },
+        },
+        "environment": {
+            "description": "The sandbox's root and how to make it ready (docs/routines.md#environment).",
+            "oneOf": [
+                {"const": "devcontainer", "description": "The repository's .devcontainer/devcontainer.json."},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "minProperties": 1,
+                    "properties": {
+                        "image": {
+                            "type": "string",
+                            "maxLength": 255,
+                            "pattern": IMAGE_PATTERN,
+                            "description": "An OCI image reference: node:22-bookworm, ghcr.io/acme/dev:1@sha256:….",
+                        },
+                        "setup": _strings("Shell commands run in the sandbox before the agent's first turn."),
+                        "cache": _strings("Repository files whose contents key the saved result of setup."),
+                        "env": {
+                            "type": "object",
+                            "propertyNames": {"pattern": ENV_NAME},
+                            "additionalProperties": {"type": "string"},
+                            "description": "Variables set in the sandbox.",
+                        },
+                        "credentials": {
+                            "type": "string",
+                            "pattern": SECRET_PATTERN,
+                            "description": "Vault secret that logs in to the image's registry.",
+                        },
+                    },
+                },
+            ],
         },
     }
 

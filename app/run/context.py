@@ -17,9 +17,11 @@ from app.core.ports import (
     Emit,
     Forge,
     ForgeOutputs,
+    Images,
     MemoryStore,
     Metrics,
     ModelClient,
+    Place,
     PullInfo,
     Redacts,
     RepoInfo,
@@ -51,7 +53,9 @@ class CodeHosts(Protocol):
 class Sandboxes(Protocol):
     """Opens one run's boundary: its sandbox, egress proxy and placeholders."""
 
-    async def open(self, run_id: str, routine: Routine, run_dir: Path, emit: Emit, redactor: Redacts) -> Boundary: ...
+    async def open(
+        self, run_id: str, routine: Routine, run_dir: Path, emit: Emit, redactor: Redacts, place: Place | None = None
+    ) -> Boundary: ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class RunSettings:
     work_dir: Path
     run_url: Callable[[str], str]
     command_timeout_s: float = 600.0
+    setups_dir: Path | None = None  # saved results of environments' setups (None: never saved)
+    setup_cache_bytes: int = 10 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class RunnerDeps:
     memory_store: MemoryStore | None = None
     connector_secret: SecretLookup | None = None
     metrics: Metrics = field(default_factory=NoMetrics)
+    images: Images | None = None
 
 
 class RunEvents:

@@ -15,6 +15,7 @@ from app.agent.tools.toolbox import Toolbox
 from app.core.domain import JSON, Event, Routine, Run, RunState
 from app.core.errors import ConfigError, RoutinesError
 from app.core.ports import Boundary, Hands
+from app.run import environment
 from app.run.context import RunContext, RunEvents, RunnerDeps
 from app.run.finish import deliver_and_record
 from app.run.meter import RunMeter
@@ -189,11 +190,30 @@ async def _pull_to_review(ctx: RunContext, deps: RunnerDeps) -> str:
 async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
     if ctx.checkout is None or ctx.repo is None:
         return
-    routine = ctx.routine
     run_dir = deps.settings.work_dir / ctx.run.id
-    boundary, hands = await _start_sandbox(ctx, deps, run_dir, ctx.checkout.path)
+    readied = await environment.prepare(ctx, deps, run_dir)
+    try:
+        await _agent_in(ctx, deps, run_dir, readied)
+    finally:
+        await environment.release(deps, ctx, readied)
+    outcome = ctx.outcome
+    if outcome is None:  # the conversation never started; the failure that stopped it was raised
+        return
+    await deps.store.update(
+        ctx.run.id, turns=outcome.turns, usage=outcome.usage, cost_usd=outcome.cost_usd, summary=outcome.summary
+    )
+
+
+async def _agent_in(ctx: RunContext, deps: RunnerDeps, run_dir: Path, readied: environment.Readied | None) -> None:
+    """The sandbox (on the environment's image, when there is one), its setup, then the conversation."""
+    if ctx.checkout is None:
+        return
+    routine = ctx.routine
+    boundary, hands = await _start_sandbox(ctx, deps, run_dir, ctx.checkout.path, readied)
     try:
         try:
+            if readied is not None:
+                await environment.ready(ctx, deps, hands, readied)
             async with open_connectors(
                 routine.connectors, deps.connector_secret, redactor=ctx.events.redactor, emit=ctx.events.emit
             ) as connectors:
@@ -218,22 +238,26 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
     finally:
         ctx.denied = boundary.denied
         await boundary.close()
-    outcome = ctx.outcome
-    await deps.store.update(
-        ctx.run.id, turns=outcome.turns, usage=outcome.usage, cost_usd=outcome.cost_usd, summary=outcome.summary
-    )
 
 
-async def _start_sandbox(ctx: RunContext, deps: RunnerDeps, run_dir: Path, workdir: Path) -> tuple[Boundary, Hands]:
+async def _start_sandbox(
+    ctx: RunContext, deps: RunnerDeps, run_dir: Path, workdir: Path, readied: environment.Readied | None
+) -> tuple[Boundary, Hands]:
     """The run's boundary and the agent's hands inside it, counted as a sandbox start or failure."""
     meter = ctx.events.meter
+    place = readied.place if readied is not None else None
     try:
-        boundary = await deps.sandboxes.open(ctx.run.id, ctx.routine, run_dir, ctx.events.emit, ctx.events.redactor)
+        boundary = await deps.sandboxes.open(
+            ctx.run.id, ctx.routine, run_dir, ctx.events.emit, ctx.events.redactor, place
+        )
         try:
             if boundary.sandbox.name == "local":
                 message = "commands ran unsandboxed (ROUTINES_SANDBOX=local)"
                 await ctx.events.emit("sandbox.warning", {"sandbox": "local", "message": message})
-            hands = await boundary.sandbox.hands(workdir, {**SANDBOX_ENV, **boundary.env})
+                if readied is not None:
+                    readied.unsaved()  # nothing to save a setup into without the sandbox's exchange folder
+            env = {**SANDBOX_ENV, **environment.sandbox_env(readied), **boundary.env}
+            hands = await boundary.sandbox.hands(workdir, env)
         except BaseException:
             await boundary.close()
             raise

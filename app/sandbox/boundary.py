@@ -11,11 +11,12 @@ from pathlib import Path
 
 from app.core.domain import JSON, Routine
 from app.core.errors import ConfigError
-from app.core.ports import Emit, Redacts, Sandbox, SecretLookup, Secrets, StoredSecret
+from app.core.ports import Emit, Place, Redacts, Sandbox, SecretLookup, Secrets, StoredSecret
 from app.sandbox.bwrap import BwrapSandbox
 from app.sandbox.egress.ca import RunCA, system_bundle
 from app.sandbox.egress.policy import EgressPolicy, SystemResolver, live_secrets
 from app.sandbox.egress.proxy import EgressProxy
+from app.sandbox.image_root import ImageRoot
 from app.sandbox.local import LocalSandbox
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,20 @@ class Boundaries:
             self.upstream_ca = ssl.create_default_context(cafile=str(upstream_ca_file))
             self.upstream_ca.load_default_certs()
 
-    async def open(self, run_id: str, routine: Routine, run_dir: Path, emit: Emit, redactor: Redacts) -> RunBoundary:
+    async def open(
+        self, run_id: str, routine: Routine, run_dir: Path, emit: Emit, redactor: Redacts, place: Place | None = None
+    ) -> RunBoundary:
+        """The run's boundary; `place` puts the sandbox on an image's filesystem and keeps $HOME (environments)."""
+        place = place or Place()
         if self.kind == "local":
             if routine.secrets:
                 raise ConfigError(
                     f"routine {routine.name!r} uses secrets, which need the bwrap sandbox's egress proxy; "
+                    "unset ROUTINES_SANDBOX=local"
+                )
+            if place.rootfs is not None:
+                raise ConfigError(
+                    f"routine {routine.name!r} runs in an image (environment), which needs the bwrap sandbox; "
                     "unset ROUTINES_SANDBOX=local"
                 )
             return RunBoundary(LocalSandbox(max_output_bytes=self.max_output_bytes))
@@ -111,7 +121,14 @@ class Boundaries:
             for path in (directory, socket_dir):
                 shutil.rmtree(path, ignore_errors=True)
             raise
-        sandbox = BwrapSandbox(max_output_bytes=self.max_output_bytes, proxy_socket=socket, ca_bundle=bundle)
+        sandbox = BwrapSandbox(
+            max_output_bytes=self.max_output_bytes,
+            proxy_socket=socket,
+            ca_bundle=bundle,
+            root=ImageRoot(place.rootfs, place.env) if place.rootfs is not None else None,
+            home=place.home,
+            exchange=place.exchange,
+        )
         return RunBoundary(sandbox, env=placeholders, denied=denied, _proxy=proxy, _dirs=(directory, socket_dir))
 
     def _trusted_roots(self, directory: Path) -> Path | None:

@@ -32,6 +32,7 @@ import logging
 import os
 import resource
 import secrets
+import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from pathlib import Path
 from app.core.errors import SandboxError
 from app.sandbox.cgroups import SandboxCgroup
 from app.sandbox.hands import HandsProcess, SandboxHands
+from app.sandbox.image_root import ImageRoot, host_tools, image_runtime, mount_points, root_mounts, trust_mounts
 from app.sandbox.mounts import etc_masks, hide_mounts, runtime_mounts, system_mounts, workspace_mounts
 from app.sandbox.runtime import alternates, hands_argv, sandbox_runtime
 from app.sandbox.shell import DEFAULT_PATH, PersistentShell
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RO_PATHS = ("/usr", "/etc", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HOME_INSIDE = "/home/sandbox"
 STAGE_INSIDE = "/run/routines/stage"
+EXCHANGE_INSIDE = "/run/routines/exchange"
 SOCKET_INSIDE = "/run/routines/egress.sock"
 CA_INSIDE = "/run/routines/ca.pem"
 PROXY_URL = "http://127.0.0.1:3128"
@@ -116,6 +119,9 @@ class BwrapSandbox:
         ro_paths: Sequence[str] = DEFAULT_RO_PATHS,
         path: str = DEFAULT_PATH,
         bwrap: str = "bwrap",
+        root: ImageRoot | None = None,
+        home: Path | None = None,
+        exchange: Path | None = None,
     ) -> None:
         self.max_output_bytes = max_output_bytes
         self.limits = limits or Limits()
@@ -123,9 +129,12 @@ class BwrapSandbox:
         self.ca_bundle = ca_bundle
         self.hide = tuple(hide)
         self.ro_paths = tuple(ro_paths)
-        self.path = path
+        self.path = root.path if root is not None else path
         self._bwrap = bwrap
         self._etc_masks: list[str] | None = None
+        self.root = root  # an image's filesystem as `/` (image_root.py); None: the host's system, read-only
+        self.home = home  # a folder kept across shell restarts as $HOME; None: a fresh tmpfs each time
+        self.exchange = exchange  # a folder only the hands process sees (the setup's saved result)
 
     async def shell(self, workdir: Path, env: dict[str, str]) -> PersistentShell:
         """A started shell in `workdir` (which the sandbox sees at the same path); raises SandboxError
@@ -183,18 +192,22 @@ class BwrapSandbox:
         stage = workdir.with_name(workdir.name + ".stage")
         stage.mkdir(mode=0o700, exist_ok=True)
         runtime = sandbox_runtime()
-        mounts = [
+        if self.root is not None:
+            runtime, runtime_binds = image_runtime(runtime, host_tools())
+        else:
+            runtime_binds = runtime_mounts(runtime, self.ro_paths)
+        early = [
             *["--proc", "/proc", "--dev", "/dev"],
             *["--size", str(64 * 1024 * 1024), "--tmpfs", "/tmp"],
-            *["--size", str(64 * 1024 * 1024), "--tmpfs", HOME_INSIDE],
-            *system_mounts(self.ro_paths),
-            *self._etc_masks,
-            *hide_mounts(self.hide, self.ro_paths),
-            *workspace_mounts(workdir),
-            *runtime_mounts(runtime, self.ro_paths),
-            *["--bind", str(stage), STAGE_INSIDE],
-            *["--remount-ro", "/", "--chdir", str(workdir)],
+            *self._home(64 * 1024 * 1024),
         ]
+        late = [
+            *workspace_mounts(workdir),
+            *runtime_binds,
+            *["--bind", str(stage), STAGE_INSIDE],
+            *(["--bind", str(self.exchange), EXCHANGE_INSIDE] if self.exchange is not None else []),
+        ]
+        mounts = [*self._layout(early, late), *["--remount-ro", "/", "--chdir", str(workdir)]]
         rlimits = {"as": self.limits.memory_bytes, "fsize": self.limits.file_size_bytes, "core": 0}
         config = {
             "workspace": str(workdir),
@@ -202,8 +215,14 @@ class BwrapSandbox:
             "gitdir": STAGE_INSIDE,
             "alternates": alternates(workdir),
             "rlimits": rlimits,
+            "home": HOME_INSIDE if self.home is not None else None,
+            "exchange": EXCHANGE_INSIDE if self.exchange is not None else None,
         }
         env = {"PATH": self.path, "HOME": HOME_INSIDE, "LANG": "C.UTF-8"}
+        if self.root is not None:
+            # libgit2 loads OpenSSL's default trust store when it starts and fails where the folder is missing,
+            # as in most images. The hands never reach the network: any existing folder, without certificates, does.
+            env["SSL_CERT_DIR"] = "/dev"
         env_args = [arg for name, value in env.items() for arg in ("--setenv", name, value)]
         return [exe, *_isolation(), "--clearenv", *env_args, *mounts, *hands_argv(runtime, config)], stage
 
@@ -218,26 +237,46 @@ class BwrapSandbox:
         exe = shutil.which(self._bwrap)
         if exe is None:
             raise SandboxError(NOT_INSTALLED)
-        if self.proxy_socket is not None and shutil.which("socat", path=self.path) is None:
+        socat_path = DEFAULT_PATH if self.root is not None else self.path
+        if self.proxy_socket is not None and shutil.which("socat", path=socat_path) is None:
             raise SandboxError("socat is not installed; apt-get install socat (the sandbox's way to the egress proxy)")
-        if self._etc_masks is None:
-            self._etc_masks = etc_masks()
-        mounts = [
+        trust = []
+        if self.root is not None and self.ca_bundle is not None:
+            trust = trust_mounts(self.root.rootfs, self.ca_bundle)
+        early = [
             *["--proc", "/proc", "--dev", "/dev"],
             *["--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp"],
-            *["--size", str(self.limits.tmp_bytes), "--tmpfs", HOME_INSIDE],
-            *system_mounts(self.ro_paths),
-            *self._etc_masks,
-            *hide_mounts(self.hide, self.ro_paths),
-            *workspace_mounts(workdir),
-            *self._egress_mounts(),
-            *["--remount-ro", "/", "--chdir", str(workdir)],
+            *self._home(self.limits.tmp_bytes),
         ]
-        tail = list(command) or ["bash", "--noprofile", "--norc", "-c", self._init_script(held or {})]
+        late = [*workspace_mounts(workdir), *self._egress_mounts(), *trust]
+        mounts = [*self._layout(early, late), *["--remount-ro", "/", "--chdir", str(workdir)]]
+        tail = list(command) or [*self._bash(), "--noprofile", "--norc", "-c", self._init_script(held or {})]
         return [exe, *_isolation(), "--clearenv", *self._env_args(env), *mounts, *tail]
 
+    def _layout(self, early: list[str], late: list[str]) -> list[str]:
+        """All mounts: the sandbox's system with its own mounts. The host's system folders (read-only, with
+        what other users may not read masked) go between `early` (/proc, /dev, /tmp, $HOME) and `late` (the
+        workspace and the rest), so a masked or listed path under /tmp stays as the host has it. An image's
+        filesystem goes first, as `/`, with room made for every mount that follows."""
+        if self.root is not None:
+            return [*root_mounts(self.root, host_tools(), keep=mount_points([*early, *late])), *early, *late]
+        if self._etc_masks is None:
+            self._etc_masks = etc_masks()
+        system = [*system_mounts(self.ro_paths), *self._etc_masks, *hide_mounts(self.hide, self.ro_paths)]
+        return [*early, *system, *late]
+
+    def _home(self, size: int) -> list[str]:
+        if self.home is not None:
+            return ["--bind", str(self.home), HOME_INSIDE]
+        return ["--size", str(size), "--tmpfs", HOME_INSIDE]
+
+    def _bash(self) -> list[str]:
+        """The agent's shell: the host's bash (through the host's loader inside an image root)."""
+        return host_tools().program("bash") if self.root is not None else ["bash"]
+
     def _env_args(self, env: dict[str, str]) -> list[str]:
-        values = {"PATH": self.path, "HOME": HOME_INSIDE, "LANG": "C.UTF-8", "TERM": "dumb", **env}
+        image = dict(self.root.env) if self.root is not None else {}
+        values = {**image, "PATH": self.path, "HOME": HOME_INSIDE, "LANG": "C.UTF-8", "TERM": "dumb", **env}
         if self.proxy_socket is not None:
             for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
                 values[name] = PROXY_URL
@@ -269,8 +308,22 @@ class BwrapSandbox:
         if "memory" not in held:
             ulimits.append(("-v", resource.RLIMIT_AS, lim.memory_bytes, 1024))
         settings = " ".join(f"{flag} {_capped(kind, value) // unit}" for flag, kind, value, unit in ulimits)
-        forwarder = _FORWARDER if self.proxy_socket is not None else ""
-        return f"{forwarder}ulimit -S -H {settings}\nexec bash --noprofile --norc\n"
+        forwarder = self._forwarder() if self.proxy_socket is not None else ""
+        bash = shlex.join(self._bash())
+        return f"{forwarder}ulimit -S -H {settings}\nexec {bash} --noprofile --norc\n"
+
+    def _forwarder(self) -> str:
+        """The forwarder's start; inside an image root, socat is the host's and the wait uses bash alone."""
+        if self.root is None:
+            return _FORWARDER
+        socat = shlex.join(host_tools().program("socat"))
+        return (
+            f"{socat} -b 1048576 TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr "
+            f"UNIX-CONNECT:{SOCKET_INSIDE} </dev/null >/dev/null 2>&1 &\n"
+            "for _ in {1..500}; do"
+            " [[ $(< /proc/net/tcp) == *'0100007F:0C38 00000000:0000 0A'* ]] && break;"
+            " read -rt 0.01 <> <(:) || :; done\n"
+        )
 
 
 class _BwrapLauncher:

@@ -212,6 +212,37 @@ class SandboxHands:
             raise WorkspaceError("the sandbox answered a snapshot without a tree; this is a bug in app.hands")
         return Staged(tree, files, [_skip(item) for item in skipped[:1000]])
 
+    async def names(self) -> list[str]:
+        """The work tree's top-level entries (`.git` aside), as the sandbox sees them."""
+        answer, _ = await self._stash({"op": "names"})
+        listed = answer.get("names")
+        if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+            raise WorkspaceError("the sandbox listed the work tree in an unknown shape")
+        return listed
+
+    async def pack(self, created: list[str], max_bytes: int) -> int:
+        """Save what the setup made (`created` top-level entries, and $HOME) to the exchange folder; bytes."""
+        answer, _ = await self._stash({"op": "pack", "created": created, "max_bytes": max_bytes})
+        return int(answer.get("bytes") or 0)
+
+    async def ignore(self, names: list[str]) -> None:
+        """Never stage these top-level entries of the work tree (what the setup made) in a snapshot."""
+        await self._stash({"op": "ignore", "names": names})
+
+    async def unpack(self) -> int:
+        """Fill the work tree and $HOME from the exchange folder's saved setup; files."""
+        answer, _ = await self._stash({"op": "unpack"})
+        return int(answer.get("files") or 0)
+
+    async def _stash(self, message: JSON) -> tuple[JSON, list[bytes]]:
+        try:
+            answer, frames = await self._process.request(message, timeout_s=STAGE_TIMEOUT_S)
+        except SandboxError as exc:
+            raise WorkspaceError(f"the saved setup could not be handled: {exc}") from None
+        if not answer.get("ok"):
+            raise WorkspaceError(f"the saved setup could not be handled: {answer.get('error')}")
+        return answer, frames
+
     async def objects(self, oids: list[str], max_bytes: int, budget: int) -> list[tuple[str, int, bytes]]:
         answer, frames = await self._ask(
             {"op": "objects", "oids": oids, "max_bytes": max_bytes},

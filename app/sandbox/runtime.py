@@ -36,6 +36,7 @@ class Runtime:
     paths: tuple[str, ...]
     binds: tuple[tuple[str, str], ...] = ()
     prefix: str = ""
+    launcher: tuple[str, ...] = ()  # words before `python` (a dynamic loader, inside an image root)
 
 
 def local_runtime() -> Runtime:
@@ -62,7 +63,8 @@ def sandbox_runtime() -> Runtime:
 
 def hands_argv(runtime: Runtime, config: dict[str, Any]) -> list[str]:
     """The command line of a hands process with `config` (see app.hands.server)."""
-    return [runtime.python, "-I", "-S", "-B", "-c", _BOOTSTRAP, json.dumps(config), runtime.module, *runtime.paths]
+    python = [*runtime.launcher, runtime.python]
+    return [*python, "-I", "-S", "-B", "-c", _BOOTSTRAP, json.dumps(config), runtime.module, *runtime.paths]
 
 
 def _library_dirs() -> list[str]:

@@ -1,0 +1,70 @@
+"""The saved result of an environment's setup, packed and unpacked where the agent's hands are.
+
+A stash is a tar file in the exchange folder (a folder only the hands process sees): `workspace/<name>`
+for each top-level entry of the work tree the setup created (`node_modules`, `.venv`, …) and `home/…`
+for what it left in $HOME (`~/.npm`, `~/.local`, …). Packing runs here, inside the sandbox, so a symlink
+or FIFO the setup made is archived as what it is and never followed; unpacking uses tarfile's `data`
+filter, which refuses absolute paths, `..`, links that leave the target and special files, so a stash
+can only ever fill the work tree and $HOME. Only regular files, folders and symlinks are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+
+STASH = "stash.tar"
+
+
+def names(workspace: str) -> list[str]:
+    """The work tree's top-level entries, `.git` aside."""
+    return sorted(name for name in os.listdir(workspace) if name != ".git")
+
+
+def pack(workspace: str, home: str, exchange: str, created: list[str], max_bytes: int) -> dict[str, int]:
+    """Write the stash of `created` (top-level names of the work tree) and $HOME; {files, bytes}."""
+    target = os.path.join(exchange, STASH)
+    files = 0
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        nonlocal files
+        if not (info.isfile() or info.isdir() or info.issym()):
+            return None
+        files += 1
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    with tarfile.open(target, "w") as tar:
+        for name in created:
+            if "/" in name or name in ("", ".", "..", ".git"):
+                continue
+            path = os.path.join(workspace, name)
+            if os.path.lexists(path):
+                tar.add(path, arcname=f"workspace/{name}", recursive=True, filter=keep)
+        if os.path.isdir(home):
+            for name in sorted(os.listdir(home)):
+                tar.add(os.path.join(home, name), arcname=f"home/{name}", recursive=True, filter=keep)
+    size = os.path.getsize(target)
+    if size > max_bytes:
+        os.unlink(target)
+        raise ValueError(f"the setup's result is {size:,} bytes, over the {max_bytes:,} a saved setup may be")
+    return {"files": files, "bytes": size}
+
+
+def unpack(workspace: str, home: str, exchange: str) -> dict[str, int]:
+    """Fill the work tree and $HOME from the stash; {files}."""
+    files = 0
+    with tarfile.open(os.path.join(exchange, STASH)) as tar:
+        members = tar.getmembers()
+        for prefix, target in (("workspace/", workspace), ("home/", home)):
+            chosen = []
+            for member in members:
+                if member.name.startswith(prefix) and len(member.name) > len(prefix):
+                    member.name = member.name[len(prefix) :]
+                    if member.name.split("/", 1)[0] == ".git":
+                        continue
+                    chosen.append(member)
+            tar.extractall(target, members=chosen, filter="data")
+            files += len(chosen)
+    return {"files": files}

@@ -1,0 +1,254 @@
+"""A run's environment (`environment:` in its routine): the image as the sandbox's root, the setup run before
+the agent's first turn, and the saved result of that setup, reused while its inputs do not change.
+
+`prepare` (before the sandbox opens) resolves a devcontainer from the base commit's git objects, has the
+image pulled (the worker pulls, never the sandbox) and finds a saved setup for the cache key: the image
+digest, the setup commands and variables, and the git blob ids of the `cache` files at the base commit.
+`ready` (the hands are up, the agent is not) restores that saved setup, or runs the setup commands and
+saves what they made. A failure in either ends the run `failed` with what to fix, before any model request.
+
+A run working on a pull request's head (a review or a follow-up) uses saved setups but never saves one:
+the head may be anyone's code, and what its setup leaves must not reach the runs that come after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from app.core.domain import Environment
+from app.core.errors import ConfigError, SandboxError
+from app.core.ports import Checkout, Hands, Place, PulledImage
+from app.routines.devcontainer import LOCKFILES, MAX_BYTES, PATHS, parse_devcontainer
+from app.run.context import RunContext, RunnerDeps
+
+MAX_TAIL_CHARS = 2_000
+MAX_CACHE_FILE_BYTES = 50 * 1024**2
+
+
+class SetupFailed(SandboxError):
+    """A setup command ended with an error; the message has its output's tail."""
+
+
+@dataclass
+class Readied:
+    environment: Environment
+    place: Place
+    exchange: Path
+    image: PulledImage | None = None
+    key: str | None = None
+    saved: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def unsaved(self) -> None:
+        """Neither use nor save a saved setup (the sandbox has nowhere to exchange one)."""
+        if self.saved is not None:
+            (self.exchange / "stash.tar").unlink(missing_ok=True)
+        self.key, self.saved = None, None
+
+
+async def prepare(ctx: RunContext, deps: RunnerDeps, run_dir: Path) -> Readied | None:
+    environment = ctx.routine.environment
+    if environment is None or ctx.checkout is None:
+        return None
+    if environment.devcontainer:
+        environment = _devcontainer(ctx.checkout)
+    image: PulledImage | None = None
+    timings: dict[str, float] = {}
+    if environment.image is not None:
+        if deps.images is None:
+            raise ConfigError("this worker pulls no images (no image store); run it with the bwrap sandbox")
+        login = await _login(ctx, deps, environment)
+        image = await deps.images.ensure(environment.image, login, holder=ctx.run.id)
+        timings["image_s"] = round(image.seconds, 3)
+        pulled = {"reference": image.reference, "digest": image.digest, "pulled": image.pulled}
+        await ctx.events.emit("environment.image", {**pulled, "seconds": timings["image_s"]})
+    home, exchange = run_dir / "home", run_dir / "exchange"
+    for folder in (home, exchange):
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    env = (*(image.env if image else ()), *environment.env)
+    place = Place(rootfs=image.rootfs if image else None, env=env, home=home, exchange=exchange)
+    readied = Readied(environment, place, exchange, image, timings=timings)
+    if environment.setup and environment.cache and deps.settings.setups_dir is not None:
+        readied.key = _key(ctx.checkout, ctx, environment, image)
+        saved = deps.settings.setups_dir / f"{readied.key}.tar"
+        if await asyncio.to_thread(_take, saved, exchange / "stash.tar"):
+            readied.saved = saved
+    return readied
+
+
+async def ready(ctx: RunContext, deps: RunnerDeps, hands: Hands, readied: Readied) -> None:
+    """Restore the saved setup, or run the setup (and save it); then say the environment is ready."""
+    environment = readied.environment
+    cache = "none"
+    if readied.saved is not None:
+        began = time.monotonic()
+        files = await hands.unpack()
+        readied.timings["restore_s"] = round(time.monotonic() - began, 3)
+        cache = "hit"
+        await hands.ignore(await _made(hands, readied))
+        await ctx.events.emit("environment.restored", {"key": readied.key, "files": files})
+    elif environment.setup:
+        before = set(await hands.names())
+        began = time.monotonic()
+        for command in environment.setup:
+            await _run_setup(ctx, deps, hands, command)
+        readied.timings["setup_s"] = round(time.monotonic() - began, 3)
+        created = [name for name in await hands.names() if name not in before]
+        await hands.ignore(created)
+        cache = "miss" if readied.key is not None else "none"
+        if readied.key is not None and deps.settings.setups_dir is not None and _may_save(ctx):
+            began = time.monotonic()
+            size = await hands.pack(created, deps.settings.setup_cache_bytes // 4)
+            await asyncio.to_thread(_keep, readied.exchange, deps.settings.setups_dir, readied.key, created)
+            await asyncio.to_thread(prune_setups, deps.settings.setups_dir, deps.settings.setup_cache_bytes)
+            readied.timings["save_s"] = round(time.monotonic() - began, 3)
+            await ctx.events.emit("environment.saved", {"key": readied.key, "bytes": size, "made": created})
+    image = readied.image
+    await ctx.events.emit(
+        "environment.ready",
+        {
+            "image": image.reference if image else None,
+            "digest": image.digest if image else None,
+            "cache": cache,
+            "seconds": readied.timings,
+            "source": "devcontainer" if environment.devcontainer else "routine",
+        },
+    )
+
+
+def sandbox_env(readied: Readied | None) -> dict[str, str]:
+    """The routine's (or devcontainer's) variables for the agent's shell."""
+    return dict(readied.environment.env) if readied is not None else {}
+
+
+async def release(deps: RunnerDeps, ctx: RunContext, readied: Readied | None) -> None:
+    if readied is not None and readied.image is not None and deps.images is not None:
+        deps.images.release(readied.image.digest, ctx.run.id)
+
+
+async def _run_setup(ctx: RunContext, deps: RunnerDeps, hands: Hands, command: str) -> None:
+    began = time.monotonic()
+    result = await hands.run(command, deps.settings.command_timeout_s)
+    tail = result.output[-MAX_TAIL_CHARS:]
+    data = {"command": command, "exit_code": result.exit_code, "seconds": round(time.monotonic() - began, 3)}
+    await ctx.events.emit("environment.setup", {**data, "output": tail, "timed_out": result.timed_out})
+    if result.timed_out or result.exit_code not in (0, None):
+        why = f"took over {deps.settings.command_timeout_s:g} s" if result.timed_out else f"exit {result.exit_code}"
+        raise SetupFailed(
+            f"the environment's setup command {command!r} failed ({why}); fix the setup or the repository. "
+            f"Its output ended with:\n{tail[-1000:]}"
+        )
+
+
+async def _made(hands: Hands, readied: Readied) -> list[str]:
+    """What a restored setup put in the work tree (its saved names), to keep out of the run's commits."""
+    listed = readied.saved.with_suffix(".json") if readied.saved is not None else None
+    if listed is None or not listed.is_file():
+        return []
+    made = json.loads(await asyncio.to_thread(listed.read_text)).get("made") or []
+    present = set(await hands.names())
+    return [str(name) for name in made if name in present]
+
+
+def _devcontainer(checkout: Checkout) -> Environment:
+    for path in PATHS:
+        text = checkout.base_file(path, MAX_BYTES)
+        if text is not None:
+            present = {name for name in LOCKFILES if checkout.base_file(name, MAX_CACHE_FILE_BYTES) is not None}
+            return parse_devcontainer(text.decode("utf-8", "replace"), path, present)
+    raise ConfigError(
+        "the routine says environment: devcontainer, and the repository has no .devcontainer/devcontainer.json "
+        f"at {checkout.base_commit[:12]}; add one, or give the routine environment: {{image: …}}"
+    )
+
+
+async def _login(ctx: RunContext, deps: RunnerDeps, environment: Environment) -> str | None:
+    if environment.credentials is None:
+        return None
+    if deps.connector_secret is None:
+        raise ConfigError(
+            f"environment.credentials names {environment.credentials}, and the vault is off; set ROUTINES_SECRET_KEY"
+        )
+    secret = await deps.connector_secret.get(environment.credentials)
+    ctx.events.redactor.add(environment.credentials, secret.value)
+    return secret.value
+
+
+def _key(checkout: Checkout, ctx: RunContext, environment: Environment, image: PulledImage | None) -> str:
+    """What a saved setup depends on: the image, the commands and variables, the cache files' contents."""
+    digest = hashlib.sha256()
+    parts = {
+        "routine": ctx.routine.name,
+        "repo": ctx.run.repo,
+        "image": image.digest if image else None,
+        "setup": list(environment.setup),
+        "env": list(environment.env),
+    }
+    digest.update(json.dumps(parts, sort_keys=True).encode())
+    for path in environment.cache:
+        data = checkout.base_file(str(PurePosixPath(path)), MAX_CACHE_FILE_BYTES)
+        digest.update(path.encode() + b"\0" + (hashlib.sha256(data).digest() if data is not None else b"-"))
+    return digest.hexdigest()
+
+
+def _may_save(ctx: RunContext) -> bool:
+    return ctx.pull is None and not ctx.run.trigger.data.get("follow_up")
+
+
+def _take(saved: Path, into: Path) -> bool:
+    """Put a saved setup where the hands process reads it (a hard link where possible); False: none."""
+    if not saved.is_file():
+        return False
+    try:
+        os.link(saved, into)
+    except OSError:
+        shutil.copyfile(saved, into)
+    os.utime(saved)
+    return True
+
+
+def _keep(exchange: Path, setups: Path, key: str, made: list[str]) -> None:
+    setups.mkdir(parents=True, exist_ok=True)
+    stash = exchange / "stash.tar"
+    (setups / f"{key}.json").write_text(json.dumps({"made": made, "saved_at": time.time()}))
+    os.replace(stash, setups / f"{key}.tar")
+
+
+@dataclass(frozen=True)
+class SavedSetup:
+    key: str
+    size_bytes: int
+    used_at: float  # last saved or restored (epoch seconds)
+
+
+def saved_setups(setups: Path) -> list[SavedSetup]:
+    """The saved setups in `setups`, least recently used first."""
+    found = []
+    for path in setups.glob("*.tar") if setups.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            found.append(SavedSetup(path.stem, stat.st_size, stat.st_mtime))
+    return sorted(found, key=lambda s: s.used_at)
+
+
+def prune_setups(setups: Path, cap_bytes: int) -> list[SavedSetup]:
+    """Drop the least recently used saved setups until they fit `cap_bytes`; what was dropped."""
+    saved = saved_setups(setups)
+    total = sum(s.size_bytes for s in saved)
+    dropped = []
+    for setup in saved:
+        if total <= cap_bytes:
+            break
+        total -= setup.size_bytes
+        (setups / f"{setup.key}.tar").unlink(missing_ok=True)
+        (setups / f"{setup.key}.json").unlink(missing_ok=True)
+        dropped.append(setup)
+    return dropped
