@@ -28,6 +28,8 @@ from app.core.errors import ConfigError, SandboxError
 from app.core.ports import Checkout, Hands, Place, PulledImage
 from app.routines.devcontainer import LOCKFILES, MAX_BYTES, PATHS, parse_devcontainer
 from app.run.context import RunContext, RunnerDeps
+from app.sandbox.egress.policy import host_matches
+from app.sandbox.images import registry_host
 
 MAX_TAIL_CHARS = 2_000
 MAX_CACHE_FILE_BYTES = 50 * 1024**2
@@ -179,6 +181,12 @@ async def _login(ctx: RunContext, deps: RunnerDeps, environment: Environment) ->
         )
     secret = await deps.connector_secret.get(environment.credentials)
     ctx.events.redactor.add(environment.credentials, secret.value)
+    host = registry_host(environment.image or "").rpartition(":")[0] or registry_host(environment.image or "")
+    if not host_matches(host.lower(), secret.domains):
+        raise ConfigError(
+            f"the secret {environment.credentials} may only be sent to {', '.join(secret.domains)}, not to the "
+            f"registry {host}; add {host} to its domains with `routines secrets set`"
+        )
     return secret.value
 
 

@@ -139,7 +139,7 @@ class ImageStore:
     def _src_flags(self, reference: str, auth: Path | None, prefix: str = "") -> list[str]:
         """skopeo's flags for the registry `reference` is in (`prefix` "src-" for copy's source side)."""
         flags = [f"--{prefix}authfile={auth}"] if auth is not None else [f"--{prefix}no-creds"]
-        if _host(reference) in self.insecure:
+        if registry_host(reference) in self.insecure:
             flags.append(f"--{prefix}tls-verify=false")
         return flags
 
@@ -213,13 +213,15 @@ def explain(reference: str, stderr: str) -> str:
     if "connection refused" in low or "no such host" in low or "i/o timeout" in low or "dial tcp" in low:
         return f"the registry of {reference} cannot be reached ({said(200)}); check the host, the network, or retry"
     if "http response to https client" in low:
-        return f"the registry of {reference} speaks plain http; list {_host(reference)} in ROUTINES_INSECURE_REGISTRIES"
+        host = registry_host(reference)
+        return f"the registry of {reference} speaks plain http; list {host} in ROUTINES_INSECURE_REGISTRIES"
     if ("digest" in low and ("mismatch" in low or "did not match" in low)) or "unexpected eof" in low or "gzip" in low:
         return f"a layer of {reference} is corrupt or incomplete ({said(200)}); nothing of it was used — retry"
     return f"could not pull {reference}: {said(400)}"
 
 
-def _host(reference: str) -> str:
+def registry_host(reference: str) -> str:
+    """The registry `reference` is pulled from, as host[:port] (docker.io when it names none)."""
     first = reference.split("/", 1)[0]
     if "/" in reference and ("." in first or ":" in first or first == "localhost"):
         return first
@@ -232,7 +234,7 @@ def _name(reference: str) -> str:
     last = name.rsplit("/", 1)
     if ":" in last[-1]:
         name = name.rsplit(":", 1)[0]
-    return name if _host(reference) != "docker.io" or name.startswith("docker.io/") else f"docker.io/{name}"
+    return name if registry_host(reference) != "docker.io" or name.startswith("docker.io/") else f"docker.io/{name}"
 
 
 def _docker(reference: str) -> str:
@@ -253,7 +255,7 @@ def _auth_file(reference: str, login: str | None) -> Iterator[Path | None]:
         return
     user, sep, password = login.partition(":")
     token = f"{user}:{password}" if sep else f"token:{login}"
-    data = {"auths": {_host(reference): {"auth": base64.b64encode(token.encode()).decode()}}}
+    data = {"auths": {registry_host(reference): {"auth": base64.b64encode(token.encode()).decode()}}}
     fd, name = tempfile.mkstemp(prefix="routines-auth-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as out:

@@ -119,6 +119,9 @@ def stack(tmp_path: Path, redis_url: str, images: Images, upstream: Upstream) ->
         "bad-login": routine(
             "bad-login", f"environment: {{image: '{images.private}', credentials: WRONG_REGISTRY_LOGIN}}\n"
         ),
+        "login-elsewhere": routine(
+            "login-elsewhere", f"environment: {{image: '{images.private}', credentials: GHCR_LOGIN}}\n"
+        ),
         "good-login": routine(
             "good-login", f"environment: {{image: '{images.private}', credentials: REGISTRY_LOGIN}}\n"
         ),
@@ -154,6 +157,7 @@ async def store_secrets(redis_url: str, images: Images) -> None:
     registry = images.locked.host.partition(":")[0]
     await vault.set("REGISTRY_LOGIN", ":".join(LOGIN), [registry])
     await vault.set("WRONG_REGISTRY_LOGIN", "ci-bot:not-the-password", [registry])
+    await vault.set("GHCR_LOGIN", ":".join(LOGIN), ["ghcr.io"])  # never sent to another registry
     await client.aclose()
 
 
@@ -304,6 +308,7 @@ def test_a_registry_login_from_the_vault_pulls_a_private_image(stack: Stack) -> 
         ("unknown-image", "does not exist"),
         ("no-login", "refused"),
         ("bad-login", "refused"),
+        ("login-elsewhere", "may only be sent to ghcr.io"),
         ("registry-down", "cannot be reached"),
         ("corrupt-layer", "corrupt"),
         ("setup-fails", "exit 3"),
