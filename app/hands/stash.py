@@ -54,8 +54,14 @@ def pack(workspace: str, home: str, exchange: str, created: list[str], max_bytes
 
 def unpack(workspace: str, home: str, exchange: str) -> dict[str, int]:
     """Fill the work tree and $HOME from the stash; {files}."""
+    return {"files": unpack_tar(os.path.join(exchange, STASH), workspace, home)}
+
+
+def unpack_tar(path: str, workspace: str, home: str) -> int:
+    """Extract the stash at `path`: its `workspace/` part into `workspace`, its `home/` part into `home`
+    (tarfile's `data` filter; `.git` never); the number of entries."""
     files = 0
-    with tarfile.open(os.path.join(exchange, STASH)) as tar:
+    with tarfile.open(path) as tar:
         members = tar.getmembers()
         for prefix, target in (("workspace/", workspace), ("home/", home)):
             chosen = []
@@ -67,4 +73,4 @@ def unpack(workspace: str, home: str, exchange: str) -> dict[str, int]:
                     chosen.append(member)
             tar.extractall(target, members=chosen, filter="data")
             files += len(chosen)
-    return {"files": files}
+    return files

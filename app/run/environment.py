@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -26,13 +28,17 @@ from pathlib import Path, PurePosixPath
 from app.core.domain import Environment
 from app.core.errors import ConfigError, SandboxError
 from app.core.ports import Checkout, Hands, Place, PulledImage
+from app.hands.stash import unpack_tar
 from app.routines.devcontainer import LOCKFILES, MAX_BYTES, PATHS, parse_devcontainer
 from app.run.context import RunContext, RunnerDeps
 from app.sandbox.egress.policy import host_matches
 from app.sandbox.images import registry_host
 
 MAX_TAIL_CHARS = 2_000
+SPARES = "spares"  # under the setups folder: saved setups unpacked ahead, one per key
 MAX_CACHE_FILE_BYTES = 50 * 1024**2
+
+log = logging.getLogger(__name__)
 
 
 class SetupFailed(SandboxError):
@@ -48,6 +54,8 @@ class Readied:
     key: str | None = None
     saved: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    spared: int | None = None  # entries a spare put in place before the sandbox started (None: no spare)
+    spare: asyncio.Task[None] | None = None  # making the next run's spare
 
     def unsaved(self) -> None:
         """Neither use nor save a saved setup (the sandbox has nowhere to exchange one)."""
@@ -80,8 +88,15 @@ async def prepare(ctx: RunContext, deps: RunnerDeps, run_dir: Path) -> Readied |
     readied = Readied(environment, place, exchange, image, timings=timings)
     if environment.setup and environment.cache and deps.settings.setups_dir is not None:
         readied.key = _key(ctx.checkout, ctx, environment, image)
-        saved = deps.settings.setups_dir / f"{readied.key}.tar"
-        if await asyncio.to_thread(_take, saved, exchange / "stash.tar"):
+        setups = deps.settings.setups_dir
+        saved = setups / f"{readied.key}.tar"
+        began = time.monotonic()
+        readied.spared = await asyncio.to_thread(_claim_spare, setups, readied.key, run_dir, ctx.checkout.path)
+        if readied.spared is not None:
+            os.utime(saved)
+            readied.saved = saved
+            readied.timings["restore_s"] = round(time.monotonic() - began, 3)
+        elif await asyncio.to_thread(_take, saved, exchange / "stash.tar"):
             readied.saved = saved
     return readied
 
@@ -91,12 +106,16 @@ async def ready(ctx: RunContext, deps: RunnerDeps, hands: Hands, readied: Readie
     environment = readied.environment
     cache = "none"
     if readied.saved is not None:
-        began = time.monotonic()
-        files = await hands.unpack()
-        readied.timings["restore_s"] = round(time.monotonic() - began, 3)
+        source = "spare"
+        files = readied.spared
+        if files is None:
+            began = time.monotonic()
+            files, source = await hands.unpack(), "saved setup"
+            readied.timings["restore_s"] = round(time.monotonic() - began, 3)
         cache = "hit"
         await hands.ignore(await _made(hands, readied))
-        await ctx.events.emit("environment.restored", {"key": readied.key, "files": files})
+        await ctx.events.emit("environment.restored", {"key": readied.key, "files": files, "from": source})
+        _make_spare_soon(deps, readied)
     elif environment.setup:
         before = set(await hands.names())
         began = time.monotonic()
@@ -113,6 +132,7 @@ async def ready(ctx: RunContext, deps: RunnerDeps, hands: Hands, readied: Readie
             await asyncio.to_thread(prune_setups, deps.settings.setups_dir, deps.settings.setup_cache_bytes)
             readied.timings["save_s"] = round(time.monotonic() - began, 3)
             await ctx.events.emit("environment.saved", {"key": readied.key, "bytes": size, "made": created})
+            _make_spare_soon(deps, readied)
     image = readied.image
     await ctx.events.emit(
         "environment.ready",
@@ -132,13 +152,28 @@ def sandbox_env(readied: Readied | None) -> dict[str, str]:
 
 
 async def release(deps: RunnerDeps, ctx: RunContext, readied: Readied | None) -> None:
-    if readied is not None and readied.image is not None and deps.images is not None:
+    """Let go of the image, and see the next run's spare made (it was made while this run worked)."""
+    if readied is None:
+        return
+    if readied.image is not None and deps.images is not None:
         deps.images.release(readied.image.digest, ctx.run.id)
+    if readied.spare is not None:
+        try:
+            await readied.spare
+        except Exception as exc:  # a spare is an optimisation: the next run unpacks in its sandbox instead
+            log.warning("run %s: the next run's spare of its setup was not made: %s", ctx.run.id, exc)
+
+
+def _make_spare_soon(deps: RunnerDeps, readied: Readied) -> None:
+    setups, key = deps.settings.setups_dir, readied.key
+    if setups is not None and key is not None:
+        readied.spare = asyncio.create_task(asyncio.to_thread(_make_spare, setups, key))
 
 
 async def _run_setup(ctx: RunContext, deps: RunnerDeps, hands: Hands, command: str) -> None:
     began = time.monotonic()
-    result = await hands.run(command, deps.settings.command_timeout_s)
+    # In a subshell: a `cd`, a variable or an `exit` of the setup does not change the agent's shell.
+    result = await hands.run(f"(\n{command}\n)", deps.settings.command_timeout_s)
     tail = result.output[-MAX_TAIL_CHARS:]
     data = {"command": command, "exit_code": result.exit_code, "seconds": round(time.monotonic() - began, 3)}
     await ctx.events.emit("environment.setup", {**data, "output": tail, "timed_out": result.timed_out})
@@ -230,6 +265,68 @@ def _keep(exchange: Path, setups: Path, key: str, made: list[str]) -> None:
     os.replace(stash, setups / f"{key}.tar")
 
 
+def _make_spare(setups: Path, key: str) -> None:
+    """Unpack the saved setup `key` into `spares/<key>` for the next run to move into place in no time.
+
+    Unpacked with tarfile's `data` filter (no absolute paths, no `..`, no links leaving the target, no
+    special files) into a fresh folder of the worker's, renamed into place only when complete."""
+    spares, saved = setups / SPARES, setups / f"{key}.tar"
+    if (spares / key).exists() or not saved.is_file():
+        return
+    spares.mkdir(parents=True, exist_ok=True)
+    making = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=spares))
+    try:
+        (making / "work").mkdir()
+        (making / "home").mkdir()
+        unpack_tar(str(saved), str(making / "work"), str(making / "home"))
+        with contextlib.suppress(OSError):  # another run's spare got there first
+            os.rename(making, spares / key)
+    finally:
+        if making.exists():
+            shutil.rmtree(making, ignore_errors=True)
+
+
+def _claim_spare(setups: Path, key: str, run_dir: Path, workdir: Path) -> int | None:
+    """Move the spare of `key` into this run: its work-tree entries into `workdir` (never over an entry the
+    checkout has) and its $HOME part into `run_dir/home`; how many entries, or None when there is none.
+
+    The spare is claimed by one rename, so two runs never share one. Nothing here follows a link: entries
+    are moved by name between folders opened with O_NOFOLLOW, before any sandbox process exists."""
+    claimed = run_dir / "restored"
+    try:
+        os.rename(setups / SPARES / key, claimed)
+    except OSError:
+        return None
+    moved = 0
+    try:
+        for source, target in ((claimed / "work", workdir), (claimed / "home", run_dir / "home")):
+            moved += _move_entries(source, target)
+    finally:
+        shutil.rmtree(claimed, ignore_errors=True)
+    return moved
+
+
+def _move_entries(source: Path, target: Path) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    src, dst = os.open(source, flags), os.open(target, flags)
+    moved = 0
+    try:
+        for name in os.listdir(src):
+            if name == ".git":
+                continue
+            try:
+                os.lstat(name, dir_fd=dst)
+                continue  # the checkout has it: the repository's entry wins
+            except FileNotFoundError:
+                pass
+            os.rename(name, name, src_dir_fd=src, dst_dir_fd=dst)
+            moved += 1
+    finally:
+        os.close(src)
+        os.close(dst)
+    return moved
+
+
 @dataclass(frozen=True)
 class SavedSetup:
     key: str
@@ -258,5 +355,6 @@ def prune_setups(setups: Path, cap_bytes: int) -> list[SavedSetup]:
         total -= setup.size_bytes
         (setups / f"{setup.key}.tar").unlink(missing_ok=True)
         (setups / f"{setup.key}.json").unlink(missing_ok=True)
+        shutil.rmtree(setups / SPARES / setup.key, ignore_errors=True)
         dropped.append(setup)
     return dropped

@@ -96,12 +96,18 @@ class Stack:
         """Poll the run until it is terminal; returns the run JSON (fails loudly if it never ends)."""
         deadline = time.monotonic() + timeout_s
         terminal = {s.value for s in TERMINAL_STATES}
+        started, last = time.monotonic(), "never read"
         while time.monotonic() < deadline:
-            run: dict[str, Any] = self.get(f"/api/runs/{run_id}").json()
-            if run["state"] in terminal:
-                return run
-            time.sleep(0.05)
-        raise TimeoutError(f"run {run_id} did not finish in {timeout_s} s; last state {run['state']}")
+            answer = self.get(f"/api/runs/{run_id}")
+            if answer.status_code == 200:
+                run: dict[str, Any] = answer.json()
+                if run["state"] in terminal:
+                    return run
+                last = f"state {run['state']}"
+            else:  # e.g. 429 from the API's rate limit on a long wait
+                last = f"HTTP {answer.status_code}: {answer.text[:200]}"
+            time.sleep(0.05 if time.monotonic() - started < 2 else 0.25)
+        raise TimeoutError(f"run {run_id} did not finish in {timeout_s} s; last read: {last}")
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         data: dict[str, Any] = self.get(f"/api/runs/{run_id}/events", headers={"accept": "application/json"}).json()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -243,11 +244,17 @@ def test_setup_runs_once_per_lockfile_and_the_agent_sees_its_result_every_time(s
     files = pr_files(stack)
     assert "CHANGE.md" in files and not any(f.startswith("node_modules") for f in files), files
 
-    _, second = one_run()
-    assert of_type(second, "environment.ready")[0]["cache"] == "hit"
-    assert of_type(second, "environment.setup") == []  # the setup did not run again
-    assert '"lockfileVersion": 1' in outputs(second)[0] and "tool cache" in outputs(second)[0]
-    assert not any(f.startswith("node_modules") for f in pr_files(stack))
+    # The first run left a spare (its saved setup unpacked ahead): the second moves it into place. Without
+    # one (it was taken), the saved setup is unpacked in the sandbox instead, and leaves a spare again.
+    for source in ("spare", "saved setup", "spare"):
+        if source == "saved setup":
+            shutil.rmtree(stack.settings.setups_folder / "spares")
+        _, again = one_run()
+        assert of_type(again, "environment.ready")[0]["cache"] == "hit"
+        assert of_type(again, "environment.restored")[0]["from"] == source
+        assert of_type(again, "environment.setup") == []  # the setup did not run again
+        assert '"lockfileVersion": 1' in outputs(again)[0] and "tool cache" in outputs(again)[0]
+        assert not any(f.startswith("node_modules") for f in pr_files(stack))
 
     stack.github.commit_files("acme/svc", "main", {"package-lock.json": '{"lockfileVersion": 2}\n'}, "Bump deps")
     _, third = one_run()
