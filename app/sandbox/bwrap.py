@@ -259,11 +259,24 @@ class BwrapSandbox:
         workspace and the rest), so a masked or listed path under /tmp stays as the host has it. An image's
         filesystem goes first, as `/`, with room made for every mount that follows."""
         if self.root is not None:
-            return [*root_mounts(self.root, host_tools(), keep=mount_points([*early, *late])), *early, *late]
+            root = root_mounts(self.root, host_tools(), keep=mount_points([*early, *late]))
+            return [*root, *early, *late, *self._image_hides(late)]
         if self._etc_masks is None:
             self._etc_masks = etc_masks()
         system = [*system_mounts(self.ro_paths), *self._etc_masks, *hide_mounts(self.hide, self.ro_paths)]
         return [*early, *system, *late]
+
+    def _image_hides(self, late: Sequence[str]) -> list[str]:
+        """Masks for hidden paths under what an image root shows of the host: the worker's tools (at
+        /run/routines/host) and folders bound at their own path (the hands' Python)."""
+        tools = host_tools()
+        args: list[str] = []
+        for path in (p.resolve() for p in self.hide):
+            inside = tools.inside(str(path))
+            if inside != str(path) and path.exists():
+                args += ["--tmpfs", inside] if path.is_dir() else ["--ro-bind", "/dev/null", inside]
+        own = [late[i + 1] for i, a in enumerate(late[:-2]) if a == "--ro-bind" and late[i + 1] == late[i + 2]]
+        return [*args, *hide_mounts(self.hide, own)]
 
     def _home(self, size: int) -> list[str]:
         if self.home is not None:

@@ -3,11 +3,14 @@ to the sandbox's own mount points recreated around them, the worker's tools unde
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from app.core.errors import SandboxError
+from app.sandbox.bwrap import BwrapSandbox, sandbox_available
 from app.sandbox.image_root import HOST_INSIDE, ImageRoot, host_tools, mount_points, root_mounts, trust_mounts
 
 
@@ -62,3 +65,30 @@ def test_the_run_ca_is_bound_over_the_images_trust_store(rootfs: Path, tmp_path:
 def test_a_missing_image_root_says_to_pull_again(tmp_path: Path) -> None:
     with pytest.raises(SandboxError, match="must be pulled again"):
         root_mounts(ImageRoot(tmp_path / "gone"), host_tools())
+
+
+def real_socat() -> str:
+    return os.path.realpath(shutil.which("socat") or "/usr/bin/socat")
+
+
+@pytest.mark.skipif(sandbox_available() is not None, reason=str(sandbox_available()))
+async def test_a_hidden_host_file_stays_hidden_beside_an_image(tmp_path: Path) -> None:
+    rootfs = tmp_path / "image"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy2("/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in ("sh", "cat", "wc", "ls"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    socat = real_socat()
+    sandbox = BwrapSandbox(root=ImageRoot(rootfs, (("PATH", "/bin"),)), hide=[Path(socat)])
+    shell = await sandbox.shell(workspace, {})
+    try:
+        inside = host_tools().inside(socat)
+        result = await shell.run(f"wc -c < {inside}; ls /bin | wc -l; cat /etc/passwd 2>&1", 10)
+    finally:
+        await shell.close()
+    size, listed, passwd = result.output.splitlines()[:3]
+    assert size.strip() == "0" or "Permission denied" in size, result.output  # masked
+    assert listed.strip() == "5", result.output  # the image's /bin only
+    assert "No such file" in passwd  # the image has no /etc, and the host's is not there
