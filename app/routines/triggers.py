@@ -59,10 +59,16 @@ def _timezone(r: Reader, node: yaml.Node) -> str:
     return zone
 
 
+def hashed(cron: str) -> bool:
+    """Whether `cron` has `H` fields (either case, as croniter reads them), which are hashed with the routine's
+    name. `@daily` and the like are not: croniter would hash them too when given a name, so it is given none."""
+    return not cron.startswith("@") and "h" in cron.lower()
+
+
 def check_cron(r: Reader, node: yaml.Node, cron: str, name: str, min_interval_s: float) -> None:
     """Refuse a cron that is malformed, never fires, or fires closer together than `min_interval_s`.
 
-    `H` fields are hashed with the routine's name, as the scheduler must do too (`hash_id=name`).
+    `H` fields are hashed with the routine's name, as the scheduler does (`hash_id=name` when `hashed`).
     """
     fields = cron.split()
     if not cron.startswith("@") and len(fields) != 5:
@@ -71,10 +77,11 @@ def check_cron(r: Reader, node: yaml.Node, cron: str, name: str, min_interval_s:
             f"cron {cron!r} has {len(fields)} fields — use five: minute hour day-of-month month day-of-week, "
             f"e.g. {_CRON_EXAMPLE}",
         )
-    if not croniter.is_valid(cron, hash_id=name):
+    hash_id = name if hashed(cron) else None
+    if not croniter.is_valid(cron, hash_id=hash_id):
         raise r.error(node, f"cron {cron!r} is not a valid cron expression — use five fields, e.g. {_CRON_EXAMPLE}")
     try:
-        it = croniter(cron, datetime(2025, 1, 1), hash_id=name)
+        it = croniter(cron, datetime(2025, 1, 1), hash_id=hash_id)
         fires = [it.get_next(float) for _ in range(_SAMPLED_FIRES)]
     except CroniterBadDateError:
         raise r.error(node, f"cron {cron!r} never fires — check the day of month and the month") from None

@@ -19,6 +19,7 @@ from croniter import croniter
 from croniter.croniter import HashExpander
 
 from app.core.domain import Routine, Schedule
+from app.routines.triggers import hashed
 
 _AFTER_S = 0.001  # croniter's get_prev is strictly before its start; step past t1 to include it
 _WALK = 32  # fires stepped through after downtime before jumping to the window's end
@@ -54,7 +55,7 @@ def _local(at: float, zone: str) -> datetime:
 
 
 def _hashed(schedule: Schedule) -> bool:
-    return "H" in schedule.cron
+    return hashed(schedule.cron)
 
 
 def _cron(schedule: Schedule, name: str, start: float) -> croniter:
@@ -297,7 +298,7 @@ class _Fields:
             return frozenset((int(minute),)), frozenset((int(hour),))  # the usual case, without croniter
         # The other fields do not change how croniter reads these two.
         reduced = f"{minute} {hour} * * *"
-        expanded = croniter.expand(reduced, hash_id=b"" if "H" in reduced else None)[0]
+        expanded = croniter.expand(reduced, hash_id=b"" if hashed(reduced) else None)[0]
         fields: list[_Field] = []
         for index, term in enumerate(reduced.lower().split()[:2]):
             if term.startswith("r"):  # random: croniter draws anew for each iterator

@@ -230,3 +230,11 @@ def test_next_and_last_fire_hash_only_crons_with_h_as_the_scheduler_fires_them()
     hashed = Schedule("H 3 * * *", "UTC")
     expected = croniter("H 3 * * *", datetime.fromtimestamp(midnight, ZoneInfo("UTC")), hash_id="nightly")
     assert next_fire(hashed, "nightly", midnight) == expected.get_next(float)
+
+
+def test_a_lowercase_h_is_hashed_like_an_uppercase_one_as_the_validator_accepts_it() -> None:
+    start = at(2025, 1, 16, 0, 0, tz=ZoneInfo("UTC"))
+    upper = sweep([routine("nightly", ("H 3 * * *", "UTC"))], start, start + 86400, 5)
+    lower = sweep([routine("nightly", ("h 3 * * *", "UTC"))], start, start + 86400, 5)
+    assert [s.at for s in lower] == [s.at for s in upper] and len(upper) == 1
+    assert next_fire(Schedule("h 3 * * *", "UTC"), "nightly", start) == upper[0].at
