@@ -7,7 +7,8 @@ digest, the setup commands and variables, and the git blob ids of the `cache` fi
 `ready` (the hands are up, the agent is not) restores that saved setup, or runs the setup commands and
 saves what they made. A failure in either ends the run `failed` with what to fix, before any model request.
 
-A run working on a pull request's head (a review or a follow-up) uses saved setups but never saves one:
+A run working on a pull request's head (a review or a follow-up), or resumed on a tree its agent already
+changed, uses saved setups but never saves one:
 the head may be anyone's code, and what its setup leaves must not reach the runs that come after.
 """
 
@@ -125,7 +126,7 @@ async def ready(ctx: RunContext, deps: RunnerDeps, hands: Hands, readied: Readie
         created = [name for name in await hands.names() if name not in before]
         await hands.ignore(created)
         cache = "miss" if readied.key is not None else "none"
-        if readied.key is not None and deps.settings.setups_dir is not None and _may_save(ctx):
+        if readied.key is not None and deps.settings.setups_dir is not None and may_save(ctx):
             began = time.monotonic()
             size = await hands.pack(created, deps.settings.setup_cache_bytes // 4)
             await asyncio.to_thread(_keep, readied.exchange, deps.settings.setups_dir, readied.key, created)
@@ -242,8 +243,11 @@ def _key(checkout: Checkout, ctx: RunContext, environment: Environment, image: P
     return digest.hexdigest()
 
 
-def _may_save(ctx: RunContext) -> bool:
-    return ctx.pull is None and not ctx.run.trigger.data.get("follow_up")
+def may_save(ctx: RunContext) -> bool:
+    """Whether this run's setup result may be kept for later runs: not when it ran on code that may be
+    anyone's (a pull request's head, a follow-up's branch) or on a tree the agent already worked on (a run
+    resumed from its checkpoint after its worker died)."""
+    return ctx.pull is None and not ctx.run.trigger.data.get("follow_up") and ctx.history is None
 
 
 def _take(saved: Path, into: Path) -> bool:

@@ -1,5 +1,6 @@
-"""Spares of a saved setup: unpacked ahead on the worker, moved into a run by name before its sandbox
-starts, never over what the checkout has, never shared by two runs."""
+"""A run's environment on the worker's side: spares of a saved setup (unpacked ahead, moved into a run by
+name before its sandbox starts, never over what the checkout has, never shared by two runs), and which
+runs may save a setup's result for the runs after them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from app.run.environment import SPARES, _claim_spare, _make_spare, prune_setups
+from app.core.domain import Event, Routine, Run, Trigger
+from app.core.ports import PullInfo
+from app.run.context import RunContext
+from app.run.environment import SPARES, _claim_spare, _make_spare, may_save, prune_setups
 
 
 def saved_setup(setups: Path, key: str, entries: dict[str, bytes | None]) -> None:
@@ -79,3 +83,18 @@ def test_pruning_a_saved_setup_drops_its_spare(tmp_path: Path) -> None:
     _make_spare(setups, "k3")
     assert [s.key for s in prune_setups(setups, 0)] == ["k3"]
     assert not (setups / SPARES / "k3").exists() and not (setups / "k3.tar").exists()
+
+
+def test_only_a_run_on_its_own_base_saves_its_setup_for_later_runs() -> None:
+    routine = Routine(name="deps", repo="acme/api", prompt="p")
+
+    def context(trigger: Trigger, *, resumed: bool = False) -> RunContext:
+        history = [Event("run.state", {"state": "running"})] if resumed else None
+        return RunContext(Run("r1", "deps", "acme/api", trigger), routine, events=None, history=history)  # type: ignore[arg-type]
+
+    assert may_save(context(Trigger("schedule")))
+    assert not may_save(context(Trigger("github", data={"follow_up": True, "branch": "routines/deps/r0"})))
+    assert not may_save(context(Trigger("schedule"), resumed=True))  # the agent already changed that tree
+    review = context(Trigger("github"))
+    review.pull = PullInfo(7, "https://github.test/acme/api/pull/7", "fork-branch", "a" * 40, "main", "b" * 40)
+    assert not may_save(review)  # a pull request's head may be anyone's code
