@@ -221,8 +221,14 @@ class Workspace:
         if not keep_checkpoints:
             leftovers.append(checkpoints_dir(self.path))
         for directory in leftovers:
-            if directory.is_dir() and not directory.is_symlink():
-                shutil.rmtree(directory, onerror=_unlock)
+            remove_tree(directory)
+
+
+def remove_tree(directory: Path) -> None:
+    """Remove `directory` and everything in it, also where an agent removed write permission; never
+    follows a symlink (nothing when `directory` is one, or absent)."""
+    if directory.is_dir() and not directory.is_symlink():
+        shutil.rmtree(directory, onerror=_unlock)
 
 
 def _unlock(_func: object, failed: str, _exc: object) -> None:

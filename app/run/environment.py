@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from app.core.domain import Environment
 from app.core.errors import ConfigError, SandboxError
 from app.core.ports import Checkout, Hands, Place, PulledImage
+from app.git.workspace import remove_tree
 from app.hands.stash import unpack_tar
 from app.routines.devcontainer import LOCKFILES, MAX_BYTES, PATHS, parse_devcontainer
 from app.run.context import RunContext, RunnerDeps
@@ -153,9 +154,13 @@ def sandbox_env(readied: Readied | None) -> dict[str, str]:
 
 
 async def release(deps: RunnerDeps, ctx: RunContext, readied: Readied | None) -> None:
-    """Let go of the image, and see the next run's spare made (it was made while this run worked)."""
+    """Remove the run's $HOME and exchange folder (no process of the sandbox is left), let go of the image,
+    and see the next run's spare made (it was made while this run worked)."""
     if readied is None:
         return
+    for folder in (readied.place.home, readied.exchange):  # $HOME may hold gigabytes of a setup's caches
+        if folder is not None:
+            await asyncio.to_thread(remove_tree, folder)
     if readied.image is not None and deps.images is not None:
         deps.images.release(readied.image.digest, ctx.run.id)
     if readied.spare is not None:

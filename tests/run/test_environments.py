@@ -236,8 +236,10 @@ def test_setup_runs_once_per_lockfile_and_the_agent_sees_its_result_every_time(s
         assert run["state"] == "succeeded", (run["error"], [e["type"] for e in events])
         return run, events
 
-    _, first = one_run()
+    run, first = one_run()
     assert of_type(first, "environment.ready")[0]["cache"] == "miss"
+    left = stack.settings.data_dir / "runs" / run["id"]
+    assert not (left / "home").exists() and not (left / "exchange").exists(), "a run leaves no $HOME behind"
     assert [s["exit_code"] for s in of_type(first, "environment.setup")] == [0]
     assert of_type(first, "environment.saved")[0]["made"] == ["node_modules"]
     assert '"lockfileVersion": 1' in outputs(first)[0] and "tool cache" in outputs(first)[0]
