@@ -20,20 +20,23 @@ import contextlib
 import logging
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pygit2
 from pygit2.enums import CheckoutStrategy, RepositoryOpenFlag
 
 from app.core.errors import WorkspaceError
+from app.git.indexes import join_indexes
 from app.git.layout import checkpoints_dir, mirror_lock, private_gitdir
 from app.git.remotes import locked, repo_name
-from app.git.trees import changes, has_gitlinks
+from app.git.trees import changes, has_gitlinks, split
 from app.git.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
 OPEN_BARE = RepositoryOpenFlag.NO_SEARCH | RepositoryOpenFlag.BARE
+PARALLEL_BYTES = 160_000  # trees this big (about 4,000 files) are written quicker by two writers than one
 
 
 async def checkout(mirror: Path, base: str, dest: Path) -> Workspace:
@@ -56,7 +59,7 @@ def check_out(mirror: Path, base: str, dest: Path) -> Workspace:
         _init_gitdir(dest / ".git", objects, {}, None, str(commit.id))
         _init_gitdir(gitdir, objects, {"worktree": str(dest.resolve())}, None, str(commit.id))
         (gitdir / "info" / "exclude").write_text("/.git\n")
-        _write_tree(gitdir, dest, str(commit.id))
+        _write_tree(gitdir, dest, objects, str(commit.id))
         return attach(mirror, dest, branch, str(commit.id))
     except (OSError, pygit2.GitError) as exc:
         Workspace(dest, "").cleanup()
@@ -66,17 +69,37 @@ def check_out(mirror: Path, base: str, dest: Path) -> Workspace:
         raise
 
 
-def _write_tree(gitdir: Path, dest: Path, commit: str) -> None:
-    """Write `commit`'s tree into the empty `dest`, and the index of `gitdir` with each file's stat data."""
+def _write_tree(gitdir: Path, dest: Path, objects: Path, commit: str) -> None:
+    """Write `commit`'s tree into the empty `dest`, and the index of `gitdir` with each file's stat data.
+    A big tree is written by two checkouts at once, each limited to half of its files (libgit2 writes
+    with one thread; a machine has more), each with its own index, then joined."""
     repo = pygit2.Repository(str(gitdir), OPEN_BARE)
-    tree = repo[commit].peel(pygit2.Tree)
-    if has_gitlinks(repo.odb, str(tree.id)):
+    tree = str(repo[commit].peel(pygit2.Tree).id)
+    groups = split(repo.odb, tree, 2, PARALLEL_BYTES)
+    if groups is None and has_gitlinks(repo.odb, tree):
         repo = pygit2.Repository(str(gitdir), RepositoryOpenFlag.NO_SEARCH)
-        repo.checkout_tree(repo[tree.id], strategy=CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
+        repo.checkout_tree(repo[tree], strategy=CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
         return
-    repo.index.read_tree(tree)
-    strategy = CheckoutStrategy.FORCE | CheckoutStrategy.NO_REFRESH
-    repo.checkout_tree(tree, strategy=strategy, directory=str(dest))  # type: ignore[no-untyped-call]
+    if groups is None or len(groups) < 2:
+        _write_part(gitdir, dest, tree, None)
+        return
+    helper = gitdir / "routines-writer"
+    _init_gitdir(helper, objects, {}, None, commit)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(_write_part, [gitdir, helper], [dest, dest], [tree, tree], groups))
+        join_indexes(gitdir / "index", helper / "index", groups[1])
+    finally:
+        shutil.rmtree(helper, ignore_errors=True)
+
+
+def _write_part(gitdir: Path, dest: Path, tree: str, paths: list[str] | None) -> None:
+    """Write the files of `tree` under `paths` (all without) into `dest`, and the index of `gitdir`: every
+    entry of the tree, with stat data for the files written."""
+    repo = pygit2.Repository(str(gitdir), OPEN_BARE)
+    repo.index.read_tree(repo[tree])
+    strategy = CheckoutStrategy.FORCE | CheckoutStrategy.NO_REFRESH | CheckoutStrategy.DISABLE_PATHSPEC_MATCH
+    repo.checkout_tree(repo[tree], strategy=strategy, directory=str(dest), paths=paths)  # type: ignore[no-untyped-call]
 
 
 def advance(dest: Path, old: str, new: str) -> bool:

@@ -1,5 +1,6 @@
-"""Trees read for checkouts, object by object: whether a tree holds submodules (gitlinks), and which
-paths differ between two trees, with the new tree's changed folders checked as snapshots are."""
+"""Trees read for checkouts, object by object: whether a tree holds submodules (gitlinks), how to split
+a big tree between writers, and which paths differ between two trees, with the new tree's changed
+folders checked as snapshots are."""
 
 from __future__ import annotations
 
@@ -46,6 +47,64 @@ def has_gitlinks(odb: pygit2.Odb, tree: str) -> bool:
     return False
 
 
+def split(odb: pygit2.Odb, tree: str, parts: int, min_bytes: int) -> list[list[str]] | None:
+    """The paths of disjoint parts of `tree` (folders or entries), in `parts` groups of about equal size
+    (the bytes of their tree objects, which grow with their entries), so that as many checkouts limited
+    to one group each write the whole tree. None when the tree holds a gitlink, is smaller than
+    `min_bytes`, or a folder the parts are cut from fails the snapshot checks (git's modes and order,
+    each name once, no name into `.git`): there every name is once, so no group can reach another's
+    paths through a symlink, and inside its parts each checkout guards itself as usual."""
+    try:
+        weight, ids = _weigh(odb, tree)
+        if weight is None or weight[b""] < min_bytes:
+            return None
+        units = _cut(odb, tree, b"", weight)
+        while (largest := max(units))[0] > weight[b""] // (parts * 4) and largest[1] in ids:
+            units.remove(largest)
+            units += _cut(odb, ids[largest[1]], largest[1], weight)
+        sizes = [0] * parts
+        groups: list[list[str]] = [[] for _ in range(parts)]
+        for size, path in sorted(units, reverse=True):
+            at = sizes.index(min(sizes))
+            sizes[at] += size
+            groups[at].append(_text(path.rstrip(b"/")))
+    except (WorkspaceError, ValueError):
+        return None
+    return [group for group in groups if group]
+
+
+def _weigh(odb: pygit2.Odb, tree: str) -> tuple[dict[bytes, int] | None, dict[bytes, str]]:
+    """The bytes of tree objects under each folder ("" the root, "a/b/" below), or None with a gitlink;
+    and each folder's tree id. Folders of files only are not parsed (a substring test tells them)."""
+    weight: dict[bytes, int] = {}
+    ids, parents = {b"": tree}, {b"": b""}
+    folders = [b""]
+    for path in folders:  # grows while it is read: every folder, parents first
+        data = _read(odb, ids[path])
+        weight[path] = len(data)
+        if b"40000 " not in data and b"160000 " not in data:
+            continue
+        for mode, name, child in _raw_entries(data):
+            if mode == _GITLINK:
+                return None, ids
+            if mode == _FOLDER:
+                folders.append(path + name + b"/")
+                ids[path + name + b"/"], parents[path + name + b"/"] = child, path
+    for path in reversed(folders[1:]):
+        weight[parents[path]] += weight[path]
+    return weight, ids
+
+
+def _cut(odb: pygit2.Odb, tree: str, prefix: bytes, weight: dict[bytes, int]) -> list[tuple[int, bytes]]:
+    """(size, path) of each entry of the folder `prefix`, read with the snapshot checks."""
+    units = []
+    for mode, name, _ in _entries(odb, tree):
+        check_name(name, mode)
+        path = prefix + name + (b"/" if mode == _FOLDER else b"")
+        units.append((weight[path] if mode == _FOLDER else len(name) + 28, path))
+    return units
+
+
 def changes(odb: pygit2.Odb, old: str, new: str) -> Changes:
     """The paths that differ from tree `old` to tree `new`. Every folder of `new` that differs from
     `old` is read whole and must pass the checks snapshots apply (git's modes and order, each name
@@ -79,13 +138,17 @@ def changes(odb: pygit2.Odb, old: str, new: str) -> Changes:
 
 
 def _entries(odb: pygit2.Odb, tree: str) -> list[tuple[int, bytes, str]]:
+    return tree_entries(_read(odb, tree))
+
+
+def _read(odb: pygit2.Odb, tree: str) -> bytes:
     try:
         kind, data = odb.read(tree)
     except (KeyError, ValueError, pygit2.GitError):
         raise WorkspaceError(f"tree {tree} is not in the mirror") from None
     if kind != pygit2.enums.ObjectType.TREE:
         raise WorkspaceError(f"object {tree} is not a tree")
-    return tree_entries(data)
+    return bytes(data)
 
 
 def _raw_entries(data: bytes) -> Iterator[tuple[int, bytes, str]]:

@@ -12,6 +12,7 @@ import pytest
 from app.core.errors import WorkspaceError
 from app.git.checkouts import checkout
 from app.git.layout import private_gitdir
+from tests.support.git import git
 
 BLOB, TREE, LINK = 0o100644, 0o040000, 0o120000
 
@@ -86,3 +87,27 @@ async def test_a_plain_tree_with_a_symlink_and_an_executable_checks_out(tmp_path
     assert (workspace.path / "link").readlink() == Path("src/app.py")
     assert (workspace.path / "run.sh").stat().st_mode & 0o111
     assert workspace.changed_files() == []
+
+
+def big_tree(repo: pygit2.Repository, files: int) -> pygit2.Oid:
+    """`files` files in nested folders (one executable, one symlink in each), under a single `src`."""
+    folders = []
+    for f in range(files // 50):
+        names = [(BLOB, b"f%04d.txt" % n, blob(repo, b"folder %d file %d\n" % (f, n))) for n in range(48)]
+        names += [(LINK, b"link", blob(repo, b"f0000.txt")), (0o100755, b"run.sh", blob(repo, b"#!/bin/sh\n"))]
+        folders.append((TREE, b"d%03d" % f, tree(repo, *sorted(names, key=lambda e: e[1]))))
+    return tree(repo, (BLOB, b"README", blob(repo, b"big\n")), (TREE, b"src", tree(repo, *folders)))
+
+
+async def test_a_big_tree_is_written_by_two_writers_with_one_index_of_every_file(tmp_path: Path) -> None:
+    workspace = await checkout(mirror_with(tmp_path, lambda repo: big_tree(repo, 5000)), "main", tmp_path / "work")
+
+    assert not (private_gitdir(workspace.path) / "routines-writer").exists()
+    assert (workspace.path / "src" / "d099" / "f0047.txt").read_text() == "folder 99 file 47\n"
+    assert (workspace.path / "src" / "d000" / "link").readlink() == Path("f0000.txt")
+    assert git("status", "--porcelain", cwd=workspace.path) == ""
+    assert git("write-tree", cwd=workspace.path) == git("rev-parse", "HEAD^{tree}", cwd=workspace.path)
+    debug = git("ls-files", "--debug", cwd=workspace.path).splitlines()
+    inodes = {name: int(line.split("ino:")[1]) for name, line in zip(debug[::6], debug[3::6], strict=True)}
+    assert len(inodes) == 5001
+    assert all((workspace.path / name).lstat().st_ino == ino for name, ino in inodes.items()), "stat data of each file"
