@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import socket
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -20,11 +21,12 @@ import pytest
 from app.core.errors import SandboxError
 from app.git.mirrors import Mirrors
 from app.sandbox.bwrap import CA_INSIDE, DEFAULT_RO_PATHS, BwrapSandbox, Limits, sandbox_available
-from app.sandbox.shell import PersistentShell
+from app.sandbox.shell import DEFAULT_PATH, PersistentShell
 from tests.support.git import git
 
 SECRET = "s3cr3t-worker-value-1234"
 KEY = "-----BEGIN RSA PRIVATE KEY-----\nfake-app-key-5678\n-----END RSA PRIVATE KEY-----\n"
+PYTHON3 = Path(shutil.which("python3", path=DEFAULT_PATH) or "/usr/bin/python3")  # the sandbox's, masked to test socat
 LIMITS = Limits(cpu_s=30, memory_bytes=256 * 1024**2, max_processes=64, file_size_bytes=10 * 1024**2)
 
 
@@ -259,7 +261,7 @@ async def test_the_forwarder_reaches_the_egress_socket(workspace: Path, tmp_path
 
 @pytest.mark.parametrize(
     ("hide", "forwarder"),
-    [((), "python3 -I -S -B /run/routines/forwarder.py 3128"), ((Path("/usr/bin/python3"),), "socat -b 1048576")],
+    [((), "python3 -I -S -B /run/routines/forwarder.py 3128"), ((PYTHON3,), "socat -b 1048576")],
     ids=["splice", "socat-without-python3"],
 )
 async def test_the_forwarder_splices_and_socat_stands_in_without_python3(
