@@ -22,6 +22,7 @@ import time
 # As much as the pipe takes: a default pipe (64 KiB); a bigger one measured no faster and would spend the
 # user's pipe budget (fs.pipe-user-pages-soft), which the worker shares.
 SPLICE_BYTES = 1024 * 1024
+UNIX_SNDBUF_BYTES = 4 * 1024 * 1024  # a unix socket's buffer does not grow as TCP's does; capped by wmem_max
 THREAD_STACK_BYTES = 256 * 1024
 NO_SPLICE = 3
 
@@ -51,6 +52,8 @@ def carry(client: socket.socket, path: str) -> None:
             upstream.connect(path)
         except OSError:
             return
+        with contextlib.suppress(OSError):
+            upstream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SNDBUF_BYTES)
         back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
         try:
             back.start()
