@@ -21,8 +21,9 @@ writable (`cgroups.py`), else memory through RLIMIT_AS per process and processes
 RLIMIT_NPROC, which the kernel ignores for root: a root worker without a writable cgroup has only
 the pid namespace and the wall clock against a fork bomb, and says so in its log.
 
-Network: none (`--unshare-net` leaves only loopback). With `proxy_socket`, a socat forwarder inside
-listens on 127.0.0.1:3128 and relays to the egress proxy's unix socket; the proxy variables point at it.
+Network: none (`--unshare-net` leaves only loopback). With `proxy_socket`, a forwarder inside
+(`egress/forwarder.py` on the sandbox's python3, else socat) listens on 127.0.0.1:3128 and relays to the
+egress proxy's unix socket; the proxy variables point at it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pathlib import Path
 
 from app.core.errors import SandboxError
 from app.sandbox.cgroups import SandboxCgroup
+from app.sandbox.egress import forwarder
 from app.sandbox.hands import HandsProcess, SandboxHands
 from app.sandbox.image_root import ImageRoot, host_tools, image_runtime, mount_points, root_mounts, trust_mounts
 from app.sandbox.mounts import etc_masks, hide_mounts, runtime_mounts, system_mounts, workspace_mounts
@@ -63,10 +65,12 @@ NOT_INSTALLED = (
     "or set ROUTINES_SANDBOX=local to run commands unsandboxed (not recommended)"
 )
 _ATTACH = 'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
+FORWARDER_INSIDE = "/run/routines/forwarder.py"
 _FORWARDER = (
-    # socat's 8 KiB default block halves throughput through the proxy
-    "socat -b 1048576 TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr "
-    f"UNIX-CONNECT:{SOCKET_INSIDE} </dev/null >/dev/null 2>&1 &\n"
+    # forwarder.py splices in the kernel; socat (with big blocks: its 8 KiB default halves throughput) copies
+    # every byte through itself, and is the fallback where python3 is missing or has no os.splice
+    f"{{ python3 -I -S -B {FORWARDER_INSIDE} 3128 {SOCKET_INSIDE} || exec socat -b 1048576 "
+    f"TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{SOCKET_INSIDE}; }} </dev/null >/dev/null 2>&1 &\n"
     "i=0; while [ $i -lt 500 ] && ! grep -qs '0100007F:0C38 00000000:0000 0A' /proc/net/tcp; do"
     " sleep 0.01; i=$((i+1)); done\n"
 )
@@ -304,6 +308,7 @@ class BwrapSandbox:
             if not self.proxy_socket.is_socket():
                 raise SandboxError(f"the egress proxy socket {self.proxy_socket} does not exist; start the proxy first")
             args += ["--ro-bind", str(self.proxy_socket), SOCKET_INSIDE]
+            args += ["--ro-bind", os.path.realpath(forwarder.__file__), FORWARDER_INSIDE]
         if self.ca_bundle is not None:
             if not self.ca_bundle.is_file():
                 raise SandboxError(f"the CA bundle {self.ca_bundle} does not exist; write the run's CA bundle first")

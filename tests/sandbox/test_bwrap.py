@@ -7,7 +7,9 @@ be), and the same shell still answers afterwards.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import shutil
 import socket
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -19,11 +21,12 @@ import pytest
 from app.core.errors import SandboxError
 from app.git.mirrors import Mirrors
 from app.sandbox.bwrap import CA_INSIDE, DEFAULT_RO_PATHS, BwrapSandbox, Limits, sandbox_available
-from app.sandbox.shell import PersistentShell
+from app.sandbox.shell import DEFAULT_PATH, PersistentShell
 from tests.support.git import git
 
 SECRET = "s3cr3t-worker-value-1234"
 KEY = "-----BEGIN RSA PRIVATE KEY-----\nfake-app-key-5678\n-----END RSA PRIVATE KEY-----\n"
+PYTHON3 = Path(shutil.which("python3", path=DEFAULT_PATH) or "/usr/bin/python3")  # the sandbox's, masked to test socat
 LIMITS = Limits(cpu_s=30, memory_bytes=256 * 1024**2, max_processes=64, file_size_bytes=10 * 1024**2)
 
 
@@ -254,6 +257,41 @@ async def test_the_forwarder_reaches_the_egress_socket(workspace: Path, tmp_path
         f"b'GET http://api.example.test/x?y=1 HTTP/1.1'\ntest CA bundle\n{CA_INSIDE} localhost,127.0.0.1\n"
     )
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("hide", "forwarder"),
+    [((), "python3 -I -S -B /run/routines/forwarder.py 3128"), ((PYTHON3,), "socat -b 1048576")],
+    ids=["splice", "socat-without-python3"],
+)
+async def test_the_forwarder_splices_and_socat_stands_in_without_python3(
+    workspace: Path, tmp_path: Path, hide: tuple[Path, ...], forwarder: str
+) -> None:
+    bodies: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+        bodies.append(body)
+        digest = hashlib.sha256(body).hexdigest().encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(digest), digest))
+        await writer.drain()
+        writer.close()
+
+    sock = tmp_path / "egress.sock"
+    server = await asyncio.start_unix_server(answer, path=str(sock))
+    sh = await BwrapSandbox(proxy_socket=sock, hide=hide).shell(workspace, {})
+    try:
+        upload = "head -c 3000000 /dev/urandom > /tmp/body && curl -sS --data-binary @/tmp/body http://api.example.test/"
+        result = await sh.run(f"{upload} && echo && sha256sum < /tmp/body", 60)
+        listing = await sh.run("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done", 30)
+    finally:
+        await sh.close()
+        server.close()
+    sent, computed = result.output.split("\n")[:2]
+    assert (result.exit_code, sent) == (0, computed.split()[0]), result.output
+    assert len(bodies) == 1 and len(bodies[0]) == 3_000_000
+    assert [line for line in listing.output.splitlines() if line.startswith(forwarder)], listing.output
 
 
 async def test_a_missing_proxy_socket_is_a_clear_error(workspace: Path, tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import hashlib
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -306,6 +308,66 @@ async def test_malformed_targets_get_400_and_the_proxy_goes_on(tmp_path: Path) -
         assert head.startswith(b"HTTP/1.1 400"), head
         writer.close()
     await proxy.close()
+
+
+async def echo_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A plain TCP service: echoes everything, then, after the client's EOF, the digest of it, and closes."""
+    digest = hashlib.sha256()
+    while chunk := await reader.read(256 * 1024):
+        digest.update(chunk)
+        writer.write(chunk)
+        await writer.drain()
+    writer.write(b"END " + digest.hexdigest().encode())
+    await writer.drain()
+    writer.close()
+
+
+@pytest.fixture
+async def tunnel(tmp_path: Path) -> AsyncIterator[tuple[EgressProxy, str, int]]:
+    """A proxy on a unix socket that allows echo.test, which resolves (as the operator says) to a local echo."""
+    service = await asyncio.start_server(echo_until_eof, "127.0.0.1", 0)
+    resolver = SystemResolver(overrides={"echo.test": "127.0.0.1"})
+    proxy = EgressProxy(EgressPolicy(allow=("echo.test",)), ca=RunCA(tmp_path / "ca"), resolver=resolver)
+    path = await proxy.start_unix(str(tmp_path / "egress.sock"))
+    yield proxy, path, int(service.sockets[0].getsockname()[1])
+    await proxy.close()
+    service.close()
+    await service.wait_closed()
+
+
+async def test_a_tunnel_carries_bytes_both_ways_and_passes_on_the_end_of_each_side(
+    tunnel: tuple[EgressProxy, str, int],
+) -> None:
+    _, path, port = tunnel
+    payload = os.urandom(8 * 1024 * 1024)
+    reader, writer = await asyncio.open_unix_connection(path)
+    # the first bytes ride with the CONNECT head, as a client that does not wait for the answer sends them
+    writer.write(b"CONNECT echo.test:%d HTTP/1.1\r\nHost: echo.test:%d\r\n\r\n" % (port, port) + payload[:1000])
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+
+    async def send() -> None:
+        writer.write(payload[1000:])
+        await writer.drain()
+        writer.write_eof()
+
+    async with asyncio.timeout(60):  # a guard against a hang, not a speed limit
+        sending = asyncio.create_task(send())
+        received = await reader.read(-1)
+        await sending
+    writer.close()
+    assert received == payload + b"END " + hashlib.sha256(payload).hexdigest().encode()
+
+
+async def test_closing_the_proxy_ends_its_open_tunnels(tunnel: tuple[EgressProxy, str, int]) -> None:
+    proxy, path, port = tunnel
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(b"CONNECT echo.test:%d HTTP/1.1\r\nHost: echo.test:%d\r\n\r\nping" % (port, port))
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    assert await reader.readexactly(4) == b"ping"
+    await proxy.close()
+    async with asyncio.timeout(60):
+        assert await reader.read(-1) == b""
+    writer.close()
 
 
 @pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")

@@ -1,12 +1,19 @@
-"""Byte relay for CONNECT tunnels: the two sockets' transports are handed to small protocols that write
-each chunk straight to the other side, with flow control, avoiding the stream layer's extra copies.
-This is the proxy's throughput path."""
+"""Byte relay for CONNECT tunnels; this is the proxy's throughput path.
+
+Where the platform has `os.splice` and both ends are plain sockets, the sockets leave their transports
+and the kernel moves the bytes between them (`splice.py`). Otherwise the two transports are handed to
+small protocols that write each chunk straight to the other side, with flow control, avoiding the
+stream layer's extra copies."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from typing import cast
+
+from app.sandbox.egress.splice import available, splice_relay
 
 
 class _Half(asyncio.Protocol):
@@ -61,6 +68,9 @@ async def relay(
     `a_to_b` is sent to `b` first (data already read from `a`). The streams are unusable afterwards;
     both transports are closed on return (and on cancellation).
     """
+    if available() and _plain_socket(a[1]) and _plain_socket(b[1]):
+        await _relay_spliced(a, b, a_to_b)
+        return
     loop = asyncio.get_running_loop()
     # Socket transports read and write; uvloop's do not subclass asyncio.Transport, hence a cast, not a check.
     ta, tb = cast(asyncio.Transport, a[1].transport), cast(asyncio.Transport, b[1].transport)
@@ -80,3 +90,46 @@ async def relay(
         for transport in (ta, tb):
             with contextlib.suppress(RuntimeError):
                 transport.close()
+
+
+def _plain_socket(writer: asyncio.StreamWriter) -> bool:
+    """Whether `writer` writes straight to a socket (no TLS in between)."""
+    return writer.get_extra_info("socket") is not None and writer.get_extra_info("sslcontext") is None
+
+
+async def _detach(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[socket.socket, bytes]:
+    """The stream's socket as a socket of our own (the transport closed, its written bytes sent first), and the
+    bytes the stream had read but not handed out."""
+    transport = writer.transport
+    transport.set_write_buffer_limits(high=0)
+    await writer.drain()
+    pending = await _take_over(reader, cast(asyncio.Transport, transport), asyncio.Protocol())
+    sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+    transport.close()
+    sock.setblocking(False)
+    return sock, pending
+
+
+async def _relay_spliced(
+    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    a_to_b: bytes,
+) -> None:
+    loop = asyncio.get_running_loop()
+    sockets: list[socket.socket] = []
+    try:
+        sock_a, pending_a = await _detach(*a)
+        sockets.append(sock_a)
+        sock_b, pending_b = await _detach(*b)
+        sockets.append(sock_b)
+        if a_to_b + pending_a:
+            await loop.sock_sendall(sock_b, a_to_b + pending_a)
+        if pending_b:
+            await loop.sock_sendall(sock_a, pending_b)
+        await splice_relay(sock_a, sock_b)
+    finally:
+        for transport in (a[1].transport, b[1].transport):
+            with contextlib.suppress(RuntimeError):
+                transport.close()
+        for sock in sockets:
+            sock.close()
