@@ -25,6 +25,7 @@ BENCHES: dict[str, list[str]] = {
     "agent_overhead": [],
     "editor_latency": [],
     "console_pages": [],
+    "environment_ready": [],
 }
 
 
