@@ -1,7 +1,7 @@
 # One image for both processes: `routines web` and `routines worker`.
 # The worker's bubblewrap sandbox needs user namespaces: run it with a seccomp/AppArmor profile that allows them.
 FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends git bubblewrap socat ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends git bubblewrap socat ca-certificates skopeo umoci \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /srv/routines
 COPY pyproject.toml README.md ./
