@@ -124,8 +124,8 @@ class ImageStore:
             flags = self._src_flags(reference, auth, "src-")
             copy = [self._skopeo, "copy", "--quiet", *flags, source, f"oci:{layout}:image"]
             await self._run(copy, reference, timeout_s=PULL_TIMEOUT_S)
-            rootless = ["--rootless"] if os.geteuid() != 0 else []
-            unpack = [self._umoci, "raw", "unpack", *rootless, "--image", f"{layout}:image", str(staging / "rootfs")]
+            # --rootless also as root: no device nodes, no files owned by the image's users on the worker
+            unpack = [self._umoci, "raw", "unpack", "--rootless", "--image", f"{layout}:image", str(staging / "rootfs")]
             await self._run(unpack, reference, timeout_s=PULL_TIMEOUT_S)
             size = await asyncio.to_thread(_install, staging, reference, digest, self.folder(digest))
             log.info("image %s (%s) pulled: %.0f MB", reference, digest[:19], size / 1e6)

@@ -4,6 +4,9 @@ runs, nothing half-pulled ever installed, pruning that spares held images, and e
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +112,18 @@ def test_explain_reads_what_the_tools_say() -> None:
     assert explain(ref, "something else") == "could not pull ghcr.io/acme/dev:1: something else"
     long = explain(ref, "word " * 500 + "dial tcp: connection refused")
     assert "…" in long and "connection refused" in long and len(long) < 400
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node for the image needs root")
+def test_an_images_device_nodes_and_owners_never_reach_the_worker(tmp_path: Path, pushed: Pushed) -> None:
+    layout = build_image(tmp_path / "dev", files={"/etc/which": "devices\n"})
+    rootfs = tmp_path / "dev" / "bundle" / "rootfs"
+    os.mknod(rootfs / "etc" / "mem", 0o666 | stat.S_IFCHR, os.makedev(1, 1))  # /dev/mem's numbers
+    os.chown(rootfs / "etc" / "which", 1234, 1234)
+    subprocess.run(["umoci", "repack", "--image", f"{layout}:1", str(tmp_path / "dev" / "bundle")], check=True)
+    reference = pushed.registry.push(layout, "1", "acme/devices")
+    pulled = asyncio.run(store(tmp_path, pushed).ensure(reference))
+    assert not (pulled.rootfs / "etc" / "mem").exists() or not stat.S_ISCHR(
+        (pulled.rootfs / "etc" / "mem").lstat().st_mode
+    )
+    assert (pulled.rootfs / "etc" / "which").stat().st_uid == os.geteuid()
