@@ -56,6 +56,8 @@ class Services:
     _sandbox_checked: bool = False
     _deliveries: DeliveryIntake | None = None
     _api_routines: ApiRoutines | None = None
+    _boundaries: Boundaries | None = None
+    _own_redactor: Redactor | None = None
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     def forge_for(self, repo: str) -> Forge:
@@ -101,6 +103,13 @@ class Services:
         return self._model
 
     def boundaries(self) -> Boundaries:
+        """The process's one Boundaries: its upstream TLS context (the system's trust store, read once)
+        serves every run's egress proxy."""
+        if self._boundaries is None:
+            self._boundaries = self._new_boundaries()
+        return self._boundaries
+
+    def _new_boundaries(self) -> Boundaries:
         s = self.settings
         return Boundaries(
             kind=s.sandbox,
@@ -117,11 +126,14 @@ class Services:
         return Vault(self.pool, secret_key(self.settings.secret_key))
 
     def redactor(self) -> Redactor:
-        """A fresh redactor that already knows this process's own secrets."""
-        redactor = Redactor()
-        for name, value in self.settings.own_secrets():
-            redactor.add(name, value)
-        return redactor
+        """A fresh redactor that already knows this process's own secrets: a child of one redactor of
+        them, so that their many forms are compiled once per process rather than once per run."""
+        if self._own_redactor is None:
+            own = Redactor()
+            for name, value in self.settings.own_secrets():
+                own.add(name, value)
+            self._own_redactor = own
+        return self._own_redactor.child()
 
     def check_sandbox(self) -> None:
         """Refuse to run agents in a sandbox that does not work here; warn loudly about `local`."""
@@ -138,6 +150,8 @@ class Services:
         s = self.settings
         if not self._sandbox_checked:
             await asyncio.to_thread(self.check_sandbox)  # runs bwrap once: off the event loop
+            # the first run would otherwise read the trust store and compile the redactor on the loop
+            await asyncio.to_thread(lambda: (self.boundaries(), self.redactor().text("warm")))
             self._sandbox_checked = True
         vault = self.vault()
         return RunnerDeps(

@@ -26,6 +26,7 @@ BENCHES: dict[str, list[str]] = {
     "editor_latency": [],
     "console_pages": [],
     "environment_ready": [],
+    "scale": ["--runs", "40", "80"],
 }
 
 

@@ -4,7 +4,8 @@ Each value is also caught in the forms it takes on the way out: URL-encoded, JSO
 (standard and URL-safe, at each of the three byte alignments, so it is found inside e.g. `user:token`
 Basic credentials). Multi-line values (PEM keys) also match line by line. All forms of all values
 are compiled into one regular expression shaped as a trie, so the cost of a scan grows slowly with the
-number of secrets.
+number of secrets. A run's redactor is a `child()` of its process's: the process's own secrets (a PEM
+key has dozens of forms) are compiled once, and each run compiles only the few values it adds.
 """
 
 from __future__ import annotations
@@ -24,12 +25,19 @@ Trie = dict[str, "Trie"]
 
 
 class Redactor:
-    """Knows secret values by name; `text()` and `redact()` replace them. Safe to share between threads."""
+    """Knows secret values by name; `text()` and `redact()` replace them. Safe to share between threads.
 
-    def __init__(self) -> None:
+    A redactor with a `parent` also replaces everything the parent knows, now and later."""
+
+    def __init__(self, parent: Redactor | None = None) -> None:
         self._forms: dict[str, str] = {}
         self._pattern: re.Pattern[str] | None = None
         self._lock = threading.Lock()
+        self._parent = parent
+
+    def child(self) -> Redactor:
+        """A redactor that knows what this one knows; what is added to it stays its own."""
+        return Redactor(parent=self)
 
     def add(self, name: str, value: str) -> None:
         """Redact `value` as `[name]` from now on. Values shorter than 8 characters are ignored (too common)."""
@@ -41,15 +49,39 @@ class Redactor:
             self._pattern = None
 
     def __len__(self) -> int:
-        return len(set(self._forms.values()))
+        return len(self._names())
+
+    def _names(self) -> set[str]:
+        inherited = self._parent._names() if self._parent is not None else set()
+        return inherited | set(self._forms.values())
 
     def text(self, text: str) -> str:
-        """`text` with every known form of every value replaced by `[NAME]`."""
-        pattern = self._compiled()
-        if pattern is None or not text:
+        """`text` with every known form of every value replaced by `[NAME]` (where forms known to this
+        redactor and to its parent overlap, the whole stretch they cover becomes the longer one's name)."""
+        if not text:
             return text
-        forms = self._forms
-        return pattern.sub(lambda m: f"[{forms[m.group(0)]}]", text)
+        spans: list[tuple[int, int, str]] = []
+        redactor: Redactor | None = self
+        while redactor is not None:
+            pattern, forms = redactor._compiled(), redactor._forms
+            if pattern is not None:
+                spans += [(m.start(), m.end(), forms[m.group(0)]) for m in pattern.finditer(text)]
+            redactor = redactor._parent
+        if not spans:
+            return text
+        spans.sort()
+        out: list[str] = []
+        done, (start, end, name) = 0, spans[0]
+        for s, e, n in spans[1:]:
+            if s < end:
+                if e - s > end - start:
+                    name = n
+                end = max(end, e)
+                continue
+            out += [text[done:start], f"[{name}]"]
+            done, (start, end, name) = end, (s, e, n)
+        out += [text[done:start], f"[{name}]", text[end:]]
+        return "".join(out)
 
     def redact(self, data: T) -> T:
         """A copy of `data` (str, or dict/list/tuple nesting them) with secrets replaced in keys and values."""

@@ -63,7 +63,7 @@ async def execute(run_id: str, deps: RunnerDeps) -> Run:
         return await deliver_and_record(ctx, deps, error=str(exc))
     finally:
         if ctx.checkout is not None:
-            ctx.checkout.cleanup()
+            await asyncio.to_thread(ctx.checkout.cleanup)  # thousands of unlinks: not on the event loop
 
 
 async def _resolve(ctx: RunContext, deps: RunnerDeps) -> None:

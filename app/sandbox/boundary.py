@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import ssl
@@ -22,7 +23,6 @@ from app.sandbox.local import LocalSandbox
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class RunBoundary:
     """What the runner needs for one run: the sandbox, the placeholder env, and what egress refused."""
@@ -36,8 +36,13 @@ class RunBoundary:
     async def close(self) -> None:
         if self._proxy is not None:
             await self._proxy.close()
-        for path in self._dirs:
-            shutil.rmtree(path, ignore_errors=True)
+        # one thread call: it finishes even when this task is cancelled meanwhile
+        await asyncio.to_thread(_remove, self._dirs)
+
+
+def _remove(paths: tuple[Path, ...]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class _RedactingLookup:
@@ -70,11 +75,11 @@ class Boundaries:
         self.vault = vault
         self.resolver = resolver or SystemResolver()
         self.upstream_ca_file = upstream_ca_file
-        self.upstream_ca: ssl.SSLContext | None = None
+        # built once and shared by every run's proxy: reading the trust store takes tens of milliseconds
+        self.upstream_ca = ssl.create_default_context()
         if upstream_ca_file is not None:
             # an operator's internal CA: trusted by the proxy upstream, and inside for tunnelled hosts
-            self.upstream_ca = ssl.create_default_context(cafile=str(upstream_ca_file))
-            self.upstream_ca.load_default_certs()
+            self.upstream_ca.load_verify_locations(cafile=str(upstream_ca_file))
 
     async def open(
         self, run_id: str, routine: Routine, run_dir: Path, emit: Emit, redactor: Redacts, place: Place | None = None
@@ -108,14 +113,14 @@ class Boundaries:
         policy = EgressPolicy(
             allow=routine.network_allow, defaults=routine.network_defaults, secrets=live_secrets(lookup, placeholders)
         )
-        ca = RunCA(directory / "ca")
+        ca = await asyncio.to_thread(RunCA, directory / "ca")
         proxy = EgressProxy(policy, ca=ca, on_event=on_event, resolver=self.resolver, upstream_ca=self.upstream_ca)
         # AF_UNIX paths are capped at 108 bytes; run dirs can be deeper than that
         socket_dir = Path(tempfile.mkdtemp(prefix="routines-egress-"))
         socket = socket_dir / "sock"
         try:
             await proxy.start_unix(str(socket))
-            bundle = ca.bundle_path(self._trusted_roots(directory))
+            bundle = await asyncio.to_thread(lambda: ca.bundle_path(self._trusted_roots(directory)))
         except BaseException:
             await proxy.close()
             for path in (directory, socket_dir):

@@ -20,6 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from arq import Worker
@@ -42,6 +43,8 @@ from app.worker.ticks import Periodic, ScheduleTicker, repeat
 log = logging.getLogger(__name__)
 
 DEFAULT_TICK_S = 5.0
+THREADS_PER_JOB = 2
+SPARE_THREADS = 4
 DESCRIBE_S = 300.0
 RETENTION_S = 600.0
 
@@ -99,6 +102,9 @@ def create_worker(
     ]
 
     async def startup(ctx: dict[str, Any]) -> None:
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(thread_pool_size(settings.max_jobs), thread_name_prefix="routines-worker")
+        )
         services = ctx["services"] = await build(settings)
         services.metrics.beat_as(worker_id)  # /metrics counts the workers seen in the last minute
         ctx["ticker"], ctx["max_runs_per_day"] = ticker, ticker.max_runs_per_day
@@ -129,6 +135,16 @@ def create_worker(
         handle_signals=handle_signals,
         burst=burst,
     )
+
+
+def thread_pool_size(max_jobs: int) -> int:
+    """Threads for the blocking calls of `max_jobs` concurrent runs (asyncio's default is cores + 4).
+
+    A run's blocking call often waits rather than works: on a mirror's lock, a fetch, a push, a
+    sandbox's files. With too few threads, runs that wait hold every thread and a run that is starting
+    queues behind them; so each job gets its own, and one more for the call it makes meanwhile (a
+    spare work tree made in the background, a cleanup)."""
+    return THREADS_PER_JOB * max_jobs + SPARE_THREADS
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -82,3 +82,26 @@ def test_log_records_are_redacted(redactor: Redactor) -> None:
     text = "\n".join(stream_records)
     assert "token [GITHUB_TOKEN] in args" in text and "failed with [GITHUB_TOKEN]" in text
     assert TOKEN not in text
+
+
+def test_a_run_redactor_knows_its_process_secrets_and_keeps_its_own(redactor: Redactor) -> None:
+    run, other = redactor.child(), redactor.child()
+    run.add("RUN_TOKEN", "ghs_run_only_value_123")
+    text = f"{TOKEN} then ghs_run_only_value_123 then {PEM.splitlines()[1]}"
+    assert run.text(text) == "[GITHUB_TOKEN] then [RUN_TOKEN] then [APP_KEY]"
+    assert other.text(text) == "[GITHUB_TOKEN] then ghs_run_only_value_123 then [APP_KEY]"
+    assert redactor.text("ghs_run_only_value_123") == "ghs_run_only_value_123"
+    assert len(run) == len(other) + 1 == len(redactor) + 1
+    redactor.add("LATER", "added-to-the-process-later")
+    assert run.text("added-to-the-process-later") == "[LATER]"
+
+
+def test_a_run_secret_overlapping_a_process_secret_leaves_nothing_of_either() -> None:
+    process = Redactor()
+    process.add("API_KEY", "sk-ant-0123456789")
+    run = process.child()
+    run.add("DSN", "postgres://u:sk-ant-0123456789@db.internal/app")
+    run.add("PART", "6789@db.int")  # starts inside the process's value, ends outside it
+    assert run.text("a postgres://u:sk-ant-0123456789@db.internal/app b") == "a [DSN] b"
+    out = run.text("c sk-ant-0123456789@db.int d")
+    assert out == "c [API_KEY] d", out

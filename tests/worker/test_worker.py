@@ -1,14 +1,19 @@
-"""The worker's schedule tick: many arq workers on one Redis fire each slot exactly once, and catch up once."""
+"""The worker: its schedule tick (many arq workers on one Redis fire each slot exactly once, and catch up once),
+its shutdown, and the threads its jobs' blocking calls run in."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from arq import Worker
@@ -212,3 +217,21 @@ async def test_routines_added_changed_and_removed_by_file_and_api_between_ticks_
 async def fired_slots(store: RedisStore, routine: str) -> list[int]:
     runs = await store.list_runs(routine=routine, limit=200)
     return [int(run.trigger.data["slot_ms"]) for run in runs if run.trigger.kind == "schedule"]
+
+
+async def test_every_job_of_a_full_worker_can_wait_in_a_blocking_call_at_once(tmp_path: Path, redis_url: str) -> None:
+    """A run's blocking call often waits (on a mirror's lock, a fetch, a push) while the run starts another
+    (a spare work tree); with asyncio's default pool (cores + 4 threads) the later calls would queue
+    behind the waiting ones. Here each of max_jobs jobs has two calls waiting for all the others."""
+    jobs = (os.cpu_count() or 1) + 5  # more than asyncio's default pool can hold
+    settings = replace(settings_for(tmp_path, redis_url), max_jobs=jobs)
+    worker = create_worker(settings, handle_signals=False)
+    ctx: dict[str, Any] = {}
+    assert worker.on_startup is not None
+    await worker.on_startup(ctx)
+    try:
+        everyone = threading.Barrier(2 * jobs, timeout=30)  # breaks (and fails the test) rather than hang
+        waits = [asyncio.to_thread(everyone.wait) for _ in range(2 * jobs)]
+        assert sorted(await asyncio.gather(*waits)) == list(range(2 * jobs))
+    finally:
+        await shutdown(ctx)

@@ -1,0 +1,589 @@
+"""Scale: many runs fired at once across several worker processes, against a warm run alone.
+
+Everything runs on 127.0.0.1: the test GitHub and Anthropic servers and the web process in this
+process's threads, `--workers` worker processes (this file with `--worker`: the real arq worker, plus
+a probe that records where runs wait). Each run is scripted: 5 tool turns through real bubblewrap,
+then a file change, pushed as a draft PR (`succeeded`). The mirror is warmed first, then the baseline,
+a warm run alone (`--alone` of them, one after another), then `--runs` runs fired at once.
+
+Reported per size: runs per minute, fire → first model request p50/p99 and their ratio to alone;
+where the time went (queue, in-thread mirror fetch and its lock wait, checkout, sandbox start,
+thread-pool queueing, event-loop lag); peak RSS per worker and per concurrent run (worker processes
+and their sandboxes); Redis bytes per run and per stored webhook delivery.
+
+    python bench/scale.py [--runs 40 80] [--workers 2] [--max-jobs N] [--skip-fresh-fetch]
+                          [--redis redis://127.0.0.1:6379/13]
+
+`--skip-fresh-fetch` measures a variant (in the bench's workers only) that fetches each mirror once per
+worker process and then uses it as it is: what runs would wait without one fetch per run. `--threads N`
+gives each worker a thread pool of N (0: asyncio's default) instead of its own.
+
+Diagnostics: `BENCH_STALLS=0.1` samples the workers' event-loop thread whenever the loop is more than
+0.1 s late and prints where it was (`BENCH_STALLS=0`: always, a profile of the loop's thread);
+`BENCH_WORKER_LOG=/tmp/scale` keeps the workers' logs (`/tmp/scale.probe-N.log`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, cast
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from app.testing.anthropic_server import Script, Turn, bash, text  # noqa: E402
+from app.testing.github_hooks import deliver  # noqa: E402
+from app.testing.stack import Stack, running_stack  # noqa: E402
+
+TERMINAL = {"succeeded", "no_changes", "failed", "cancelled", "timed_out"}
+SECRET = "bench-webhook-secret"
+PAYLOAD = ROOT / "tests" / "payloads" / "issues.labeled.json"
+ROUTINE = "---\nname: scale\nrepo: acme/app\n---\nLook around, then touch one file.\n"
+# heard by the web process (so deliveries are stored), matched by no run: the payload has no such label
+LISTENER = (
+    "---\nname: listener\nrepo: '*'\non:\n  github:\n    issues: {types: [labeled], labels: [none-such]}\n---\nFix.\n"
+)
+TOOL_TURNS = [
+    "ls | wc -l",
+    "cat m1.py",
+    "grep -l 'X = 1' *.py | head -3",
+    "python3 -c 'print(sum(range(10**5)))'",
+    "echo '# touched' >> m1.py",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# ---------------------------------------------------------------- the worker process (--worker)
+
+
+def worker_main(probe_file: Path, skip_fresh_fetch: bool) -> None:
+    """`python -m app worker`, plus a probe: every thread-pool task's queue wait and duration, by run, and
+    the event loop's lag; written to `probe_file` when the worker stops (SIGTERM)."""
+    from app.core.config import Settings
+    from app.core.logs import RUN_ID
+    from app.core.ports import Credentials
+    from app.git.mirrors import Mirrors
+    from app.worker import worker as worker_module
+    from app.worker.worker import close_worker, create_worker
+
+    settings = Settings.from_env()
+    # the worker's own pool size; a version from before the worker sized its pool has asyncio's default
+    sizing = getattr(worker_module, "thread_pool_size", None)
+    threads = int(sizing(settings.max_jobs)) if sizing is not None else None
+    if os.environ.get("BENCH_THREADS"):  # --threads: another size, to compare
+        threads = int(os.environ["BENCH_THREADS"]) or None
+    tasks: list[dict[str, Any]] = []
+    lags: list[float] = []
+
+    class ProbedPool(ThreadPoolExecutor):
+        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+            target = getattr(fn, "args", (fn,))[0] if hasattr(fn, "args") else fn
+            row: dict[str, Any] = {"run": RUN_ID.get(), "what": getattr(target, "__qualname__", "?")}
+            row["submitted"] = time.time()
+            tasks.append(row)
+
+            def timed() -> Any:
+                row["started"] = time.time()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    row["ended"] = time.time()
+
+            return super().submit(timed)
+
+    class FreshMirrors(Mirrors):
+        """Fetches a mirror once per process, then uses it as it is (the bench's no-fetch variant)."""
+
+        def __init__(self, root: Path) -> None:
+            super().__init__(root)
+            self.fetched: set[str] = set()
+
+        async def ensure(self, url: str, creds: Credentials | None = None) -> Path:
+            if url in self.fetched:
+                return self.path_for(url)
+            path = await super().ensure(url, creds)
+            self.fetched.add(url)
+            return path
+
+    beat = [time.perf_counter()]
+    stalls: dict[str, int] = {}
+    main_thread = threading.get_ident()
+
+    async def lag_probe() -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.05)
+            beat[0] = time.perf_counter()
+            lags.append(beat[0] - t0 - 0.05)
+
+    def stall_sampler(threshold_s: float) -> None:
+        """Where the event loop's thread is while the loop is late (no beat for `threshold_s`; 0: always,
+        a profile of the loop's thread). Samples are counted by the innermost frame of our own code."""
+        while True:
+            time.sleep(0.005)
+            if time.perf_counter() - beat[0] <= threshold_s:
+                continue
+            frame = sys._current_frames().get(main_thread)
+            stack = traceback.extract_stack(frame) if frame is not None else []
+            if not stack or stack[-1].name == "select":
+                continue
+            ours = [f for f in stack if "/app/" in f.filename]
+            leaf = stack[-1]
+            own = f"{ours[-1].filename.split('/app/')[-1]}:{ours[-1].lineno}:{ours[-1].name}" if ours else "-"
+            where = f"{own} [{Path(leaf.filename).name}:{leaf.name}]"
+            stalls[where] = stalls.get(where, 0) + 1
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        worker = create_worker(settings, handle_signals=False)
+        started = worker.on_startup
+
+        async def startup(ctx: dict[str, Any]) -> None:
+            if started is not None:
+                await started(ctx)
+            # the worker's own pool, the same size, with the probe added
+            loop.set_default_executor(ProbedPool(max_workers=threads))
+            if skip_fresh_fetch:
+                ctx["services"].mirrors = FreshMirrors(settings.data_dir)
+
+        worker.on_startup = startup
+        task = asyncio.create_task(worker.main())
+        probe = asyncio.create_task(lag_probe())
+        if os.environ.get("BENCH_STALLS"):
+            threshold = float(os.environ["BENCH_STALLS"])
+            threading.Thread(target=stall_sampler, args=(threshold,), daemon=True).start()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        finally:
+            probe.cancel()
+            await close_worker(worker)
+
+    try:
+        asyncio.run(main())
+    finally:
+        top = sorted(stalls.items(), key=lambda kv: -kv[1])[:40]
+        probe_file.write_text(json.dumps({"tasks": tasks, "lags": lags, "stalls": top}))
+
+
+# ---------------------------------------------------------------- the bench process
+
+
+class RssSampler:
+    """Samples each worker process and all its descendants (sandboxes) every `every_s`."""
+
+    def __init__(self, pids: list[int], every_s: float = 0.2) -> None:
+        self.pids = pids
+        self.every_s = every_s
+        self.peak_worker = dict.fromkeys(pids, 0)
+        self.peak_tree = dict.fromkeys(pids, 0)
+        self.cpu: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def sample(self) -> dict[int, tuple[int, int]]:
+        children: dict[int, list[int]] = {}
+        rss: dict[int, int] = {}
+        cpu: dict[int, float] = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(stat[1]), []).append(int(entry))
+            rss[int(entry)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+            cpu[int(entry)] = sum(int(v) for v in stat[11:15]) / tick
+        result = {}
+        for pid in self.pids:
+            tree, pending = 0, [pid]
+            while pending:
+                p = pending.pop()
+                tree += rss.get(p, 0)
+                pending += children.get(p, [])
+            result[pid] = (rss.get(pid, 0), tree)
+            self.cpu[pid] = cpu.get(pid, 0.0)
+        return result
+
+    def sample_cpu(self) -> dict[int, float]:
+        """CPU seconds of each worker process, with those of its children that ended (reaped sandboxes)."""
+        self.sample()
+        return dict(self.cpu)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            for pid, (own, tree) in self.sample().items():
+                self.peak_worker[pid] = max(self.peak_worker[pid], own)
+                self.peak_tree[pid] = max(self.peak_tree[pid], tree)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process: the web process and the test servers (threads)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def redis_bytes(client: redis.Redis) -> int:
+    """MEMORY USAGE of every key in the database (what this installation stores, not the server's overhead)."""
+    total = 0
+    for key in client.scan_iter(count=1000):
+        total += int(cast(int | None, client.memory_usage(key, samples=0)) or 0)
+    return total
+
+
+def first_request_times(stack: Stack, markers: dict[str, str]) -> dict[str, float]:
+    """run id → when the model received that run's first request (found by the marker in its first message)."""
+    seen: dict[str, float] = {}
+    for record in list(stack.anthropic.requests):
+        messages = record.body.get("messages") or []
+        first = json.dumps(messages[0]) if messages else ""
+        for marker, run_id in markers.items():
+            if run_id not in seen and marker in first:
+                seen[run_id] = record.time
+    return seen
+
+
+def fire_batch(stack: Stack, count: int, tag: str) -> tuple[dict[str, float], dict[str, str]]:
+    """Fire `count` runs at once; returns run id → fire time and marker → run id."""
+    markers = [f"{tag}-{i}-{uuid.uuid4().hex[:8]}" for i in range(count)]
+    barrier = threading.Barrier(count)
+
+    def one(marker: str) -> tuple[str, str, float]:
+        barrier.wait()
+        started = time.time()
+        response = stack.fire("scale", text=marker)
+        response.raise_for_status()
+        return marker, str(response.json()["run_id"]), started
+
+    with ThreadPoolExecutor(count) as pool:
+        fired = list(pool.map(one, markers))
+    return {run: t for _m, run, t in fired}, {m: run for m, run, _t in fired}
+
+
+def wait_all(stack: Stack, run_ids: list[str], timeout_s: float) -> dict[str, dict[str, Any]]:
+    """Poll every run until it is terminal (an answer without a state is shown, then polled again)."""
+    deadline, runs = time.monotonic() + timeout_s, {}
+    for run_id in run_ids:
+        while True:
+            response = stack.get(f"/api/runs/{run_id}")
+            run: dict[str, Any] = response.json() if response.status_code == 200 else {}
+            if run.get("state") in TERMINAL:
+                runs[run_id] = run
+                break
+            if "state" not in run:
+                print(f"  GET /api/runs/{run_id}: {response.status_code} {response.text[:200]}", file=sys.stderr)
+            if time.monotonic() > deadline:
+                raise SystemExit(f"run {run_id} did not finish in {timeout_s:g} s; last {run.get('state')}")
+            time.sleep(0.1)
+    return runs
+
+
+def phases(stack: Stack, run: dict[str, Any]) -> dict[str, float]:
+    """Seconds spent in each phase, from the run's own event log."""
+    at: dict[str, float] = {}
+    for event in stack.events(run["id"]):
+        kind, data = event["type"], event.get("data") or {}
+        name = f"{kind}:{data.get('state')}" if kind == "run.state" else kind
+        at.setdefault(name, float(event["ts"]))
+    at["created"] = float(run["created_at"])
+    spans = {
+        "queue": ("created", "run.state:preparing"),
+        "repo+token": ("run.state:preparing", "run.token"),
+        "workspace": ("run.token", "workspace.ready"),
+        "sandbox": ("run.state:running", "model.request"),
+    }
+    return {name: at[end] - at[start] for name, (start, end) in spans.items() if start in at and end in at}
+
+
+def job_starts(redis_url: str, run_ids: list[str]) -> dict[str, float]:
+    """run id → when a worker started its arq job (arq's own record of the job, read through its public Job)."""
+    from arq.jobs import Job
+
+    from app.store import queue
+
+    async def read() -> dict[str, float]:
+        pool = queue.connect(redis_url)
+        try:
+            starts = {}
+            for run_id in run_ids:
+                info = await Job(queue.run_job_id(run_id), pool, _deserializer=queue.loads).result_info()
+                if info is not None:
+                    starts[run_id] = info.start_time.timestamp()
+            return starts
+        finally:
+            await pool.aclose()
+
+    return asyncio.run(read())
+
+
+def thread_split(probes: list[dict[str, Any]], firsts: dict[str, float]) -> dict[str, list[float]]:
+    """Per run: time queued for a pool thread; in-thread mirror ensure, split into lock wait and hold
+    (ensures of one mirror are serial under its lock, across processes: a hold starts when the previous
+    one ended or when this one began, whichever is later); checkout."""
+    tasks = [t for p in probes for t in p["tasks"] if "ended" in t and t.get("run") in firsts]
+    tasks = [t for t in tasks if t["submitted"] < firsts[t["run"]]]
+    out: dict[str, list[float]] = {"pool wait": [], "lock wait": [], "fetch (lock held)": [], "checkout": []}
+    per_run_pool: dict[str, float] = {}
+    for t in tasks:
+        per_run_pool[t["run"]] = per_run_pool.get(t["run"], 0.0) + t["started"] - t["submitted"]
+    out["pool wait"] = list(per_run_pool.values())
+    ensures = sorted((t for t in tasks if "ensure" in t["what"]), key=lambda t: t["ended"])
+    previous_end = 0.0
+    for t in ensures:
+        hold = t["ended"] - max(t["started"], previous_end)
+        out["lock wait"].append(t["ended"] - t["started"] - hold)
+        out["fetch (lock held)"].append(hold)
+        previous_end = t["ended"]
+    out["checkout"] = [t["ended"] - t["started"] for t in tasks if "checkout" in t["what"] or "spare" in t["what"]]
+    return out
+
+
+def start_worker(stack: Stack, env: dict[str, str], probe: Path, skip: bool) -> subprocess.Popen[bytes]:
+    s = stack.settings
+    env = {
+        **os.environ,
+        **env,
+        "REDIS_URL": s.redis_url or "",
+        "GITHUB_API_URL": s.github_api_url,
+        "GITHUB_APP_ID": s.github_app_id or "",
+        "GITHUB_APP_PRIVATE_KEY": s.github_app_private_key or "",
+        "ANTHROPIC_API_KEY": s.anthropic_api_key or "",
+        "ANTHROPIC_BASE_URL": s.anthropic_base_url or "",
+        "ROUTINES_DIR": str(s.routines_dir),
+        "ROUTINES_DATA_DIR": str(s.data_dir),
+        "ROUTINES_PUBLIC_URL": s.public_url,
+        "ROUTINES_API_TOKEN": s.api_token or "",
+        "ROUTINES_POLL_DELAY_MS": "20",
+    }
+    argv = [sys.executable, __file__, "--worker", str(probe), *(["--skip-fresh-fetch"] if skip else [])]
+    if not os.environ.get("BENCH_WORKER_LOG"):
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(probe.with_suffix(".log"), "wb") as log:
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=log)
+
+
+def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
+    client = redis.Redis.from_url(args.redis)
+    client.flushdb()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        folder = root / "routines"
+        folder.mkdir()
+        (folder / "scale.md").write_text(ROUTINE)
+        (folder / "listener.md").write_text(LISTENER)
+        source = root / "src"
+        source.mkdir()
+        for i in range(200):
+            (source / f"m{i}.py").write_text(f"X = {i}\n")
+        overrides = {"github_webhook_secret": SECRET}
+        with running_stack(root, args.redis, routines_dir=folder, worker=False, **overrides) as stack:
+            stack.github.add_repo("acme/app", stack.installation, source_dir=source)
+            turns = [Turn([bash(cmd)]) for cmd in TOOL_TURNS] + [Turn([text("Touched m1.py.")])]
+            stack.anthropic.add_script(Script(turns))
+            jobs = args.max_jobs or -(-count // args.workers)
+            probes = [root / f"probe-{i}.json" for i in range(args.workers)]
+            env = {"ROUTINES_MAX_JOBS": str(jobs)}
+            workers = [start_worker(stack, env, p, args.skip_fresh_fetch) for p in probes]
+            try:
+                alone: list[float] = []
+                for i in range(args.warmup + args.alone):
+                    fired, markers = fire_batch(stack, 1, f"alone{i}")
+                    run = wait_all(stack, list(fired), 120)
+                    firsts = first_request_times(stack, markers)
+                    if _check(run):
+                        raise SystemExit(f"a run alone did not succeed: {_check(run)}")
+                    if i >= args.warmup:
+                        alone += [firsts[r] - fired[r] for r in fired]
+                time.sleep(1.0)
+                idle = RssSampler([w.pid for w in workers]).sample()
+                before = redis_bytes(client)
+                machine_before = machine_busy()
+                cpu_before = sum(RssSampler([w.pid for w in workers]).sample_cpu().values()), _own_cpu()
+                with RssSampler([w.pid for w in workers]) as rss:
+                    fired, markers = fire_batch(stack, count, "load")
+                    runs = wait_all(stack, list(fired), 600)
+                machine_after = machine_busy()
+                cpu_after = sum(RssSampler([w.pid for w in workers]).sample_cpu().values()), _own_cpu()
+                failed = _check(runs)
+                after = redis_bytes(client)
+                firsts = first_request_times(stack, markers)
+                latencies = [firsts[r] - fired[r] for r in fired if r in firsts]
+                finished = max(float(r["updated_at"]) for r in runs.values())
+                per_run = {r: phases(stack, runs[r]) for r in runs}
+                for run_id, started in job_starts(args.redis, list(runs)).items():
+                    created = float(runs[run_id]["created_at"])
+                    per_run[run_id]["queue: to a worker"] = started - created
+                    if "queue" in per_run[run_id]:
+                        per_run[run_id]["queue: job start"] = per_run[run_id]["queue"] - (started - created)
+                handled = _deliveries(stack, client, args.deliveries, settle_s=3.0)
+            finally:
+                for w in workers:
+                    w.send_signal(signal.SIGTERM)
+                for w in workers:
+                    try:
+                        w.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        w.kill()
+            held = _deliveries(stack, client, args.deliveries, settle_s=0.0)
+            loaded = [json.loads(p.read_text()) for p in probes if p.exists()]
+            if os.environ.get("BENCH_WORKER_LOG"):
+                for p in probes:
+                    Path(os.environ["BENCH_WORKER_LOG"]).with_suffix(f".{p.stem}.log").write_bytes(
+                        p.with_suffix(".log").read_bytes()
+                    )
+    return {
+        "count": count,
+        "jobs": jobs,
+        "alone": alone,
+        "failed": failed,
+        "latencies": latencies,
+        "per_min": count / (finished - min(fired.values())) * 60,
+        "phases": {k: [p[k] for p in per_run.values() if k in p] for k in next(iter(per_run.values()))},
+        "threads": thread_split(loaded, firsts),
+        "lags": [lag for p in loaded for lag in p["lags"]],
+        "stalls": sorted((s for p in loaded for s in p.get("stalls", [])), key=lambda s: -s[1])[:40],
+        "rss_worker": max(rss.peak_worker.values()),
+        "rss_tree": rss.peak_tree,
+        "rss_idle": {pid: tree for pid, (_own, tree) in idle.items()},
+        "redis_per_run": (after - before) / count,
+        "cpu_workers": (cpu_after[0] - cpu_before[0]) / count,
+        "cpu_servers": (cpu_after[1] - cpu_before[1]) / count,
+        "machine_busy": (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1]),
+        "ours_busy": (cpu_after[0] - cpu_before[0] + cpu_after[1] - cpu_before[1])
+        / (machine_after[1] - machine_before[1]),
+        "redis_per_delivery": handled,
+        "redis_per_held_delivery": held,
+    }
+
+
+def _deliveries(stack: Stack, client: redis.Redis, count: int, settle_s: float) -> float:
+    """Redis bytes per webhook delivery (a 12 KB `issues.labeled` no routine listens to): with the workers
+    up, once handled (the claim and the job's kept result); with them down, as held (payload, stream entry,
+    claim)."""
+    payload = json.loads(PAYLOAD.read_text())
+    before = redis_bytes(client)
+    url = f"{stack.web_url}/webhooks/github"
+    for _ in range(count):
+        deliver(stack.github, "issues", payload, url, SECRET)
+        answer = stack.github.hook_deliveries[-1]
+        if answer.get("status_code") not in (200, 202):
+            raise SystemExit(f"the web process refused a delivery: {answer}")
+    time.sleep(settle_s)
+    return (redis_bytes(client) - before) / count
+
+
+def _check(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """Why each run that did not succeed ended as it did (printed with the figures, which still count it)."""
+    return [f"{r}: {v['state']}: {v.get('error')}" for r, v in runs.items() if v["state"] != "succeeded"]
+
+
+def report(m: dict[str, Any]) -> None:
+    alone, lat = statistics.median(m["alone"]), m["latencies"]
+    p50, p99 = statistics.median(lat), percentile(lat, 0.99)
+    mib = 1024 * 1024
+    print(f"\n{m['count']} runs at once, {m['jobs']} jobs per worker:")
+    succeeded = m["count"] - len(m["failed"])
+    print(f"  {succeeded} of {m['count']} succeeded; {m['per_min']:.0f} runs/min")
+    for reason in m["failed"][:5]:
+        print(f"    NOT succeeded: {reason}")
+    print(f"  fire → first model request: p50 {p50:.2f} s, p99 {p99:.2f} s; alone {alone:.2f} s", end="")
+    print(f" (p50 of {len(m['alone'])})")
+    verdict = "met" if p99 <= 10 * alone else "NOT met"
+    print(f"  ratio to alone: p50 {p50 / alone:.1f}×, p99 {p99 / alone:.1f}×  (target p99 ≤ 10×: {verdict})")
+    print("  where the time before the first request went (p50 / p99 / max, s):")
+    rows = {**m["phases"], **m["threads"]}
+    for name, values in rows.items():
+        if values:
+            med, high, top = statistics.median(values), percentile(values, 0.99), max(values)
+            print(f"    {name:18} {med:6.2f} {high:6.2f} {top:6.2f}")
+    print(
+        f"  CPU per run: workers and sandboxes {m['cpu_workers']:.2f} s, "
+        f"web + test servers (this process) {m['cpu_servers']:.2f} s; the machine was "
+        f"{m['machine_busy']:.0%} busy during the burst, {m['ours_busy']:.0%} of it this bench's"
+    )
+    lags = m["lags"]
+    if lags:
+        print(f"  event-loop lag: p99 {percentile(lags, 0.99) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms")
+    per_worker = m["count"] / len(m["rss_tree"])
+    growth = [(m["rss_tree"][pid] - m["rss_idle"][pid]) / min(per_worker, m["jobs"]) for pid in m["rss_tree"]]
+    print(
+        f"  peak RSS per worker process {m['rss_worker'] / mib:.0f} MiB; "
+        f"with its sandboxes {max(m['rss_tree'].values()) / mib:.0f} MiB; "
+        f"per concurrent run {statistics.mean(growth) / mib:.1f} MiB"
+    )
+    per_run, per_delivery = m["redis_per_run"] / 1024, m["redis_per_delivery"] / 1024
+    held = m["redis_per_held_delivery"] / 1024
+    print(f"  Redis: {per_run:.1f} KiB per run; per delivery {held:.1f} KiB held, {per_delivery:.1f} KiB once handled")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, nargs="+", default=[40, 80])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-jobs", type=int, default=None, help="ROUTINES_MAX_JOBS (default: runs / workers)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--alone", type=int, default=5)
+    parser.add_argument("--deliveries", type=int, default=100)
+    parser.add_argument("--skip-fresh-fetch", action="store_true")
+    parser.add_argument("--threads", type=int, help="each worker's thread pool (0: asyncio's default)")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads is not None:
+        os.environ["BENCH_THREADS"] = str(args.threads)
+    if args.worker is not None:
+        worker_main(args.worker, args.skip_fresh_fetch)
+        return
+    for count in args.runs:
+        result = measure(args, count)
+        report(result)
+        if os.environ.get("BENCH_STALLS"):
+            for where, n in result["stalls"]:
+                print(f"  {n:5d} {where}")
+
+
+if __name__ == "__main__":
+    main()
