@@ -1,23 +1,35 @@
-"""Warm workspace preparation versus `git clone --depth 1`, both over smart HTTP on 127.0.0.1.
+"""Workspace preparation versus `git clone --depth 1`, both over smart HTTP on 127.0.0.1.
 
-    python bench/workspace_prepare.py [--files 20000] [--runs 5] [--dir /tmp]
+    python bench/workspace_prepare.py [--files 20000] [--cold-files 50000] [--runs 3] [--moves 0,1,10,50]
 
-Builds a repository of small text files in nested directories, serves it with `git http-backend`,
-then alternates (a) `git clone --depth 1 <url>` and (b) warm preparation: `Mirrors.ensure` on a
-mirror that already exists (an incremental fetch that finds nothing new) followed by `checkout`.
-Work trees are kept until the end, because deleting many files slows the next writes on some disks.
+Warm: a repository of `--files` small files whose mirror and spare work tree exist. Each round moves
+the served `main` by N commits (N in `--moves`; together they touch 1% of the files: edits, renames,
+deletions, new files), then times, in alternating order, `git clone --depth 1` of it and a run's
+preparation: `Mirrors.ensure` (the fetch) and `Mirrors.checkout` (the spare, brought forward by the
+difference). N = 0 is the base that did not move.
 
+Cold: a repository of `--cold-files` files with some history, and no mirror yet. Alternates
+`git clone --depth 1` (which checks out) with a first preparation on an empty data directory
+(a shallow clone of the default branch, then the checkout); what a preparation leaves in the
+background (the rest of the history, a spare work tree) is waited for outside the timing.
+
+Medians of `--runs` rounds; the ratio is clone time over preparation time for warm (higher is
+better) and preparation over clone for cold (lower is better). Work trees are kept until the end,
+because deleting many files slows the next writes on some disks.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -25,22 +37,70 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.git.checkouts import checkout
 from app.git.mirrors import Mirrors
 from app.testing.git_http import run_http_backend
 from app.testing.serve import serve_in_thread
 
+COMMITTER = b"committer Bench <bench@example.com> %d +0000\n"
 
-def make_repo(path: Path, files: int) -> None:
-    """A bare repository with `files` small files in one commit on `main`, written by `git fast-import`."""
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(path)], check=True)
-    stream = [b"commit refs/heads/main\ncommitter Bench <bench@example.com> 1700000000 +0000\ndata 5\nbench\n"]
-    for i in range(files):
-        body = f"file {i}\n".encode() + b"a line of text in a small source file\n" * (3 + i % 7)
-        name = f"src/pkg{i % 20}/mod{i // 20 % 50}/file{i}.txt"
-        stream.append(b"M 100644 inline " + name.encode() + b"\ndata %d\n" % len(body) + body + b"\n")
-    subprocess.run(["git", "-C", str(path), "fast-import", "--quiet"], input=b"".join(stream), check=True)
-    subprocess.run(["git", "-C", str(path), "gc", "-q"], check=True)
+
+def body(i: int, version: int = 0) -> bytes:
+    return f"file {i} version {version}\n".encode() + b"a line of text in a small source file\n" * (3 + i % 7)
+
+
+def name(i: int) -> str:
+    return f"src/pkg{i % 20}/mod{i // 20 % 50}/file{i}.txt"
+
+
+class Upstream:
+    """A served bare repository of small files on `main`, moved forward with `git fast-import`."""
+
+    def __init__(self, path: Path, files: int) -> None:
+        self.path = path
+        self.paths = [name(i) for i in range(files)]
+        self.clock = 1_700_000_000
+        self.rng = random.Random(files)
+        subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(path)], check=True)
+        stream = [b"commit refs/heads/main\n" + COMMITTER % self.clock + b"data 5\nbench\n"]
+        for i, path_name in enumerate(self.paths):
+            stream.append(_modify(path_name, body(i)))
+        self._import(stream)
+        subprocess.run(["git", "-C", str(path), "gc", "-q"], check=True)
+
+    def move(self, commits: int, touched: int) -> None:
+        """Add `commits` commits on `main` that together touch `touched` files."""
+        stream: list[bytes] = []
+        for n in range(commits):
+            self.clock += 1
+            stream.append(b"commit refs/heads/main\n" + COMMITTER % self.clock + b"data 5\nmove\n")
+            if n == 0:
+                stream.append(b"from refs/heads/main^0\n")
+            for k in range(max(1, touched // commits)):
+                stream.append(self._change(k))
+        self._import(stream)
+
+    def _change(self, k: int) -> bytes:
+        """Mostly edits; every 10th a rename, every 20th a deletion paired with a new file."""
+        at = self.rng.randrange(len(self.paths))
+        old = self.paths[at]
+        if k % 10 == 9:
+            self.paths[at] = old.replace(".txt", f".r{self.clock}.txt")
+            return f"R {old} {self.paths[at]}\n".encode()
+        if k % 20 == 19:
+            self.paths[at] = f"src/new/{self.clock}-{k}.txt"
+            return f"D {old}\n".encode() + _modify(self.paths[at], body(at, self.clock))
+        return _modify(old, body(at, self.clock))
+
+    def _import(self, stream: list[bytes]) -> None:
+        subprocess.run(["git", "-C", str(self.path), "fast-import", "--quiet"], input=b"".join(stream), check=True)
+
+    def head(self) -> str:
+        done = subprocess.run(["git", "-C", str(self.path), "rev-parse", "main"], check=True, capture_output=True)
+        return done.stdout.decode().strip()
+
+
+def _modify(path_name: str, data: bytes) -> bytes:
+    return b"M 100644 inline " + path_name.encode() + b"\ndata %d\n" % len(data) + data + b"\n"
 
 
 def serve(root: Path) -> Starlette:
@@ -50,62 +110,106 @@ def serve(root: Path) -> Starlette:
     return Starlette(routes=[Route("/{path:path}", backend, methods=["GET", "POST"])])
 
 
-def clone(url: str, dest: Path) -> float:
+async def clone(url: str, dest: Path) -> float:
     start = time.perf_counter()
-    subprocess.run(["git", "clone", "-q", "--depth", "1", url, str(dest)], check=True)
+    await asyncio.to_thread(subprocess.run, ["git", "clone", "-q", "--depth", "1", url, str(dest)], check=True)
     return time.perf_counter() - start
 
 
-async def prepare(mirrors: Mirrors, url: str, dest: Path) -> float:
-    """Warm preparation as a run does it; the spare work tree it uses up is replaced before the next timing."""
+async def prepare(mirrors: Mirrors, url: str, dest: Path, head: str) -> float:
+    """A run's preparation, timed; then what it started in the background is waited for, untimed."""
     start = time.perf_counter()
-    mirror = await mirrors.ensure(url)
-    await mirrors.checkout(mirror, "main", dest)
+    workspace = await mirrors.checkout(await mirrors.ensure(url), "main", dest)
     elapsed = time.perf_counter() - start
+    if workspace.base_commit != head:
+        raise SystemExit(f"prepared {workspace.base_commit}, expected {head}")
     await mirrors.settle()
     return elapsed
 
 
-async def fresh(mirrors: Mirrors, url: str, dest: Path) -> float:
-    """Warm mirror but no spare work tree: every file written."""
-    start = time.perf_counter()
-    await checkout(await mirrors.ensure(url), "main", dest)
-    return time.perf_counter() - start
+async def alternate(
+    first: Callable[[], Awaitable[float]], second: Callable[[], Awaitable[float]], flip: bool
+) -> tuple[float, float]:
+    """Both timings, the order flipped every other round."""
+    if flip:
+        b = await second()
+        return await first(), b
+    a = await first()
+    return a, await second()
+
+
+def report(title: str, clones: list[float], ours: list[float], *, cold: bool) -> str:
+    clone_s, ours_s = statistics.median(clones), statistics.median(ours)
+    ratio = f"{ours_s / clone_s:.2f}x of the clone" if cold else f"{clone_s / ours_s:.1f}x faster"
+    return f"{title:<34} clone {clone_s:6.3f} s   ours {ours_s:6.3f} s   {ratio}"
+
+
+async def warm(work: Path, files: int, moves: list[int], runs: int) -> list[str]:
+    upstream = Upstream(work / "served" / "warm.git", files)
+    touched = files // 100
+    lines = []
+    with serve_in_thread(serve(work / "served")) as server:
+        url = f"{server.url}/warm.git"
+        mirrors = Mirrors(work / "data")
+        await prepare(mirrors, url, work / "runs" / "first", upstream.head())
+        await mirrors.settle()
+        results: dict[int, tuple[list[float], list[float]]] = {n: ([], []) for n in moves}
+        for run in range(runs):
+            for i, n in enumerate(moves[run % len(moves) :] + moves[: run % len(moves)]):
+                if n:
+                    upstream.move(n, touched)
+                head, where = upstream.head(), work / f"{n}-{run}"
+                clone_s, ours_s = await alternate(
+                    partial(clone, url, where / "clone"),
+                    partial(prepare, mirrors, url, where / "run", head),
+                    flip=(run + i) % 2 == 1,
+                )
+                results[n][0].append(clone_s)
+                results[n][1].append(ours_s)
+                print(f"  warm, moved by {n:>2}: clone {clone_s:.3f} s, ours {ours_s:.3f} s", flush=True)
+        for n in moves:
+            lines.append(report(f"{files} files, base moved by {n}", *results[n], cold=False))
+    return lines
+
+
+async def cold(work: Path, files: int, runs: int) -> list[str]:
+    upstream = Upstream(work / "served" / "cold.git", files)
+    upstream.move(50, files // 20)
+    clones, ours = [], []
+    with serve_in_thread(serve(work / "served")) as server:
+        url = f"{server.url}/cold.git"
+        for run in range(runs):
+            where = work / f"cold-{run}"
+            mirrors = Mirrors(where / "data")
+            clone_s, ours_s = await alternate(
+                partial(clone, url, where / "clone"),
+                partial(prepare, mirrors, url, where / "run", upstream.head()),
+                flip=run % 2 == 1,
+            )
+            clones.append(clone_s)
+            ours.append(ours_s)
+            print(f"  cold: clone {clone_s:.3f} s, ours {ours_s:.3f} s", flush=True)
+    return [report(f"{files} files, first run (cold)", clones, ours, cold=True)]
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--files", type=int, default=20_000)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--cold-files", type=int, default=50_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--moves", default="0,1,10,50", help="commits the base moves by, per warm case")
+    parser.add_argument("--skip", choices=["warm", "cold"], default=None)
     parser.add_argument("--dir", type=Path, default=None, help="where to work (default: a temporary directory)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-workspace-", dir=args.dir))
     try:
-        start = time.perf_counter()
-        make_repo(work / "served" / "repo.git", args.files)
-        print(f"repository of {args.files} files built in {time.perf_counter() - start:.1f} s")
-        with serve_in_thread(serve(work / "served")) as server:
-            url = f"{server.url}/repo.git"
-            mirrors = Mirrors(work / "cache")
-            start = time.perf_counter()
-            await mirrors.ensure(url)
-            print(f"cold mirror (first clone, bare): {time.perf_counter() - start:.2f} s")
-            await mirrors.checkout(await mirrors.ensure(url), "main", work / "runs" / "first" / "work")
-            await mirrors.settle()
-            clones, prepares, fresh_s = [], [], []
-            for run in range(args.runs):
-                clones.append(await asyncio.to_thread(clone, url, work / "clones" / str(run)))
-                prepares.append(await prepare(mirrors, url, work / "runs" / str(run) / "work"))
-                fresh_s.append(await fresh(mirrors, url, work / "fresh" / str(run) / "work"))
-                print(
-                    f"run {run + 1}: git clone --depth 1 {clones[-1]:.3f} s, warm prepare {prepares[-1]:.3f} s, "
-                    f"without a spare {fresh_s[-1]:.3f} s"
-                )
-        clone_median, prepare_median = statistics.median(clones), statistics.median(prepares)
-        print(f"median git clone --depth 1: {clone_median:.3f} s")
-        print(f"median warm prepare (ensure + Mirrors.checkout, spare ready): {prepare_median:.3f} s")
-        print(f"median warm prepare without a spare (ensure + checkout): {statistics.median(fresh_s):.3f} s")
-        print(f"ratio clone / warm prepare: {clone_median / prepare_median:.1f}x")
+        lines = []
+        if args.skip != "warm":
+            lines += await warm(work, args.files, [int(n) for n in args.moves.split(",")], args.runs)
+        if args.skip != "cold":
+            lines += await cold(work, args.cold_files, args.runs)
+        print(f"medians of {args.runs} rounds, each against git clone --depth 1 over the same server:")
+        print("\n".join(lines))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
