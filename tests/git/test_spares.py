@@ -17,6 +17,7 @@ from app.git.checkouts import checkout
 from app.git.layout import private_gitdir
 from app.git.mirrors import Mirrors
 from app.git.spares import claim_spare, keep_spare, spares_dir
+from app.sandbox.bwrap import BwrapSandbox, sandbox_available
 from tests.git.test_checkouts import BLOB, LINK, TREE, blob, tree
 from tests.support.git import git
 
@@ -211,3 +212,28 @@ async def test_a_spare_is_claimed_once(origin: Path, tmp_path: Path) -> None:
     assert [p.name for p in spares_dir(mirror).iterdir() if not p.name.startswith(".")] == []
     with pytest.raises(WorkspaceError, match="does not exist"):
         claim_spare(mirror, "no-such-branch", tmp_path / "runs" / "3")
+
+
+async def test_a_run_from_a_brought_forward_spare_sees_only_its_own_tree_in_bwrap(origin: Path, tmp_path: Path) -> None:
+    reason = sandbox_available()
+    if reason is not None:
+        pytest.fail(reason)
+    mirrors = Mirrors(tmp_path / "data")
+    mirror = await mirrors.ensure(str(origin))
+    first = await mirrors.checkout(mirror, "main", tmp_path / "data" / "runs" / "1" / "repo")
+    await mirrors.settle()
+    move(origin)
+    await mirrors.ensure(str(origin))
+    second = await mirrors.checkout(mirror, "main", tmp_path / "data" / "runs" / "2" / "repo")
+    await mirrors.settle()
+    (first.path / "run-1-only.txt").write_text("another run's file\n")
+    assert list(spares_dir(mirror).glob("*/work")), "a new spare waits beside the mirror"
+
+    shell = await BwrapSandbox().shell(second.path, {})
+    try:
+        seen = await shell.run(f"ls {first.path} {spares_dir(mirror)}; git status --porcelain; cat docs/moved/*", 20)
+    finally:
+        await shell.close()
+    assert seen.output.count("No such file or directory") == 2, seen.output
+    assert "run-1-only" not in seen.output
+    assert seen.output.endswith("renamed\n"), "the agent's git sees a clean tree at the new base"
