@@ -310,6 +310,10 @@ class Checkout(Protocol):
         """The file `path` of the base commit, read from git objects (None: no such regular file, or larger)."""
         ...
 
+    def base_entry(self, path: str) -> str | None:
+        """The git id and mode of `path` in the base commit (a file, folder, link or submodule), or None."""
+        ...
+
 
 class Workspaces(Protocol):
     """Per-repository mirrors and fresh checkouts made from them."""

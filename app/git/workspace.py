@@ -213,6 +213,14 @@ class Workspace:
         blob = entry.peel(pygit2.Blob)
         return None if blob.size > max_bytes else bytes(blob.data)
 
+    def base_entry(self, path: str) -> str | None:
+        """The git id and mode of `path` in the base commit (`<oid> <mode>`), from git objects; None: absent."""
+        try:
+            entry = self._repo()[self.base_commit].peel(pygit2.Commit).tree[path]
+        except (KeyError, ValueError):
+            return None
+        return f"{entry.id} {entry.filemode:o}"
+
     def cleanup(self, *, keep_checkpoints: bool = False) -> None:
         """Remove the work tree, the private git directory, the staging folder and (unless kept) the
         checkpoints. Called once no sandbox process is left; never follows a symlink, also where the

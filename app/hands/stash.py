@@ -3,9 +3,9 @@
 A stash is a tar file in the exchange folder (a folder only the hands process sees): `workspace/<name>`
 for each top-level entry of the work tree the setup created (`node_modules`, `.venv`, …) and `home/…`
 for what it left in $HOME (`~/.npm`, `~/.local`, …). Packing runs here, inside the sandbox, so a symlink
-or FIFO the setup made is archived as what it is and never followed; unpacking uses tarfile's `data`
-filter, which refuses absolute paths, `..`, links that leave the target and special files, so a stash
-can only ever fill the work tree and $HOME. Only regular files, folders and symlinks are kept.
+or FIFO the setup made is archived as what it is and never followed; unpacking makes folders and regular
+files first (tarfile's `data` filter) and symlinks last, never writing through a link, so a stash can only
+ever fill the work tree and $HOME. Only regular files, folders and symlinks are kept.
 """
 
 from __future__ import annotations
@@ -59,18 +59,45 @@ def unpack(workspace: str, home: str, exchange: str) -> dict[str, int]:
 
 def unpack_tar(path: str, workspace: str, home: str) -> int:
     """Extract the stash at `path`: its `workspace/` part into `workspace`, its `home/` part into `home`
-    (tarfile's `data` filter; `.git` never); the number of entries."""
+    (`.git` never); the number of entries.
+
+    Folders and regular files first, through tarfile's `data` filter; symlinks last, as they are (a
+    virtualenv's absolute links included), each only where every folder above it is a real folder of
+    the target: nothing is ever written through a link, whatever the names or the Python version."""
     files = 0
+    links: list[tuple[str, str, str]] = []  # (target root, relative path, link text)
     with tarfile.open(path) as tar:
-        members = tar.getmembers()
-        for prefix, target in (("workspace/", workspace), ("home/", home)):
-            chosen = []
-            for member in members:
-                if member.name.startswith(prefix) and len(member.name) > len(prefix):
-                    member.name = member.name[len(prefix) :]
-                    if member.name.split("/", 1)[0] == ".git":
-                        continue
-                    chosen.append(member)
-            tar.extractall(target, members=chosen, filter="data")
-            files += len(chosen)
+        for member in tar.getmembers():
+            for prefix, target in (("workspace/", workspace), ("home/", home)):
+                if not member.name.startswith(prefix) or len(member.name) == len(prefix):
+                    continue
+                name = member.name[len(prefix) :]
+                parts = name.split("/")
+                if parts[0] == ".git" or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                    break
+                if member.issym():
+                    links.append((target, name, member.linkname))
+                elif member.isdir() or member.isfile():
+                    if not _real_folders(target, parts[:-1]):
+                        break
+                    tar.extract(member.replace(name=name, deep=False), target, filter="data")
+                else:
+                    break
+                files += 1
+                break
+    for target, name, text in sorted(links, key=lambda link: link[1].count("/")):
+        parts = name.split("/")
+        if _real_folders(target, parts[:-1]) and not os.path.lexists(os.path.join(target, name)):
+            os.makedirs(os.path.join(target, *parts[:-1]), exist_ok=True)
+            os.symlink(text, os.path.join(target, name))
     return files
+
+
+def _real_folders(root: str, parts: list[str]) -> bool:
+    """Whether each of `parts` below `root` is a real folder or absent (to be made), never a link."""
+    path = root
+    for part in parts:
+        path = os.path.join(path, part)
+        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+            return False
+    return True

@@ -17,7 +17,7 @@ from typing import Any
 
 from app.core.domain import Environment
 from app.core.errors import ConfigError
-from app.routines.environment import check_image
+from app.routines.environment import check_env_name, check_image
 
 PATHS = (".devcontainer/devcontainer.json", ".devcontainer.json")
 MAX_BYTES = 256 * 1024
@@ -67,7 +67,7 @@ def parse_devcontainer(text: str, where: str, present: set[str] | None = None) -
     `present`: the repository's root file names, to key the setup's cache by the lockfiles among them."""
     try:
         data = json.loads(strip_jsonc(text))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         fix = "fix it, or give the routine environment: {image: …}"
         raise ConfigError(f"{where} is not JSON with comments ({exc}); {fix}") from None
     if not isinstance(data, dict):
@@ -92,6 +92,9 @@ def parse_devcontainer(text: str, where: str, present: set[str] | None = None) -
         values = data.get(key) or {}
         if not isinstance(values, dict) or not all(isinstance(v, str | None) for v in values.values()):
             raise ConfigError(f"{where}: {key} must map names to strings")
+        for name in values:
+            if (problem := check_env_name(str(name))) is not None:
+                raise ConfigError(f"{where}: {key}: {problem}")
         env.update({str(k): str(v) for k, v in values.items() if v is not None})
     setup = tuple(command for key in LIFECYCLE for command in _commands(data.get(key), f"{where}: {key}"))
     cache = tuple(sorted(name for name in (present or set()) if name in LOCKFILES)) if setup else ()

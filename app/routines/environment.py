@@ -30,14 +30,22 @@ MAX_SETUP_CHARS = 20_000
 # What the sandbox sets itself: its home, the egress proxy and the run's CA bundle
 _RESERVED_ENV = frozenset(
     {"HOME", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy", "SSL_CERT_FILE"}
+    | {"BASH_ENV", "ENV", "LD_PRELOAD", "LD_LIBRARY_PATH", "PROMPT_COMMAND"}
     | {"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "NODE_EXTRA_CA_CERTS"}
 )
 
 
 def check_image(reference: str) -> str | None:
     """Why `reference` is not an image reference, or None."""
-    if len(reference) > 255 or not re.match(IMAGE_PATTERN, reference):
+    if len(reference) > 255 or not re.fullmatch(IMAGE_PATTERN.removeprefix("^").removesuffix("$"), reference):
         return f"image {reference!r} is not an OCI image reference — write e.g. node:22-bookworm or ghcr.io/acme/dev:1"
+    return None
+
+
+def check_env_name(name: str) -> str | None:
+    """Why `name` cannot be a variable of the sandbox (the proxy's, the CA's, HOME…), or None."""
+    if not re.fullmatch(ENV_NAME.removeprefix("^").removesuffix("$"), name) or name in _RESERVED_ENV:
+        return f"variable {name!r} cannot be set — use letters, digits and '_', and not the sandbox's own"
     return None
 
 
@@ -96,7 +104,7 @@ def read_environment(r: Reader, node: yaml.Node) -> Environment:
 def _env(r: Reader, node: yaml.Node) -> tuple[tuple[str, str], ...]:
     pairs = []
     for name, (key_node, value_node) in r.mapping(node, "environment.env", (), "env: {NODE_ENV: test}").items():
-        if not re.match(ENV_NAME, name) or name in _RESERVED_ENV:
+        if check_env_name(name) is not None:
             raise r.error(key_node, f"environment.env name {name!r} cannot be set — use letters, digits and '_'")
         pairs.append((name, r.string(value_node, f"environment.env.{name}", f"{name}: value")))
     return tuple(pairs)

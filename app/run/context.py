@@ -57,6 +57,10 @@ class Sandboxes(Protocol):
         self, run_id: str, routine: Routine, run_dir: Path, emit: Emit, redactor: Redacts, place: Place | None = None
     ) -> Boundary: ...
 
+    async def unpack(self, folder: Path) -> int | None:
+        """Unpack `folder/exchange/stash.tar` into `folder/work` and `folder/home` in a sandbox of its own."""
+        ...
+
 
 @dataclass(frozen=True)
 class RunSettings:

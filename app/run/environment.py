@@ -17,28 +17,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import os
+import shlex
 import shutil
+import socket
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from app.core.domain import Environment
-from app.core.errors import ConfigError, SandboxError
+from app.core.errors import ConfigError, RoutinesError, SandboxError
 from app.core.ports import Checkout, Hands, Place, PulledImage
 from app.git.workspace import remove_tree
-from app.hands.stash import unpack_tar
+from app.hands.stash import STASH
 from app.routines.devcontainer import LOCKFILES, MAX_BYTES, PATHS, parse_devcontainer
-from app.run.context import RunContext, RunnerDeps
-from app.sandbox.egress.policy import host_matches
+from app.run.context import RunContext, RunnerDeps, Sandboxes
+from app.sandbox.egress.policy import forbidden_reason, host_matches
 from app.sandbox.images import registry_host
 
 MAX_TAIL_CHARS = 2_000
 SPARES = "spares"  # under the setups folder: saved setups unpacked ahead, one per key
-MAX_CACHE_FILE_BYTES = 50 * 1024**2
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ class Readied:
     def unsaved(self) -> None:
         """Neither use nor save a saved setup (the sandbox has nowhere to exchange one)."""
         if self.saved is not None:
-            (self.exchange / "stash.tar").unlink(missing_ok=True)
+            (self.exchange / STASH).unlink(missing_ok=True)
         self.key, self.saved = None, None
 
 
@@ -72,6 +76,8 @@ async def prepare(ctx: RunContext, deps: RunnerDeps, run_dir: Path) -> Readied |
         return None
     if environment.devcontainer:
         environment = _devcontainer(ctx.checkout)
+        if not _own_tree(ctx) and environment.image is not None:
+            await _public_registry(environment.image)
     image: PulledImage | None = None
     timings: dict[str, float] = {}
     if environment.image is not None:
@@ -83,24 +89,38 @@ async def prepare(ctx: RunContext, deps: RunnerDeps, run_dir: Path) -> Readied |
         pulled = {"reference": image.reference, "digest": image.digest, "pulled": image.pulled}
         await ctx.events.emit("environment.image", {**pulled, "seconds": timings["image_s"]})
     home, exchange = run_dir / "home", run_dir / "exchange"
-    for folder in (home, exchange):
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = (*(image.env if image else ()), *environment.env)
     place = Place(rootfs=image.rootfs if image else None, env=env, home=home, exchange=exchange)
     readied = Readied(environment, place, exchange, image, timings=timings)
+    try:
+        await _find_saved(ctx, deps, run_dir, readied)
+    except BaseException:
+        await release(deps, ctx, readied)  # let go of the image it holds
+        raise
+    return readied
+
+
+async def _find_saved(ctx: RunContext, deps: RunnerDeps, run_dir: Path, readied: Readied) -> None:
+    """Make the run's $HOME and exchange folders, and find its saved setup: a spare moved into place, or the
+    saved file copied for the hands to unpack."""
+    environment, exchange = readied.environment, readied.exchange
+    for folder in (run_dir / "home", exchange):
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if ctx.checkout is None:
+        return
     if environment.setup and environment.cache and deps.settings.setups_dir is not None:
-        readied.key = _key(ctx.checkout, ctx, environment, image)
+        readied.key = _key(ctx.checkout, ctx, environment, readied.image)
         setups = deps.settings.setups_dir
         saved = setups / f"{readied.key}.tar"
         began = time.monotonic()
         readied.spared = await asyncio.to_thread(_claim_spare, setups, readied.key, run_dir, ctx.checkout.path)
         if readied.spared is not None:
-            os.utime(saved)
+            with contextlib.suppress(FileNotFoundError):  # pruned meanwhile: the spare is still whole
+                os.utime(saved)
             readied.saved = saved
             readied.timings["restore_s"] = round(time.monotonic() - began, 3)
-        elif await asyncio.to_thread(_take, saved, exchange / "stash.tar"):
+        elif await asyncio.to_thread(_take, saved, exchange / STASH):
             readied.saved = saved
-    return readied
 
 
 async def ready(ctx: RunContext, deps: RunnerDeps, hands: Hands, readied: Readied) -> None:
@@ -129,12 +149,16 @@ async def ready(ctx: RunContext, deps: RunnerDeps, hands: Hands, readied: Readie
         cache = "miss" if readied.key is not None else "none"
         if readied.key is not None and deps.settings.setups_dir is not None and may_save(ctx):
             began = time.monotonic()
-            size = await hands.pack(created, deps.settings.setup_cache_bytes // 4)
-            await asyncio.to_thread(_keep, readied.exchange, deps.settings.setups_dir, readied.key, created)
-            await asyncio.to_thread(prune_setups, deps.settings.setups_dir, deps.settings.setup_cache_bytes)
-            readied.timings["save_s"] = round(time.monotonic() - began, 3)
-            await ctx.events.emit("environment.saved", {"key": readied.key, "bytes": size, "made": created})
-            _make_spare_soon(deps, readied)
+            try:
+                size = await hands.pack(created, deps.settings.setup_cache_bytes // 4)
+                await asyncio.to_thread(_keep, readied.exchange, deps.settings.setups_dir, readied.key, created)
+            except (RoutinesError, OSError) as exc:  # too big, or unreadable: the run goes on, unsaved
+                await ctx.events.emit("environment.not_saved", {"key": readied.key, "reason": str(exc)[:500]})
+            else:
+                await asyncio.to_thread(prune_setups, deps.settings.setups_dir, deps.settings.setup_cache_bytes)
+                readied.timings["save_s"] = round(time.monotonic() - began, 3)
+                await ctx.events.emit("environment.saved", {"key": readied.key, "bytes": size, "made": created})
+                _make_spare_soon(deps, readied)
     image = readied.image
     await ctx.events.emit(
         "environment.ready",
@@ -173,13 +197,14 @@ async def release(deps: RunnerDeps, ctx: RunContext, readied: Readied | None) ->
 def _make_spare_soon(deps: RunnerDeps, readied: Readied) -> None:
     setups, key = deps.settings.setups_dir, readied.key
     if setups is not None and key is not None:
-        readied.spare = asyncio.create_task(asyncio.to_thread(_make_spare, setups, key))
+        readied.spare = asyncio.create_task(_make_spare(deps.sandboxes, setups, key))
 
 
 async def _run_setup(ctx: RunContext, deps: RunnerDeps, hands: Hands, command: str) -> None:
     began = time.monotonic()
-    # In a subshell: a `cd`, a variable or an `exit` of the setup does not change the agent's shell.
-    result = await hands.run(f"(\n{command}\n)", deps.settings.command_timeout_s)
+    # One quoted word evaluated in a subshell: a `cd`, a variable, a function, an `exit` or a stray `)` of
+    # the setup never changes the agent's shell.
+    result = await hands.run(f"( eval {shlex.quote(command)} )", deps.settings.command_timeout_s)
     tail = result.output[-MAX_TAIL_CHARS:]
     data = {"command": command, "exit_code": result.exit_code, "seconds": round(time.monotonic() - began, 3)}
     await ctx.events.emit("environment.setup", {**data, "output": tail, "timed_out": result.timed_out})
@@ -205,7 +230,7 @@ def _devcontainer(checkout: Checkout) -> Environment:
     for path in PATHS:
         text = checkout.base_file(path, MAX_BYTES)
         if text is not None:
-            present = {name for name in LOCKFILES if checkout.base_file(name, MAX_CACHE_FILE_BYTES) is not None}
+            present = {name for name in LOCKFILES if checkout.base_entry(name) is not None}
             return parse_devcontainer(text.decode("utf-8", "replace"), path, present)
     raise ConfigError(
         "the routine says environment: devcontainer, and the repository has no .devcontainer/devcontainer.json "
@@ -232,7 +257,8 @@ async def _login(ctx: RunContext, deps: RunnerDeps, environment: Environment) ->
 
 
 def _key(checkout: Checkout, ctx: RunContext, environment: Environment, image: PulledImage | None) -> str:
-    """What a saved setup depends on: the image, the commands and variables, the cache files' contents."""
+    """What a saved setup depends on: the image, the commands and variables, and the cache paths' git ids at
+    the base commit (a file's contents, a folder's whole tree, a link's target)."""
     digest = hashlib.sha256()
     parts = {
         "routine": ctx.routine.name,
@@ -243,56 +269,93 @@ def _key(checkout: Checkout, ctx: RunContext, environment: Environment, image: P
     }
     digest.update(json.dumps(parts, sort_keys=True).encode())
     for path in environment.cache:
-        data = checkout.base_file(str(PurePosixPath(path)), MAX_CACHE_FILE_BYTES)
-        digest.update(path.encode() + b"\0" + (hashlib.sha256(data).digest() if data is not None else b"-"))
+        entry = checkout.base_entry(str(PurePosixPath(path)))
+        digest.update(path.encode() + b"\0" + (entry or "-").encode() + b"\0")
     return digest.hexdigest()
+
+
+def _own_tree(ctx: RunContext) -> bool:
+    """Whether the run works on its routine's own base, not on code that may be anyone's (a pull request's
+    head, a follow-up's branch)."""
+    return ctx.pull is None and not ctx.run.trigger.data.get("follow_up")
+
+
+async def _public_registry(reference: str) -> None:
+    """Refuse an image whose registry is not on the public internet: a devcontainer on a pull request's head
+    must not make the worker reach its own network (metadata services, internal hosts)."""
+    host = registry_host(reference)
+    name = urlsplit(f"//{host}").hostname or host
+    if name == "docker.io":
+        return
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"the registry {host} of the devcontainer's image cannot be resolved ({exc})") from None
+    for *_, address in found:
+        reason = forbidden_reason(ipaddress.ip_address(address[0]))
+        if reason is not None:
+            raise ConfigError(
+                f"the devcontainer on this pull request names an image on {host}, which is not public ({reason}); "
+                "a run on a pull request's head pulls only from public registries — name the image in the routine's "
+                "environment: instead"
+            )
 
 
 def may_save(ctx: RunContext) -> bool:
     """Whether this run's setup result may be kept for later runs: not when it ran on code that may be
     anyone's (a pull request's head, a follow-up's branch) or on a tree the agent already worked on (a run
     resumed from its checkpoint after its worker died)."""
-    return ctx.pull is None and not ctx.run.trigger.data.get("follow_up") and ctx.history is None
+    return _own_tree(ctx) and ctx.history is None
 
 
 def _take(saved: Path, into: Path) -> bool:
-    """Put a saved setup where the hands process reads it (a hard link where possible); False: none."""
-    if not saved.is_file():
-        return False
+    """Put a copy of a saved setup where the hands process reads it (a copy: the hands may write there,
+    and the saved file is every later run's); False: none."""
     try:
-        os.link(saved, into)
-    except OSError:
-        shutil.copyfile(saved, into)
-    os.utime(saved)
+        shutil.copyfile(saved, into, follow_symlinks=False)
+        os.utime(saved)
+    except FileNotFoundError:
+        return False
     return True
 
 
 def _keep(exchange: Path, setups: Path, key: str, made: list[str]) -> None:
+    """Keep the stash the hands wrote in the exchange folder as the saved setup `key`: only a regular file,
+    opened without following a link, copied into a file of the worker's own and renamed into place."""
     setups.mkdir(parents=True, exist_ok=True)
-    stash = exchange / "stash.tar"
+    fd = os.open(exchange / STASH, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as stash:
+        if not stat.S_ISREG(os.fstat(stash.fileno()).st_mode):
+            raise SandboxError("the saved setup the sandbox left is not a regular file")
+        with tempfile.NamedTemporaryFile(dir=setups, prefix=f".{key[:16]}-", delete=False) as copy:
+            shutil.copyfileobj(stash, copy, 1 << 20)
     (setups / f"{key}.json").write_text(json.dumps({"made": made, "saved_at": time.time()}))
-    os.replace(stash, setups / f"{key}.tar")
+    os.replace(copy.name, setups / f"{key}.tar")
+    (exchange / STASH).unlink(missing_ok=True)
 
 
-def _make_spare(setups: Path, key: str) -> None:
+async def _make_spare(sandboxes: Sandboxes, setups: Path, key: str) -> None:
     """Unpack the saved setup `key` into `spares/<key>` for the next run to move into place in no time.
 
-    Unpacked with tarfile's `data` filter (no absolute paths, no `..`, no links leaving the target, no
-    special files) into a fresh folder of the worker's, renamed into place only when complete."""
+    The unpacking runs in a sandbox of its own (`Sandboxes.unpack`): the worker never extracts what a setup
+    made. The folder is renamed into place only when complete."""
     spares, saved = setups / SPARES, setups / f"{key}.tar"
     if (spares / key).exists() or not saved.is_file():
         return
     spares.mkdir(parents=True, exist_ok=True)
-    making = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=spares))
+    making = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f".{key[:16]}-", dir=spares))
     try:
-        (making / "work").mkdir()
-        (making / "home").mkdir()
-        unpack_tar(str(saved), str(making / "work"), str(making / "home"))
+        for part in ("work", "home", "exchange"):
+            (making / part).mkdir()
+        if not await asyncio.to_thread(_take, saved, making / "exchange" / STASH):
+            return
+        if await sandboxes.unpack(making) is None:
+            return
+        await asyncio.to_thread(remove_tree, making / "exchange")
         with contextlib.suppress(OSError):  # another run's spare got there first
             os.rename(making, spares / key)
     finally:
-        if making.exists():
-            shutil.rmtree(making, ignore_errors=True)
+        await asyncio.to_thread(remove_tree, making)
 
 
 def _claim_spare(setups: Path, key: str, run_dir: Path, workdir: Path) -> int | None:
@@ -311,7 +374,7 @@ def _claim_spare(setups: Path, key: str, run_dir: Path, workdir: Path) -> int | 
         for source, target in ((claimed / "work", workdir), (claimed / "home", run_dir / "home")):
             moved += _move_entries(source, target)
     finally:
-        shutil.rmtree(claimed, ignore_errors=True)
+        remove_tree(claimed)
     return moved
 
 
@@ -364,6 +427,11 @@ def prune_setups(setups: Path, cap_bytes: int) -> list[SavedSetup]:
         total -= setup.size_bytes
         (setups / f"{setup.key}.tar").unlink(missing_ok=True)
         (setups / f"{setup.key}.json").unlink(missing_ok=True)
-        shutil.rmtree(setups / SPARES / setup.key, ignore_errors=True)
+        remove_tree(setups / SPARES / setup.key)
         dropped.append(setup)
+    spares = setups / SPARES
+    for entry in list(spares.iterdir()) if spares.is_dir() else []:
+        unfinished = entry.name.startswith(".") and time.time() - entry.lstat().st_mtime > 3600
+        if unfinished or not (entry.name.startswith(".") or (setups / f"{entry.name}.tar").exists()):
+            remove_tree(entry)  # left by a stopped worker, or its saved setup is gone
     return dropped

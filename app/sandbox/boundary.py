@@ -81,6 +81,21 @@ class Boundaries:
             # an operator's internal CA: trusted by the proxy upstream, and inside for tunnelled hosts
             self.upstream_ca.load_verify_locations(cafile=str(upstream_ca_file))
 
+    async def unpack(self, folder: Path) -> int | None:
+        """Unpack the saved setup `folder/exchange/stash.tar` into `folder/work` and `folder/home` inside a
+        sandbox of its own (no network, nothing of any run), so the worker never extracts what a setup
+        made; the number of entries, or None where there is no sandbox to do it in (ROUTINES_SANDBOX=local)."""
+        if self.kind == "local":
+            return None
+        sandbox = BwrapSandbox(
+            max_output_bytes=self.max_output_bytes, home=folder / "home", exchange=folder / "exchange"
+        )
+        hands = await sandbox.hands(folder / "work", {})
+        try:
+            return await hands.unpack()
+        finally:
+            await hands.close()
+
     async def open(
         self, run_id: str, routine: Routine, run_dir: Path, emit: Emit, redactor: Redacts, place: Place | None = None
     ) -> RunBoundary:

@@ -103,9 +103,10 @@ class ImageStore:
             (self.folder(digest) / "runs" / holder).unlink()
 
     async def _digest(self, reference: str, auth: Path | None) -> str:
+        """The digest the registry serves for `reference`. Asked also for a pinned digest, with this
+        reference's own registry and login: an image another routine pulled with its credentials is
+        used only by a routine that may read it from its registry too."""
         pinned = reference.rpartition("@")[2]
-        if _DIGEST.match(pinned):
-            return pinned
         out = await self._run(
             [self._skopeo, "inspect", "--format", "{{.Digest}}", *self._src_flags(reference, auth), _docker(reference)],
             reference,
@@ -114,6 +115,8 @@ class ImageStore:
         digest = out.strip()
         if not _DIGEST.match(digest):
             raise ImageError(f"the registry answered no digest for {reference} ({digest[:100]!r})")
+        if _DIGEST.match(pinned) and digest != pinned:
+            raise ImageError(f"the registry serves {digest} for {reference}, not the pinned digest; check it")
         return digest
 
     async def _pull(self, reference: str, digest: str, auth: Path | None) -> None:

@@ -57,6 +57,11 @@ def test_no_commands_means_no_cache_key() -> None:
         ('{"image": "alpine", "containerEnv": {"A": 1}}', "must map names to strings"),
         ("{not json", "is not JSON with comments"),
         ("[1]", "is not a JSON object"),
+        ('{"image": "alpine", "containerEnv": {"HOME": "/root"}}', "cannot be set"),
+        ('{"image": "alpine", "remoteEnv": {"BASH_ENV": "/x"}}', "cannot be set"),
+        ('{"image": "alpine", "containerEnv": {"A=B": "x"}}', "cannot be set"),
+        ('{"image": "alpine\\n"}', "is not an OCI image reference"),
+        ("[" * 100_000 + "]" * 100_000, "is not JSON with comments"),
     ],
 )
 def test_what_the_worker_cannot_do_is_refused_with_a_fix(text: str, phrase: str) -> None:

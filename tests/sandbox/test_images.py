@@ -127,3 +127,13 @@ def test_an_images_device_nodes_and_owners_never_reach_the_worker(tmp_path: Path
         (pulled.rootfs / "etc" / "mem").lstat().st_mode
     )
     assert (pulled.rootfs / "etc" / "which").stat().st_uid == os.geteuid()
+
+
+def test_a_pulled_digest_is_not_handed_to_a_reference_its_registry_does_not_serve(
+    tmp_path: Path, pushed: Pushed
+) -> None:
+    images = store(tmp_path, pushed)
+    digest = asyncio.run(images.ensure(pushed.first)).digest  # pulled once (as with a routine's login)
+    elsewhere = f"{pushed.registry.host}/acme/other-name@{digest}"  # names the digest, not the image
+    with pytest.raises(ImageError, match="does not exist in its registry"):
+        asyncio.run(images.ensure(elsewhere))
