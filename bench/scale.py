@@ -382,22 +382,7 @@ def thread_split(probes: list[dict[str, Any]], firsts: dict[str, float]) -> dict
 
 
 def start_worker(stack: Stack, env: dict[str, str], probe: Path, skip: bool) -> subprocess.Popen[bytes]:
-    s = stack.settings
-    env = {
-        **os.environ,
-        **env,
-        "REDIS_URL": s.redis_url or "",
-        "GITHUB_API_URL": s.github_api_url,
-        "GITHUB_APP_ID": s.github_app_id or "",
-        "GITHUB_APP_PRIVATE_KEY": s.github_app_private_key or "",
-        "ANTHROPIC_API_KEY": s.anthropic_api_key or "",
-        "ANTHROPIC_BASE_URL": s.anthropic_base_url or "",
-        "ROUTINES_DIR": str(s.routines_dir),
-        "ROUTINES_DATA_DIR": str(s.data_dir),
-        "ROUTINES_PUBLIC_URL": s.public_url,
-        "ROUTINES_API_TOKEN": s.api_token or "",
-        "ROUTINES_POLL_DELAY_MS": "20",
-    }
+    env = {**stack.process_env(), **env, "ROUTINES_POLL_DELAY_MS": "20"}
     argv = [sys.executable, __file__, "--worker", str(probe), *(["--skip-fresh-fetch"] if skip else [])]
     if not os.environ.get("BENCH_WORKER_LOG"):
         return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -81,6 +82,28 @@ class Stack:
     web_url: str
     installation: int
     client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
+
+    def process_env(self) -> dict[str, str]:
+        """The environment under which another process (`python -m app worker`) gets this stack's settings."""
+        s = self.settings
+        return {
+            **os.environ,
+            "REDIS_URL": s.redis_url or "",
+            "GITHUB_API_URL": s.github_api_url,
+            "GITHUB_APP_ID": s.github_app_id or "",
+            "GITHUB_APP_PRIVATE_KEY": s.github_app_private_key or "",
+            "ANTHROPIC_API_KEY": s.anthropic_api_key or "",
+            "ANTHROPIC_BASE_URL": s.anthropic_base_url or "",
+            "ROUTINES_DIR": str(s.routines_dir),
+            "ROUTINES_DATA_DIR": str(s.data_dir),
+            "ROUTINES_PUBLIC_URL": s.public_url,
+            "ROUTINES_API_TOKEN": s.api_token or "",
+            "ROUTINES_SANDBOX": s.sandbox,
+            "ROUTINES_POLL_DELAY_MS": str(s.poll_delay_ms),
+            "ROUTINES_COMMAND_TIMEOUT_S": str(s.command_timeout_s),
+            "ROUTINES_LEASE_S": str(s.lease_s),
+            "ROUTINES_REAPER_S": str(s.reaper_s),
+        }
 
     def fire(self, routine: str, text: str | None = None, token: str = API_TOKEN) -> httpx.Response:
         body: dict[str, Any] = {"text": text} if text is not None else {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,6 @@ from typing import Any
 import pygit2
 import pytest
 
-from app.core.config import Settings
 from app.core.domain import Event
 from app.models.scripts import turn_index
 from app.run.resume import INTERRUPTED, rebuild
@@ -38,28 +36,6 @@ def ten_turns(match: str, *, slow_turn: int | None = None) -> Script:
     turns[2] = Turn([edit_str_replace("calc.py", "return a - b", "return a + b"), bash("echo 3 >> runs.log")])
     turns.append(Turn([text("Ten steps done\n\nEvery step left a note.")]))
     return Script(match=match, turns=turns)
-
-
-def worker_env(s: Settings) -> dict[str, str]:
-    """The environment under which `python -m app worker` gets the stack's settings."""
-    return {
-        **os.environ,
-        "REDIS_URL": s.redis_url or "",
-        "GITHUB_API_URL": s.github_api_url,
-        "GITHUB_APP_ID": s.github_app_id or "",
-        "GITHUB_APP_PRIVATE_KEY": s.github_app_private_key or "",
-        "ANTHROPIC_API_KEY": s.anthropic_api_key or "",
-        "ANTHROPIC_BASE_URL": s.anthropic_base_url or "",
-        "ROUTINES_DIR": str(s.routines_dir),
-        "ROUTINES_DATA_DIR": str(s.data_dir),
-        "ROUTINES_PUBLIC_URL": s.public_url,
-        "ROUTINES_API_TOKEN": s.api_token or "",
-        "ROUTINES_SANDBOX": s.sandbox,
-        "ROUTINES_POLL_DELAY_MS": str(s.poll_delay_ms),
-        "ROUTINES_COMMAND_TIMEOUT_S": str(s.command_timeout_s),
-        "ROUTINES_LEASE_S": str(s.lease_s),
-        "ROUTINES_REAPER_S": str(s.reaper_s),
-    }
 
 
 @pytest.fixture
@@ -91,7 +67,7 @@ def worker_process(stack: Stack, log_path: Path) -> Iterator[subprocess.Popen[by
     """`routines worker` as its own process (one that can be killed), logging to `log_path`."""
     with log_path.open("wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "app", "worker"], env=worker_env(stack.settings), stdout=log, stderr=log
+            [sys.executable, "-m", "app", "worker"], env=stack.process_env(), stdout=log, stderr=log
         )
         try:
             yield worker
