@@ -44,7 +44,15 @@ from app.core.errors import SandboxError
 from app.sandbox.cgroups import SandboxCgroup
 from app.sandbox.egress import forwarder
 from app.sandbox.hands import HandsProcess, SandboxHands
-from app.sandbox.image_root import ImageRoot, host_tools, image_runtime, mount_points, root_mounts, trust_mounts
+from app.sandbox.image_root import (
+    ImageRoot,
+    host_python,
+    host_tools,
+    image_runtime,
+    mount_points,
+    root_mounts,
+    trust_mounts,
+)
 from app.sandbox.mounts import etc_masks, hide_mounts, runtime_mounts, system_mounts, workspace_mounts
 from app.sandbox.runtime import alternates, hands_argv, sandbox_runtime
 from app.sandbox.shell import DEFAULT_PATH, PersistentShell
@@ -252,7 +260,7 @@ class BwrapSandbox:
             *["--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp"],
             *self._home(self.limits.tmp_bytes),
         ]
-        late = [*workspace_mounts(workdir), *self._egress_mounts(), *trust]
+        late = [*workspace_mounts(workdir), *self._egress_mounts(), *trust, *self._forwarder_mounts()]
         mounts = [*self._layout(early, late), *["--remount-ro", "/", "--chdir", str(workdir)]]
         tail = list(command) or [*self._bash(), "--noprofile", "--norc", "-c", self._init_script(held or {})]
         return [exe, *_isolation(), "--clearenv", *self._env_args(env), *mounts, *tail]
@@ -330,14 +338,24 @@ class BwrapSandbox:
         bash = shlex.join(self._bash())
         return f"{forwarder}ulimit -S -H {settings}\nexec {bash} --noprofile --norc\n"
 
+    def _forwarder_mounts(self) -> list[str]:
+        """Inside an image root, what the worker's Python needs to run the forwarder (its prefix)."""
+        if self.root is None or self.proxy_socket is None:
+            return []
+        return host_python(sandbox_runtime(), host_tools())[1]
+
     def _forwarder(self) -> str:
-        """The forwarder's start; inside an image root, socat is the host's and the wait uses bash alone."""
+        """The forwarder's start; inside an image root, Python and socat are the worker's (through its
+        loader) and the wait uses bash alone."""
         if self.root is None:
             return _FORWARDER
-        socat = shlex.join(host_tools().program("socat"))
+        tools = host_tools()
+        python = shlex.join(host_python(sandbox_runtime(), tools)[0])
+        socat = shlex.join(tools.program("socat"))
         return (
-            f"{socat} -b 1048576 TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr "
-            f"UNIX-CONNECT:{SOCKET_INSIDE} </dev/null >/dev/null 2>&1 &\n"
+            f"{{ {python} -I -S -B {FORWARDER_INSIDE} 3128 {SOCKET_INSIDE} || exec {socat} -b 1048576 "
+            f"TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{SOCKET_INSIDE}; }} "
+            "</dev/null >/dev/null 2>&1 &\n"
             "for _ in {1..500}; do"
             " [[ $(< /proc/net/tcp) == *'0100007F:0C38 00000000:0000 0A'* ]] && break;"
             " read -rt 0.01 <> <(:) || :; done\n"

@@ -180,6 +180,17 @@ def trust_mounts(rootfs: Path, bundle: Path) -> list[str]:
 def image_runtime(runtime: Runtime, tools: HostTools) -> tuple[Runtime, list[str]]:
     """The hands runtime inside an image root: Python through the host's loader (its prefix's libraries
     first), and the binds its prefix needs when it is not under the host's /usr."""
+    words, binds = host_python(runtime, tools)
+    launcher, python = tuple(words[:-1]), words[-1]
+    mounts = [*binds, *[arg for host, inside in runtime.binds for arg in ("--ro-bind", host, inside)]]
+    prefix = os.path.realpath(runtime.prefix) if runtime.prefix else ""
+    return Runtime(python, runtime.module, runtime.paths, runtime.binds, prefix, launcher), mounts
+
+
+def host_python(runtime: Runtime, tools: HostTools) -> tuple[list[str], list[str]]:
+    """The words that run the worker's Python inside an image root (through the host's loader, its
+    prefix's libraries first), and the binds its prefix needs when it is not under the host's /usr
+    (site-packages masked: only the standard library)."""
     prefix = os.path.realpath(runtime.prefix) if runtime.prefix else ""
     binds: list[str] = []
     if prefix and tools.inside(prefix) == prefix:  # outside the host tree: bind it at its own path
@@ -187,7 +198,4 @@ def image_runtime(runtime: Runtime, tools: HostTools) -> tuple[Runtime, list[str
         for site in sorted(glob.glob(f"{prefix}/lib/python3*/site-packages")):
             binds += ["--tmpfs", site]
     libraries = [tools.inside(f"{prefix}/lib")] if prefix else []
-    loader, *rest = tools.command(runtime.python, libraries=libraries)
-    launcher, python = (loader, *rest[:-1]), rest[-1]
-    mounts = [*binds, *[arg for host, inside in runtime.binds for arg in ("--ro-bind", host, inside)]]
-    return Runtime(python, runtime.module, runtime.paths, runtime.binds, prefix, launcher), mounts
+    return tools.command(runtime.python, libraries=libraries), binds

@@ -35,6 +35,7 @@ KEY = "test-secret-key-0123456789abcdefghijklmnop"
 SECRET = "sntrys_eyJpYXQiOjE3MDAwMDAwMDAsImltYWdlIjp0cnVlfQ"
 LOGIN = ("ci-bot", "registry-password-1")
 HELLO = "#!/bin/sh\necho hello from the image tool\n"
+FORWARDER_SEEN = "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -o 'forwarder.py 3128' | head -1"
 
 
 @dataclass
@@ -192,6 +193,7 @@ def test_a_run_in_an_image_finds_its_tools_not_the_hosts_and_no_credential(
                 Turn([bash(curl)]),
                 Turn([bash("env | sort; echo home=$HOME; touch $HOME/x && echo home is writable")]),
                 Turn([bash("touch /usr/local/bin/mine 2>&1 || echo image is read-only")]),
+                Turn([bash(FORWARDER_SEEN)]),
                 Turn([edit_create("NOTES.md", "Written in an image.\n")]),
                 Turn([text("Image notes\n\nWrote NOTES.md from inside the image.")]),
             ],
@@ -209,6 +211,7 @@ def test_a_run_in_an_image_finds_its_tools_not_the_hosts_and_no_credential(
     for word in ("GITHUB", "ANTHROPIC", "ghs_"):
         assert word not in out[3]
     assert "image is read-only" in out[4] or "Read-only" in out[4]
+    assert "forwarder.py 3128" in out[5], "the proxy is reached through the splicing forwarder, not socat"
     dump = json.dumps(events)
     assert SECRET not in dump and (stack.settings.github_app_private_key or "-") not in dump
     image = of_type(events, "environment.image")[0]
