@@ -80,7 +80,11 @@ class RedisStore:
         """Move a run to `new` (checked against the state machine) and record a run.state event."""
         return await self._change(run_id, new, fields)
 
-    async def _change(self, run_id: str, new: RunState | None, fields: dict[str, Any]) -> Run:
+    async def _change(
+        self, run_id: str, new: RunState | None, fields: dict[str, Any], *, drop_events: bool = False
+    ) -> Run:
+        """Rewrite the run's record under WATCH: `fields`, and a move to `new` (checked); `drop_events` also
+        deletes its event log in the same transaction and leaves `updated_at` as it was (archiving)."""
         key = self._key("run", run_id)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -97,13 +101,16 @@ class RedisStore:
                         data.update(fields)
                         if new is not None:
                             data["state"] = new.value
-                        data["updated_at"] = time.time()
+                        if not drop_events:
+                            data["updated_at"] = time.time()
                         pipe.multi()  # type: ignore[no-untyped-call]
                         pipe.set(key, json.dumps(data))
+                        if drop_events:
+                            pipe.delete(self._key("events", run_id))
                         if new is not None and new is not current:
                             counted = bool(data.get(LIVE_COUNTED))
                             record_moved(pipe, self.prefix, Run.from_json(data), current, data["updated_at"], counted)
-                        await execute_counted(pipe, 1)
+                        await execute_counted(pipe, 2 if drop_events else 1)
                         break
                     except WatchError:
                         continue
@@ -202,26 +209,7 @@ class RedisStore:
     async def mark_archived(self, run_id: str, path: str) -> None:
         """Record that the run's events now live in the file `path`, and drop them from Redis (its record,
         indexes and timestamps stay)."""
-        key = self._key("run", run_id)
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(key)
-                        raw = await pipe.get(key)
-                        if raw is None:
-                            raise RunNotFound(f"run {run_id!r} does not exist")
-                        data: JSON = json.loads(raw)
-                        data["archived"] = path
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        pipe.set(key, json.dumps(data))
-                        pipe.delete(self._key("events", run_id))
-                        await pipe.execute()
-                        return
-                    except WatchError:
-                        continue
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"could not archive run {run_id}: Redis failed ({exc})") from None
+        await self._change(run_id, None, {"archived": path}, drop_events=True)
 
     async def append_event(self, run_id: str, event: Event) -> str:
         fields = {"type": event.type, "ts": repr(event.ts), "data": json.dumps(event.data)}
