@@ -23,6 +23,7 @@ from app.sandbox.egress.policy import EgressPolicy, SystemResolver, forbidden_re
 from app.sandbox.egress.proxy import EgressProxy
 from app.store.vault import Vault
 from app.testing.https_server import EchoServer
+from tests.support.echo import echo_until_eof
 
 KEY = b"k" * 32
 VALUE = "sntrys_" + "R3alSecretValue" * 4
@@ -308,18 +309,6 @@ async def test_malformed_targets_get_400_and_the_proxy_goes_on(tmp_path: Path) -
         assert head.startswith(b"HTTP/1.1 400"), head
         writer.close()
     await proxy.close()
-
-
-async def echo_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """A plain TCP service: echoes everything, then, after the client's EOF, the digest of it, and closes."""
-    digest = hashlib.sha256()
-    while chunk := await reader.read(256 * 1024):
-        digest.update(chunk)
-        writer.write(chunk)
-        await writer.drain()
-    writer.write(b"END " + digest.hexdigest().encode())
-    await writer.drain()
-    writer.close()
 
 
 @pytest.fixture

@@ -14,21 +14,10 @@ from pathlib import Path
 import pytest
 
 from app.sandbox.egress import forwarder
+from tests.support.echo import echo_until_eof
 
 MB = 1024 * 1024
 HANG_S = 60  # only a guard against a hang, never a speed limit
-
-
-async def echo_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Echo everything, then, after the client's EOF, send the digest of what came and close."""
-    digest = hashlib.sha256()
-    while chunk := await reader.read(256 * 1024):
-        digest.update(chunk)
-        writer.write(chunk)
-        await writer.drain()
-    writer.write(b"END " + digest.hexdigest().encode())
-    await writer.drain()
-    writer.close()
 
 
 @pytest.fixture
