@@ -27,15 +27,18 @@ import pygit2
 from pygit2.enums import CheckoutStrategy, RepositoryOpenFlag
 
 from app.core.errors import WorkspaceError
-from app.git.indexes import join_indexes
+from app.git.indexes import index_entry, join_indexes, patch_index
 from app.git.layout import checkpoints_dir, mirror_lock, private_gitdir
 from app.git.remotes import locked, repo_name
 from app.git.trees import changes, has_gitlinks, split
+from app.git.updates import update_tree
 from app.git.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
 OPEN_BARE = RepositoryOpenFlag.NO_SEARCH | RepositoryOpenFlag.BARE
+_FOLDER = 0o040000
+_EOL_SETTINGS = ("core.autocrlf", "core.eol")
 PARALLEL_BYTES = 160_000  # trees this big (about 4,000 files) are written quicker by two writers than one
 
 
@@ -104,18 +107,27 @@ def _write_part(gitdir: Path, dest: Path, tree: str, paths: list[str] | None) ->
 
 def advance(dest: Path, old: str, new: str) -> bool:
     """Bring the work tree at `dest`, checked out at commit `old` by `check_out` and untouched since (a
-    spare), to commit `new` by writing only the paths that differ: libgit2's checkout limited to them,
-    with `old` as its baseline (HEAD), so files that went are removed. False when the trees fail the
-    checks of `app.git.trees.changes` or libgit2 refuses; the work tree is then in no known state and
-    must be removed (a full checkout refuses a hostile tree with its usual message)."""
+    spare), to commit `new` by writing only the paths that differ: by `app.git.updates` through folder
+    descriptors with the index patched for what it wrote, or, where something converts what is
+    written (a `.gitattributes`, a gitlink, an end-of-line setting), by libgit2's checkout limited to
+    those paths with `old` as its baseline (HEAD), so files that went are removed. False when the trees
+    fail the checks of `app.git.trees.changes` or a writer refuses; the work tree is then in no known
+    state and must be removed (a full checkout refuses a hostile tree with its usual message)."""
     gitdir = private_gitdir(dest)
     try:
-        _write_config(gitdir, {"worktree": str(dest.resolve())})
-        _write_head(gitdir, None, old)
         repo = pygit2.Repository(str(gitdir), OPEN_BARE)
         target = repo[new].peel(pygit2.Tree)
         found = changes(repo.odb, str(repo[old].peel(pygit2.Tree).id), str(target.id))
-        if found.paths:
+        if found.paths and not (found.sensitive or found.filtered or _converts(repo)):
+            written = update_tree(dest, repo.odb, found.entries)
+            removed = [(path, old_entry[0] == _FOLDER) for path, old_entry, _ in found.entries if old_entry]
+            entries = [(w.path, index_entry(w.path, w.mode, w.oid, w.stat)) for w in written]
+            patch_index(gitdir / "index", removed, entries)
+            logger.debug("brought %s forward by %d entries, written by folder descriptors", dest, len(found.entries))
+        elif found.paths:
+            logger.debug("brought %s forward by %d paths, written by libgit2", dest, len(found.paths))
+            _write_config(gitdir, {"worktree": str(dest.resolve())})
+            _write_head(gitdir, None, old)
             strategy = CheckoutStrategy.FORCE | CheckoutStrategy.DISABLE_PATHSPEC_MATCH
             if found.sensitive:
                 repo = pygit2.Repository(str(gitdir), RepositoryOpenFlag.NO_SEARCH)
@@ -127,6 +139,12 @@ def advance(dest: Path, old: str, new: str) -> bool:
         logger.info("could not bring the work tree at %s from %s to %s: %s", dest, old, new, exc)
         return False
     return True
+
+
+def _converts(repo: pygit2.Repository) -> bool:
+    """Whether the configuration libgit2 reads (the system's and the user's too) converts line endings."""
+    config = repo.config
+    return any(name in config and str(config[name]).lower() not in ("false", "lf") for name in _EOL_SETTINGS)
 
 
 def attach(mirror: Path, dest: Path, branch: str | None, commit: str) -> Workspace:

@@ -20,6 +20,7 @@ import pygit2
 
 from app.core.errors import WorkspaceError
 from app.git.checkouts import advance, attach, check_out, mirror_name, resolve, resolve_base
+from app.git.indexes import remember_layout
 from app.git.layout import private_gitdir
 from app.git.workspace import Workspace
 
@@ -106,6 +107,7 @@ def keep_spare(mirror: Path, base: str | None = None) -> None:
         if base is not None:
             building = spares / f".building-{secrets.token_hex(4)}"
             check_out(mirror, commit, building / "work")
+            remember_layout(private_gitdir(building / "work") / "index")  # so advancing it patches the index quickly
             (building / "base").write_text(follow)
             building.rename(target)
 

@@ -5,7 +5,7 @@ folders checked as snapshots are."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pygit2
 
@@ -16,16 +16,26 @@ _FOLDER, _GITLINK = 0o040000, 0o160000
 _ATTRIBUTES = b".gitattributes"
 
 
+Entry = tuple[int, str]
+"""A tree entry's mode and id."""
+
+
 @dataclass(frozen=True)
 class Changes:
     """What a checkout from one tree to another must write or remove.
 
     `paths` name files, symlinks and gitlinks, and whole folders that appear or go; `sensitive` says
     a gitlink or a `.gitattributes` is among them, which libgit2 handles only with the work tree open.
+    `entries` lists the same change entry by entry, as (path, old entry, new entry), a missing side
+    None: a folder that goes is one entry, a folder that comes is one entry followed by each of its
+    own, and folders on both sides are never listed (what differs inside them is). `filtered` says a
+    folder on the way to a changed entry holds a `.gitattributes`, which may convert what is written.
     """
 
     paths: list[str]
     sensitive: bool
+    entries: list[tuple[bytes, Entry | None, Entry | None]] = field(default_factory=list)
+    filtered: bool = False
 
 
 def has_gitlinks(odb: pygit2.Odb, tree: str) -> bool:
@@ -112,19 +122,22 @@ def changes(odb: pygit2.Odb, old: str, new: str) -> Changes:
     duplicate name can make a path of the new tree go through a symlink the old one left, which a
     checkout of only the changed paths would follow."""
     paths: list[str] = []
-    sensitive = False
+    entries: list[tuple[bytes, Entry | None, Entry | None]] = []
+    sensitive = filtered = False
     pending: list[tuple[str | None, str, bytes, bool]] = [(old, new, b"", False)]
     while pending:
         before_oid, after_oid, prefix, covered = pending.pop()
         before = {name: (mode, oid) for mode, name, oid in _entries(odb, before_oid)} if before_oid else {}
         for mode, name, oid in _entries(odb, after_oid):
             was = before.pop(name, None)
+            filtered |= name == _ATTRIBUTES
             if was == (mode, oid):
                 continue  # the old tree, already checked out, has this very entry
             check_name(name, mode)
             if was is not None and was[0] == mode == _FOLDER:
                 pending.append((was[1], oid, prefix + name + b"/", covered))
                 continue
+            entries.append((prefix + name, was, (mode, oid)))
             if not covered:
                 paths.append(_text(prefix + name))
             if mode == _FOLDER:
@@ -132,9 +145,10 @@ def changes(odb: pygit2.Odb, old: str, new: str) -> Changes:
             sensitive |= _GITLINK in (mode, was[0] if was else None) or name == _ATTRIBUTES
             sensitive |= was is not None and was[0] == _FOLDER and has_gitlinks(odb, was[1])
         for name, (mode, oid) in before.items():
+            entries.append((prefix + name, (mode, oid), None))
             paths.append(_text(prefix + name))
             sensitive |= mode == _GITLINK or name == _ATTRIBUTES or (mode == _FOLDER and has_gitlinks(odb, oid))
-    return Changes(sorted(paths), sensitive)
+    return Changes(sorted(paths), sensitive, sorted(entries), filtered)
 
 
 def _entries(odb: pygit2.Odb, tree: str) -> list[tuple[int, bytes, str]]:

@@ -45,7 +45,10 @@ def commit_all(repo: Path, message: str) -> str:
 @pytest.fixture
 def origin(tmp_path: Path) -> Path:
     """A repository whose second commit changes every kind of entry its first one has."""
-    repo = tmp_path / "origin"
+    return make_origin(tmp_path / "origin")
+
+
+def make_origin(repo: Path, *, submodules: bool = True) -> Path:
     git("init", "-q", "-b", "main", str(repo))
     for i in range(30):
         write(repo, f"same/file{i}.txt", f"unchanged {i}\n")
@@ -62,13 +65,14 @@ def origin(tmp_path: Path) -> Path:
     link(repo, "retargeted", "edited.txt")
     link(repo, "dir-link", "same")
     commit_all(repo, "first")
-    git("update-index", "--add", "--cacheinfo", f"{GITLINK:o},{SUBMODULE_A},vendor/changed", cwd=repo)
-    git("update-index", "--add", "--cacheinfo", f"{GITLINK:o},{SUBMODULE_A},vendor/removed", cwd=repo)
-    git("commit", "-q", "-m", "submodules", cwd=repo)
+    if submodules:
+        git("update-index", "--add", "--cacheinfo", f"{GITLINK:o},{SUBMODULE_A},vendor/changed", cwd=repo)
+        git("update-index", "--add", "--cacheinfo", f"{GITLINK:o},{SUBMODULE_A},vendor/removed", cwd=repo)
+        git("commit", "-q", "-m", "submodules", cwd=repo)
     return repo
 
 
-def move(repo: Path) -> str:
+def move(repo: Path, *, submodules: bool = True) -> str:
     """The second commit: each entry of the first changes in a different way."""
     (repo / "docs" / "moved").mkdir()
     git("mv", "docs/old-name.md", "docs/moved/new-name.md", cwd=repo)
@@ -88,9 +92,10 @@ def move(repo: Path) -> str:
     link(repo, "retargeted", "docs/moved/new-name.md")
     write(repo, "added/new.txt", "new\n")
     git("add", "-A", cwd=repo)
-    git("update-index", "--add", "--cacheinfo", f"{GITLINK:o},{SUBMODULE_B},vendor/changed", cwd=repo)
-    git("update-index", "--force-remove", "vendor/removed", cwd=repo)
-    git("update-index", "--add", "--cacheinfo", f"{GITLINK:o},{SUBMODULE_B},vendor/added", cwd=repo)
+    if submodules:
+        git("update-index", "--add", "--cacheinfo", f"{GITLINK:o},{SUBMODULE_B},vendor/changed", cwd=repo)
+        git("update-index", "--force-remove", "vendor/removed", cwd=repo)
+        git("update-index", "--add", "--cacheinfo", f"{GITLINK:o},{SUBMODULE_B},vendor/added", cwd=repo)
     git("commit", "-q", "-m", "second", cwd=repo)
     return git("rev-parse", "HEAD", cwd=repo)
 
