@@ -120,7 +120,11 @@ def advance(dest: Path, old: str, new: str) -> bool:
         found = changes(repo.odb, str(repo[old].peel(pygit2.Tree).id), str(target.id))
         if found.paths and not (found.sensitive or found.filtered or _converts(repo)):
             written = update_tree(dest, repo.odb, found.entries)
-            removed = [(path, old_entry[0] == _FOLDER) for path, old_entry, _ in found.entries if old_entry]
+            removed = [  # a file or link written over another replaces its entry without help
+                (path, was[0] == _FOLDER)
+                for path, was, now in found.entries
+                if was and (now is None or _FOLDER in (was[0], now[0]))
+            ]
             entries = [(w.path, index_entry(w.path, w.mode, w.oid, w.stat)) for w in written]
             patch_index(gitdir / "index", removed, entries)
             logger.debug("brought %s forward by %d entries, written by folder descriptors", dest, len(found.entries))

@@ -71,23 +71,26 @@ def patch_index(index: Path, removed: list[tuple[bytes, bool]], written: list[tu
         start = offsets[at]
         flags = int.from_bytes(data[start + 60 : start + 62], "big")
         name = start + _STAT_AND_ID + (2 if flags & _EXTENDED else 0)
-        return data[name : data.index(b"\0", name)]
+        length = flags & 0xFFF
+        return data[name : name + length] if length < 0xFFF else data[name : data.index(b"\0", name)]
 
     dropped: list[tuple[int, int]] = []
-    for path, folder in [*removed, *((path, False) for path, _ in written)]:
+    for path, folder in removed:
+        first = bisect.bisect_left(range(count), path + b"/" if folder else path, key=path_at)
         if folder:
-            first = bisect.bisect_left(range(count), path + b"/", key=path_at)
             dropped.append((first, bisect.bisect_left(range(count), path + b"0", lo=first, key=path_at)))
-        else:
-            at = bisect.bisect_left(range(count), path, key=path_at)
-            if at < count and path_at(at) == path:
-                dropped.append((at, at + 1))
+        elif first < count and path_at(first) == path:
+            dropped.append((first, first + 1))
     new = sorted(written)
     if len({path for path, _ in new}) != len(new):
         raise WorkspaceError(f"two entries written into {index} have one path; check out again")
     inserted: dict[int, list[bytes]] = {}
-    for path, entry in new:
-        inserted.setdefault(bisect.bisect_left(range(count), path, key=path_at), []).append(entry)
+    at = 0
+    for path, entry in new:  # in order, so each search starts where the last one ended
+        at = bisect.bisect_left(range(count), path, lo=at, key=path_at)
+        inserted.setdefault(at, []).append(entry)
+        if at < count and path_at(at) == path:
+            dropped.append((at, at + 1))
     cuts = sorted({0, count, *(at for span in dropped for at in span), *inserted})
     position = {at: n for n, at in enumerate(cuts)}
     gone = {at for first, last in dropped for at in cuts[position[first] : position[last]]}
@@ -99,7 +102,7 @@ def patch_index(index: Path, removed: list[tuple[bytes, bool]], written: list[tu
         if first not in gone and first < last:
             shift = layout[-1] - offsets[first]
             parts.append(data[offsets[first] : offsets[last]])
-            layout.extend(offset + shift for offset in offsets[first + 1 : last + 1])
+            layout.extend(map(shift.__add__, offsets[first + 1 : last + 1]))
             kept += last - first
     parts[1] = (kept + len(new)).to_bytes(4, "big")
     body = b"".join(parts)
