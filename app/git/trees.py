@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pygit2
 
 from app.core.errors import WorkspaceError
-from app.git.snapshots import check_name, tree_entries
+from app.git.snapshots import check_name, raw_tree_entries, tree_entries
 
 _FOLDER, _GITLINK = 0o040000, 0o160000
 _ATTRIBUTES = b".gitattributes"
@@ -127,13 +127,16 @@ def changes(odb: pygit2.Odb, old: str, new: str) -> Changes:
     pending: list[tuple[str | None, str, bytes, bool]] = [(old, new, b"", False)]
     while pending:
         before_oid, after_oid, prefix, covered = pending.pop()
-        before = {name: (mode, oid) for mode, name, oid in _entries(odb, before_oid)} if before_oid else {}
-        for mode, name, oid in _entries(odb, after_oid):
-            was = before.pop(name, None)
-            filtered |= name == _ATTRIBUTES
-            if was == (mode, oid):
-                continue  # the old tree, already checked out, has this very entry
+        data = _read(odb, after_oid)
+        filtered |= b" " + _ATTRIBUTES + b"\0" in data  # also when another name ends so: then only slower
+        after = raw_tree_entries(data)
+        before = raw_tree_entries(_read(odb, before_oid)) if before_oid else []
+        was_at = {name: (mode, oid) for mode, name, oid in before}
+        for raw_mode, name, raw_oid in set(after).difference(before):  # what the old tree lacks as it is
+            mode, oid = int(raw_mode, 8), raw_oid.hex()
             check_name(name, mode)
+            found = was_at.pop(name, None)
+            was = (int(found[0], 8), found[1].hex()) if found else None
             if was is not None and was[0] == mode == _FOLDER:
                 pending.append((was[1], oid, prefix + name + b"/", covered))
                 continue
@@ -144,7 +147,8 @@ def changes(odb: pygit2.Odb, old: str, new: str) -> Changes:
                 pending.append((None, oid, prefix + name + b"/", True))
             sensitive |= _GITLINK in (mode, was[0] if was else None) or name == _ATTRIBUTES
             sensitive |= was is not None and was[0] == _FOLDER and has_gitlinks(odb, was[1])
-        for name, (mode, oid) in before.items():
+        for name in set(was_at).difference(name for _, name, _ in after):
+            mode, oid = int(was_at[name][0], 8), was_at[name][1].hex()
             entries.append((prefix + name, (mode, oid), None))
             paths.append(_text(prefix + name))
             sensitive |= mode == _GITLINK or name == _ATTRIBUTES or (mode == _FOLDER and has_gitlinks(odb, oid))
