@@ -75,7 +75,7 @@ class HeldSandbox:
 @dataclass
 class HeldBoundary:
     boundary: Boundary
-    sandbox: HeldSandbox
+    sandbox: Sandbox
     env: dict[str, str] = field(default_factory=dict)
     denied: list[JSON] = field(default_factory=list)
 
