@@ -9,6 +9,8 @@ token or the key.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from datetime import datetime
 from types import TracebackType
 from typing import Any, cast
 
@@ -27,6 +29,11 @@ from app.forge.github_errors import describe_failure, redact
 
 JWT_BACKDATE_S = 60  # GitHub's advice: allow for clock drift between us and GitHub
 JWT_LIFETIME_S = 540  # exp - iat is then 600 s, GitHub's maximum
+JWT_RENEW_S = 60  # the App's JWT is signed again this long before it expires
+READ_TOKEN_RENEW_S = 600  # a kept metadata-read token is minted again this long before it expires
+# a request GitHub never answered because it closed the kept-alive connection is sent again when that is
+# harmless: methods that are idempotent, and minting a token (a second one unused just expires)
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 class GitHubForge:
@@ -34,7 +41,15 @@ class GitHubForge:
 
     name = "github"
 
-    def __init__(self, api_url: str, app_id: str, private_key: str, timeout_s: float = 30) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        app_id: str,
+        private_key: str,
+        timeout_s: float = 30,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if not str(app_id).isdigit():
             raise ConfigError(f"GitHub App id {app_id!r} is not a number; copy the App ID from the App settings")
         try:
@@ -51,6 +66,9 @@ class GitHubForge:
         self.timeout_s = timeout_s
         self._key = key
         self._granted: dict[int, dict[str, str]] = {}
+        self._clock = clock
+        self._jwt: tuple[str, int] | None = None  # (token, when it was signed)
+        self._read_tokens: dict[tuple[int, str], tuple[str, float]] = {}  # (installation, repo) → (token, expiry)
         self._transport = _SharedTransport()
         self._github: GitHub[UnauthAuthStrategy] = GitHub(
             base_url=self.api_url + "/",
@@ -77,10 +95,16 @@ class GitHubForge:
         return self._transport
 
     def app_jwt(self) -> str:
-        """A JWT authenticating as the App: RS256, `iss` = app id, valid from a minute ago for 10 minutes."""
-        now = int(time.time())
+        """A JWT authenticating as the App: RS256, `iss` = app id, valid from a minute before it was signed for
+        10 minutes. Signed once and used until a minute before it expires: each signature is an RSA
+        private-key operation, and a run needs a few."""
+        now = int(self._clock())
+        if self._jwt is not None and self._jwt[1] <= now < self._jwt[1] + JWT_LIFETIME_S - JWT_RENEW_S:
+            return self._jwt[0]
         claims = {"iat": now - JWT_BACKDATE_S, "exp": now + JWT_LIFETIME_S, "iss": self.app_id}
-        return jwt.encode(claims, self._key, algorithm="RS256")
+        token = jwt.encode(claims, self._key, algorithm="RS256")
+        self._jwt = (token, now)
+        return token
 
     async def resolve(self, repo: str) -> RepoInfo:
         """The repository `owner/name` as the App's installation sees it."""
@@ -90,8 +114,20 @@ class GitHubForge:
             "find the App installation", repo, rest.apps.async_get_repo_installation(owner, name, headers=self._app())
         )
         self._granted[installation.id] = {k: v for k, v in installation.permissions.model_dump().items() if v}
-        token = await self._mint(installation.id, repo, {"metadata": "read"})
-        found = await self._call("read the repository", repo, rest.repos.async_get(owner, name, headers=_token(token)))
+        key = (installation.id, repo)
+        kept = self._read_tokens.get(key)
+        fresh = kept is None or self._clock() >= kept[1] - READ_TOKEN_RENEW_S
+        if kept is None or fresh:
+            kept = self._read_tokens[key] = await self._mint(installation.id, repo, {"metadata": "read"})
+        try:
+            found = await self._call(
+                "read the repository", repo, rest.repos.async_get(owner, name, headers=_token(kept[0]))
+            )
+        except ForgeError:
+            self._read_tokens.pop(key, None)
+            if fresh:
+                raise
+            return await self.resolve(repo)  # the kept token was revoked, or the repository moved: a new one
         return RepoInfo(
             full_name=found.full_name,
             clone_url=found.clone_url,
@@ -104,7 +140,7 @@ class GitHubForge:
         """A new installation token for this one repository with exactly `permissions` (expires in 1 h)."""
         if repo.installation_id is None:
             raise ForgeError(f"{repo.full_name} has no GitHub App installation; resolve it with the GitHub forge")
-        token = await self._mint(repo.installation_id, repo.full_name, permissions)
+        token, _expires = await self._mint(repo.installation_id, repo.full_name, permissions)
         return Credentials("x-access-token", token)
 
     async def find_pull_request(self, repo: RepoInfo, head: str, creds: Credentials | None) -> PullRequest | None:
@@ -165,7 +201,8 @@ class GitHubForge:
     def _app(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.app_jwt()}"}
 
-    async def _mint(self, installation_id: int, full_name: str, permissions: dict[str, str]) -> str:
+    async def _mint(self, installation_id: int, full_name: str, permissions: dict[str, str]) -> tuple[str, float]:
+        """A new token for `full_name` alone with `permissions`, and when it expires (seconds since the epoch)."""
         _owner, name = split_repo(full_name)
         minted = await self._call(
             "create an installation token",
@@ -179,7 +216,7 @@ class GitHubForge:
             requested=permissions,
             granted=self._granted.get(installation_id),
         )
-        return str(minted.token)
+        return str(minted.token), datetime.fromisoformat(str(minted.expires_at)).timestamp()
 
     async def _auth(
         self, repo: RepoInfo, creds: Credentials | None, level: str, permission: str = "pull_requests"
@@ -219,7 +256,18 @@ class _SharedTransport(httpx.AsyncBaseTransport):
         self.pool = httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self.pool.handle_async_request(request)
+        """Send `request`; once more on a new connection when the server closed a kept-alive one instead of
+        answering (it closes idle ones when it likes, and one can close as we reuse it) and sending it
+        again is harmless."""
+        try:
+            return await self.pool.handle_async_request(request)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            safe = request.method in IDEMPOTENT or (
+                request.method == "POST" and request.url.path.endswith("/access_tokens")
+            )
+            if not safe:
+                raise
+            return await self.pool.handle_async_request(request)
 
     async def aclose(self) -> None:
         return None

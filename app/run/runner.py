@@ -21,6 +21,7 @@ from app.run.finish import deliver_and_record
 from app.run.meter import RunMeter
 from app.run.outputs import review_context
 from app.run.resume import INTERRUPTED, rebuild, restart_note
+from app.run.starting import StartingHands
 
 log = logging.getLogger(__name__)
 
@@ -205,36 +206,64 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
 
 
 async def _agent_in(ctx: RunContext, deps: RunnerDeps, run_dir: Path, readied: environment.Readied | None) -> None:
-    """The sandbox (on the environment's image, when there is one), its setup, then the conversation."""
+    """The sandbox (on the environment's image, when there is one), its setup, then the conversation.
+
+    Without a setup to run first, the conversation starts while the sandbox does: its first request needs
+    nothing the sandbox makes, and every tool call waits for the sandbox (StartingHands). A start that
+    fails fails the run, whether or not the model called a tool meanwhile."""
     if ctx.checkout is None:
         return
+    # the path the sandbox shows the work tree at: the host made it, no command of the agent has run yet
+    workdir = await asyncio.to_thread(ctx.checkout.path.resolve)
+    starting = asyncio.create_task(_start_sandbox(ctx, deps, run_dir, workdir, readied))
+    try:
+        if readied is not None:
+            _boundary, started = await asyncio.shield(starting)
+            await environment.ready(ctx, deps, started, readied)
+        await _conversation(ctx, deps, run_dir, StartingHands(workdir, lambda: _hands_of(starting)))
+        await asyncio.shield(starting)
+    finally:
+        await _end_sandbox(ctx, starting)
+
+
+async def _hands_of(starting: asyncio.Task[tuple[Boundary, Hands]]) -> Hands:
+    return (await asyncio.shield(starting))[1]
+
+
+async def _conversation(ctx: RunContext, deps: RunnerDeps, run_dir: Path, hands: Hands) -> None:
     routine = ctx.routine
-    boundary, hands = await _start_sandbox(ctx, deps, run_dir, ctx.checkout.path, readied)
+    async with open_connectors(
+        routine.connectors, deps.connector_secret, redactor=ctx.events.redactor, emit=ctx.events.emit
+    ) as connectors:
+        toolbox = Toolbox(
+            routine.tools,
+            hands=hands,
+            command_timeout_s=deps.settings.command_timeout_s,
+            memory=await _memory(ctx, deps, run_dir),
+            connectors=connectors,
+        )
+        agent = Agent(deps.model, toolbox, ctx.events, _budget(routine, deps), hooks=_hooks(ctx, deps, hands))
+        system = build_system(routine, workspace=hands.workdir)
+        first = build_first_message(ctx.run.trigger)
+        if ctx.pull is not None:
+            first += "\n\n" + fence(review_context(ctx.pull), "pull_request")
+        ctx.outcome = await _converse(ctx, deps, agent, system, first)
+
+
+async def _end_sandbox(ctx: RunContext, starting: asyncio.Task[tuple[Boundary, Hands]]) -> None:
+    """Stage the final tree and close the hands and the boundary. A start still under way when the run
+    ends early is cancelled (no tool ran, so there is nothing to stage); one that failed closed itself."""
+    if not starting.done():
+        starting.cancel()
+        await asyncio.wait([starting])
+    if starting.cancelled() or starting.exception() is not None:
+        return
+    boundary, hands = starting.result()
     try:
         try:
-            if readied is not None:
-                await environment.ready(ctx, deps, hands, readied)
-            async with open_connectors(
-                routine.connectors, deps.connector_secret, redactor=ctx.events.redactor, emit=ctx.events.emit
-            ) as connectors:
-                toolbox = Toolbox(
-                    routine.tools,
-                    hands=hands,
-                    command_timeout_s=deps.settings.command_timeout_s,
-                    memory=await _memory(ctx, deps, run_dir),
-                    connectors=connectors,
-                )
-                agent = Agent(deps.model, toolbox, ctx.events, _budget(routine, deps), hooks=_hooks(ctx, deps, hands))
-                system = build_system(routine, workspace=hands.workdir)
-                first = build_first_message(ctx.run.trigger)
-                if ctx.pull is not None:
-                    first += "\n\n" + fence(review_context(ctx.pull), "pull_request")
-                ctx.outcome = await _converse(ctx, deps, agent, system, first)
+            await _final_snapshot(ctx, hands)
         finally:
-            try:
-                await _final_snapshot(ctx, hands)
-            finally:
-                await hands.close()
+            await hands.close()
     finally:
         ctx.denied = boundary.denied
         await boundary.close()

@@ -74,13 +74,15 @@ NOT_INSTALLED = (
 )
 _ATTACH = 'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
 FORWARDER_INSIDE = "/run/routines/forwarder.py"
+_LISTENS = "'0100007F:0C38 00000000:0000 0A'"  # 127.0.0.1:3128 listening, as /proc/net/tcp shows it
 _FORWARDER = (
-    # forwarder.py splices in the kernel; socat (with big blocks: its 8 KiB default halves throughput) copies
-    # every byte through itself, and is the fallback where python3 is missing or has no os.splice
-    f"{{ python3 -I -S -B {FORWARDER_INSIDE} 3128 {SOCKET_INSIDE} || exec socat -b 1048576 "
-    f"TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{SOCKET_INSIDE}; }} </dev/null >/dev/null 2>&1 &\n"
-    "i=0; while [ $i -lt 500 ] && ! grep -qs '0100007F:0C38 00000000:0000 0A' /proc/net/tcp; do"
-    " sleep 0.01; i=$((i+1)); done\n"
+    # forwarder.py splices in the kernel and says when it listens; socat (with big blocks: its 8 KiB default
+    # halves throughput) copies every byte through itself, and is the fallback where python3 is missing or has
+    # no os.splice: only then is /proc/net/tcp polled (each read walks the host's whole TCP table)
+    f"read -rt 5 _ < <(python3 -I -S -B {FORWARDER_INSIDE} 3128 {SOCKET_INSIDE} </dev/null 2>/dev/null || "
+    f"{{ socat -b 1048576 TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{SOCKET_INSIDE} "
+    "</dev/null >/dev/null 2>&1 &\n"
+    f"i=0; while [ $i -lt 500 ] && ! grep -qs {_LISTENS} /proc/net/tcp; do sleep 0.01; i=$((i+1)); done; echo; }})\n"
 )
 
 
@@ -353,12 +355,12 @@ class BwrapSandbox:
         python = shlex.join(host_python(sandbox_runtime(), tools)[0])
         socat = shlex.join(tools.program("socat"))
         return (
-            f"{{ {python} -I -S -B {FORWARDER_INSIDE} 3128 {SOCKET_INSIDE} || exec {socat} -b 1048576 "
-            f"TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{SOCKET_INSIDE}; }} "
+            f"read -rt 5 _ < <({python} -I -S -B {FORWARDER_INSIDE} 3128 {SOCKET_INSIDE} </dev/null 2>/dev/null || "
+            f"{{ {socat} -b 1048576 TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{SOCKET_INSIDE} "
             "</dev/null >/dev/null 2>&1 &\n"
             "for _ in {1..500}; do"
-            " [[ $(< /proc/net/tcp) == *'0100007F:0C38 00000000:0000 0A'* ]] && break;"
-            " read -rt 0.01 <> <(:) || :; done\n"
+            f" [[ $(< /proc/net/tcp) == *{_LISTENS}* ]] && break;"
+            " read -rt 0.01 <> <(:) || :; done; echo; })\n"
         )
 
 

@@ -27,20 +27,34 @@ def system_mounts(paths: Sequence[str]) -> list[str]:
 
 
 def etc_masks(root: str = "/etc") -> list[str]:
-    """Mount over everything in `root` that other users may not read: the host's own list of secrets."""
+    """Mount over everything in `root` that other users may not read: the host's own list of secrets.
+
+    Read for every sandbox (a file made unreadable since the last one must be masked too), so it looks
+    only at what can need a mask: symbolic links (most of /etc/ssl/certs) are told apart by the
+    directory listing's entry type and never stat-ed, as neither kind of mask applies to them."""
     args: list[str] = []
-    for current, dirs, files in os.walk(root):
-        for name in list(dirs):
-            full = os.path.join(current, name)
-            mode = os.lstat(full).st_mode
-            if stat.S_ISDIR(mode) and (mode & 0o005) != 0o005:
-                args += ["--tmpfs", full]
-                dirs.remove(name)
-        for name in files:
-            full = os.path.join(current, name)
-            mode = os.lstat(full).st_mode
-            if stat.S_ISREG(mode) and not mode & 0o004:
-                args += ["--ro-bind", "/dev/null", full]
+    pending = [root]
+    while pending:
+        current = pending.pop(0)
+        try:
+            with os.scandir(current) as listing:
+                entries = sorted((e for e in listing if not e.is_symlink()), key=lambda e: not e.is_dir())
+        except OSError:  # as os.walk: a folder that cannot be listed is passed over
+            continue
+        inside: list[str] = []
+        for entry in entries:
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except FileNotFoundError:  # gone since the listing: nothing left to mask
+                continue
+            if stat.S_ISDIR(mode):
+                if (mode & 0o005) != 0o005:
+                    args += ["--tmpfs", entry.path]
+                else:
+                    inside.append(entry.path)
+            elif stat.S_ISREG(mode) and not mode & 0o004:
+                args += ["--ro-bind", "/dev/null", entry.path]
+        pending[:0] = inside
     return args
 
 

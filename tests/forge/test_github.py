@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,3 +170,92 @@ async def test_expired_token_is_refused_with_a_message_that_hides_it(hub: Hub) -
         with pytest.raises(ForgeError, match="expired or was revoked") as refused:
             await forge.find_pull_request(info, "x", creds)
     assert creds.password not in str(refused.value)
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_app_jwt_is_signed_once_and_again_a_minute_before_it_expires(hub: Hub) -> None:
+    clock = Clock(1_700_000_000.0)
+    forge = GitHubForge(hub.url, str(hub.state.app_id), hub.state.private_key, clock=clock)
+    first = forge.app_jwt()
+    clock.now += 479
+    assert forge.app_jwt() == first
+    clock.now += 1  # 480 s after signing: 60 s before its `exp`
+    second = forge.app_jwt()
+    assert second != first
+    claims = jwt.decode(second, hub.state.public_key, algorithms=["RS256"], options={"verify_exp": False})
+    assert (claims["iat"], claims["exp"]) == (int(clock.now) - 60, int(clock.now) + 540)
+
+
+async def test_resolve_keeps_its_read_token_until_ten_minutes_before_it_expires(hub: Hub) -> None:
+    hub.state.token_ttl_s = 900  # tokens that expire in 15 minutes: kept for 5
+    clock = Clock(time.time())
+    async with GitHubForge(hub.url, str(hub.state.app_id), hub.state.private_key, clock=clock) as forge:
+        await forge.resolve("acme/api")
+        clock.now += 299
+        await forge.resolve("acme/api")
+        assert len(hub.state.tokens) == 1
+        await forge.resolve("acme/web")  # a token is for one repository
+        assert len(hub.state.tokens) == 2
+        clock.now += 2  # 599 s are left of the first one
+        info = await forge.resolve("acme/api")
+        assert len(hub.state.tokens) == 3 and info.full_name == "acme/api"
+
+
+async def test_a_kept_read_token_that_was_revoked_is_replaced(hub: Hub) -> None:
+    async with hub.forge() as forge:
+        await forge.resolve("acme/api")
+        hub.state.expire_tokens()
+        info = await forge.resolve("acme/api")
+    assert info.full_name == "acme/api" and len(hub.state.tokens) == 2
+
+
+@pytest.fixture
+async def closing_server() -> AsyncIterator[tuple[str, list[str]]]:
+    """Answers the first request of each connection (kept alive), then closes the connection when the next
+    request comes on it, unanswered: what a server does that times an idle connection out as it is reused."""
+    seen: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answered in (True, False):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(
+                next((ln.split(b":")[1] for ln in head.lower().split(b"\r\n") if ln.startswith(b"content-length")), 0)
+            )
+            await reader.readexactly(length)
+            seen.append(head.split(b"\r\n")[0].decode())
+            if answered:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}", seen
+    server.close()
+
+
+async def test_a_request_the_server_dropped_on_a_reused_connection_is_sent_again_when_harmless(
+    hub: Hub, closing_server: tuple[str, list[str]]
+) -> None:
+    url, seen = closing_server
+    async with hub.forge() as forge, httpx.AsyncClient(transport=forge.transport, base_url=url) as client:
+        assert (await client.get("/repos/acme/api")).status_code == 200
+        assert (await client.get("/repos/acme/api")).status_code == 200  # dropped once, then sent again
+        assert (await client.post("/app/installations/1/access_tokens", json={})).status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post("/repos/acme/api/pulls", json={"title": "t"})  # may have been done: not again
+    assert seen == [
+        "GET /repos/acme/api HTTP/1.1",
+        "GET /repos/acme/api HTTP/1.1",
+        "GET /repos/acme/api HTTP/1.1",
+        "POST /app/installations/1/access_tokens HTTP/1.1",
+        "POST /app/installations/1/access_tokens HTTP/1.1",
+        "POST /repos/acme/api/pulls HTTP/1.1",
+    ]

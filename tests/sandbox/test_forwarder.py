@@ -92,3 +92,20 @@ async def test_without_the_proxy_a_connection_is_closed_and_the_next_one_is_carr
     writer.close()
     os.rename(moved, upstream)
     assert (await exchange(port, b"hello")).startswith(b"hello")
+
+
+async def test_it_says_when_it_listens_and_a_connection_made_then_is_carried(upstream: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = int(probe.getsockname()[1])
+    argv = [sys.executable, "-I", "-S", "-B", forwarder.__file__, str(free), str(upstream)]
+    process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(HANG_S):
+            said = await process.stdout.read()  # its standard output ends after the one line
+        assert said == f"{forwarder.LISTENING}\n".encode()
+        assert await exchange(free, b"ping") == b"ping" + b"END " + hashlib.sha256(b"ping").hexdigest().encode()
+    finally:
+        process.terminate()
+        await process.wait()

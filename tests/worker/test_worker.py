@@ -235,3 +235,44 @@ async def test_every_job_of_a_full_worker_can_wait_in_a_blocking_call_at_once(tm
         assert sorted(await asyncio.gather(*waits)) == list(range(2 * jobs))
     finally:
         await shutdown(ctx)
+
+
+async def test_a_burst_of_jobs_over_two_workers_runs_each_once_and_never_more_than_max_jobs_at_once(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The jobs one poll finds are started side by side; each still runs once, and a worker's max_jobs holds."""
+    settings = replace(settings_for(tmp_path, redis_url), max_jobs=4)
+    ran: Counter[str] = Counter()
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+    release = asyncio.Event()
+
+    async def job(ctx: dict[str, Any], name: str) -> None:
+        me = ctx["worker_id"]
+        running[me] = running.get(me, 0) + 1
+        most[me] = max(most.get(me, 0), running[me])
+        ran[name] += 1
+        await release.wait()
+        running[me] -= 1
+
+    pool = queue.connect(redis_url)
+    started = [create_worker(settings, handle_signals=False) for _ in range(2)]
+    for w in started:
+        w.functions["burst"] = func(job, name="burst")
+    try:
+        for n in range(20):
+            await pool.enqueue_job("burst", f"job-{n}", _job_id=f"burst-{n}")
+        tasks = [asyncio.create_task(w.main()) for w in started]
+        await until(lambda: sum(ran.values()) == 8, "both workers to fill up")
+        assert list(most.values()) == [4, 4]
+        release.set()
+        await until(lambda: sum(ran.values()) == 20, "every job to run")
+        assert set(ran.values()) == {1} and len(ran) == 20
+        assert max(most.values()) == 4
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for w in started:
+            await close_worker(w)
+        await pool.aclose()

@@ -7,7 +7,9 @@ It runs inside the sandbox, as the agent's own user, on the sandbox's `python3`:
 standard library only, so it can run by itself, bound into the sandbox read-only. It grants nothing the
 agent lacks (the socket is bound in either way); it only carries bytes, with `os.splice` so the kernel
 moves them by page reference instead of copying them through the process as socat's loop does. Exits
-with 3 when this Python has no `os.splice`, so the caller can fall back to socat.
+with 3 when this Python has no `os.splice`, so the caller can fall back to socat. Once it listens it writes
+`LISTENING` and a newline to its standard output and closes it, so the caller waits for that line instead
+of polling.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ SPLICE_BYTES = 1024 * 1024
 UNIX_SNDBUF_BYTES = 4 * 1024 * 1024  # a unix socket's buffer does not grow as TCP's does; capped by wmem_max
 THREAD_STACK_BYTES = 256 * 1024
 NO_SPLICE = 3
+LISTENING = "listening"
 
 
 def pump(src: socket.socket, dst: socket.socket) -> None:
@@ -86,6 +89,11 @@ def main(argv: list[str]) -> int:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
     listener.listen(128)
+    with contextlib.suppress(OSError):  # nobody may be reading: the caller then did not wait
+        os.write(1, f"{LISTENING}\n".encode())
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
     serve(listener, path)
     return 0
 
