@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from app.core.errors import WorkspaceError
 from app.git.indexes import index_entry, join_indexes, patch_index
 from app.git.layout import checkpoints_dir, mirror_lock, private_gitdir
 from app.git.remotes import locked, repo_name
-from app.git.trees import changes, has_gitlinks, split
+from app.git.trees import Changes, changes, has_gitlinks, split
 from app.git.updates import update_tree
 from app.git.workspace import Workspace
 
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 OPEN_BARE = RepositoryOpenFlag.NO_SEARCH | RepositoryOpenFlag.BARE
 _FOLDER = 0o040000
 _EOL_SETTINGS = ("core.autocrlf", "core.eol")
+MAX_WRITER_DEPTH = 64  # deeper paths are rare and left to libgit2, so the writer holds few descriptors
+PATH_MAX = 4096
 PARALLEL_BYTES = 160_000  # trees this big (about 4,000 files) are written quicker by two writers than one
 
 
@@ -118,7 +121,7 @@ def advance(dest: Path, old: str, new: str) -> bool:
         repo = pygit2.Repository(str(gitdir), OPEN_BARE)
         target = repo[new].peel(pygit2.Tree)
         found = changes(repo.odb, str(repo[old].peel(pygit2.Tree).id), str(target.id))
-        if found.paths and not (found.sensitive or found.filtered or _converts(repo)):
+        if found.paths and not (found.sensitive or found.filtered or _unusual(dest, found) or _converts(repo)):
             written = update_tree(dest, repo.odb, found.entries)
             removed = [  # a file or link written over another replaces its entry without help
                 (path, was[0] == _FOLDER)
@@ -139,16 +142,34 @@ def advance(dest: Path, old: str, new: str) -> bool:
             else:
                 repo.checkout_tree(target, strategy=strategy, paths=found.paths, directory=str(dest))  # type: ignore[no-untyped-call]
         _write_head(gitdir, None, new)
-    except (OSError, KeyError, ValueError, pygit2.GitError, WorkspaceError) as exc:
+    except (OSError, KeyError, ValueError, RecursionError, pygit2.GitError, WorkspaceError) as exc:
         logger.info("could not bring the work tree at %s from %s to %s: %s", dest, old, new, exc)
         return False
     return True
 
 
+def _unusual(dest: Path, found: Changes) -> bool:
+    """Whether a path written is one libgit2 must judge as a fresh checkout would: a name with `\\` or `~`
+    (core.protectNTFS refuses `.git\\…` and `.gitmodules`' short names), nested deeper than
+    MAX_WRITER_DEPTH, or too long for the system."""
+    room = PATH_MAX - len(os.fsencode(dest)) - 1
+    return any(
+        len(path) >= room or path.count(b"/") >= MAX_WRITER_DEPTH or b"\\" in path or b"~" in path
+        for path, _, new in found.entries
+        if new is not None
+    )
+
+
 def _converts(repo: pygit2.Repository) -> bool:
-    """Whether the configuration libgit2 reads (the system's and the user's too) converts line endings."""
+    """Whether the configuration or attributes libgit2 reads besides the tree's (the system's and the
+    user's too) could change what is written: line endings, attribute files, symlinks written as files."""
     config = repo.config
-    return any(name in config and str(config[name]).lower() not in ("false", "lf") for name in _EOL_SETTINGS)
+    if any(name in config and str(config[name]).lower() not in ("false", "lf") for name in _EOL_SETTINGS):
+        return True
+    if "core.attributesFile" in config or ("core.symlinks" in config and not config.get_bool("core.symlinks")):
+        return True
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.exists(os.path.join(xdg, "git", "attributes"))
 
 
 def attach(mirror: Path, dest: Path, branch: str | None, commit: str) -> Workspace:

@@ -128,7 +128,7 @@ def _layout(index: Path, data: bytes) -> array[int]:
             if found.read(20) == data[-20:]:
                 offsets = array("I")
                 offsets.frombytes(found.read())
-                if offsets and offsets[-1] <= len(data) - 20:
+                if offsets and offsets[0] == _HEADER and offsets[-1] <= len(data) - 20:
                     return offsets
     except OSError:
         pass

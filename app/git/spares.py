@@ -10,6 +10,7 @@ has touched are advanced, so libgit2's baseline is exactly what is on disk.
 from __future__ import annotations
 
 import fcntl
+import logging
 import re
 import secrets
 import shutil
@@ -24,6 +25,7 @@ from app.git.indexes import remember_layout
 from app.git.layout import private_gitdir
 from app.git.workspace import Workspace
 
+logger = logging.getLogger(__name__)
 _READY = re.compile(r"([0-9a-f]{40,64})-[0-9a-f]{8}")
 _LEFTOVERS = (".building-", ".advancing-")
 _STALE_CLAIM_S = 600.0
@@ -57,7 +59,8 @@ def claim_spare(mirror: Path, base: str, dest: Path) -> Workspace | None:
                 Workspace(dest, "").cleanup()
                 return None
             return attach(mirror, dest, branch, str(commit.id))
-        except OSError:
+        except Exception:  # whatever went wrong, the run checks out afresh and nothing is left at dest
+            logger.warning("could not take the spare of %s for %s", mirror, dest, exc_info=True)
             Workspace(dest, "").cleanup()
             return None
         finally:

@@ -40,27 +40,26 @@ class Written:
 
 
 def update_tree(dest: Path, odb: pygit2.Odb, entries: list[tuple[bytes, Entry | None, Entry | None]]) -> list[Written]:
-    """Remove each old entry of `entries` from the work tree at `dest`, then write each new one (folders,
-    files, symlinks; gitlinks are refused). OSError or WorkspaceError when the disk is not what the old
-    tree says; the work tree is then in no known state."""
+    """Remove each old entry of `entries` from the work tree at `dest`, then write each new file and symlink
+    (with the folders on their way; gitlinks are refused). OSError or WorkspaceError when the disk is not
+    what the old tree says; the work tree is then in no known state."""
     folders = _Folders(dest)
     try:
         for path, old, new in reversed(entries):
             if old is not None and not (old[0] in _FILES and new is not None and new[0] in _FILES):
                 parent, name = folders.parent_of(path)
-                if old[0] == _FOLDER:
-                    shutil.rmtree(name, dir_fd=parent)
-                else:
+                if old[0] != _FOLDER:
                     os.unlink(name, dir_fd=parent)
+                else:  # a folder of empty folders only was never written, as libgit2 writes none
+                    with contextlib.suppress(FileNotFoundError):
+                        shutil.rmtree(name, dir_fd=parent)
         written = []
         for path, old, new in entries:
-            if new is None:
-                continue
+            if new is None or new[0] == _FOLDER:
+                continue  # folders are made on the way to what they hold: an empty one is not written
             mode, oid = new
             parent, name = folders.parent_of(path)
-            if mode == _FOLDER:
-                os.mkdir(name, 0o755, dir_fd=parent)
-            elif mode in _FILES:
+            if mode in _FILES:
                 replaced = old is not None and old[0] in _FILES
                 written.append(Written(path, mode, oid, _write_file(parent, name, _blob(odb, oid), mode, replaced)))
             elif mode == _SYMLINK:
@@ -106,23 +105,35 @@ def _blob(odb: pygit2.Odb, oid: str) -> bytes:
 
 
 class _Folders:
-    """Descriptors of the work tree's folders, each opened from its parent's without following a link."""
+    """Descriptors of the folders on the way to the entry being written, each opened from its parent's
+    without following a link (and made when missing). Only that one chain is kept open: the entries come
+    in git's order, so a folder is left once for good, and a deep or wide tree holds no more descriptors
+    than its depth."""
 
     def __init__(self, root: Path) -> None:
-        self._open = {b"": os.open(root, _OPEN_FOLDER)}
+        self._chain: list[tuple[bytes, int]] = [(b"", os.open(root, _OPEN_FOLDER))]
 
     def parent_of(self, path: bytes) -> tuple[int, bytes]:
         folder, _, name = path.rpartition(b"/")
-        return self._folder(folder), name
-
-    def _folder(self, path: bytes) -> int:
-        found = self._open.get(path)
-        if found is None:
-            parent, name = self.parent_of(path)
-            found = self._open[path] = os.open(name, _OPEN_FOLDER, dir_fd=parent)
-        return found
+        names = folder.split(b"/") if folder else []
+        kept = 1
+        while kept < len(self._chain) and kept <= len(names) and self._chain[kept][0] == names[kept - 1]:
+            kept += 1
+        for _, fd in self._chain[kept:]:
+            os.close(fd)
+        del self._chain[kept:]
+        for step in names[kept - 1 :]:
+            parent = self._chain[-1][1]
+            try:
+                fd = os.open(step, _OPEN_FOLDER, dir_fd=parent)
+            except FileNotFoundError:
+                os.mkdir(step, 0o755, dir_fd=parent)
+                fd = os.open(step, _OPEN_FOLDER, dir_fd=parent)
+            self._chain.append((step, fd))
+        return self._chain[-1][1], name
 
     def close(self) -> None:
-        for fd in self._open.values():
+        for _, fd in self._chain:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self._chain.clear()

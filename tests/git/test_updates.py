@@ -7,14 +7,18 @@ from __future__ import annotations
 import logging
 import os
 import re
+import resource
 import stat
 from pathlib import Path
 
+import pygit2
 import pytest
 
-from app.git.checkouts import advance, check_out
+from app.core.errors import WorkspaceError
+from app.git.checkouts import MAX_WRITER_DEPTH, advance, check_out
 from app.git.indexes import remember_layout
 from app.git.layout import private_gitdir
+from tests.git.test_checkouts import BLOB, TREE, blob, tree
 from tests.git.test_spares import commit_all, listing, make_origin, move, write
 from tests.support.git import git
 
@@ -30,8 +34,8 @@ def plain(tmp_path: Path) -> Path:
 
 
 def spare_at(origin: Path, commit: str, dest: Path) -> Path:
-    """A spare of `commit` at `dest`, checked out from a bare mirror of `origin` with all its commits."""
-    check_out(mirror_of(origin), commit, dest)
+    """A spare of `commit` at `dest`, checked out from `origin` when bare, else from a bare mirror of it."""
+    check_out(origin if origin.suffix == ".git" else mirror_of(origin), commit, dest)
     remember_layout(private_gitdir(dest) / "index")
     return dest
 
@@ -126,3 +130,62 @@ def test_line_endings_from_gitattributes_are_left_to_libgit2(
     fresh = check_out(mirror_of(plain), second, tmp_path / "fresh").path
     assert (spare / "added" / "new.txt").read_bytes() == b"new\r\n" == (fresh / "added" / "new.txt").read_bytes()
     assert listing(spare) == listing(fresh)
+
+
+def raw_commit(path: Path, root: pygit2.Oid) -> str:
+    """`root` committed on `main` of the bare repository at `path` (made if missing), on top of main."""
+    repo = pygit2.Repository(str(path)) if path.exists() else pygit2.init_repository(str(path), bare=True)
+    who = pygit2.Signature("Fork", "fork@example.com")
+    parents = [repo.references["refs/heads/main"].target] if "refs/heads/main" in repo.references else []
+    return str(repo.create_commit("refs/heads/main", who, who, "next", root, parents))
+
+
+def nested(repo: pygit2.Repository, depth: int, leaf: pygit2.Oid) -> pygit2.Oid:
+    for _ in range(depth):
+        leaf = tree(repo, (TREE, b"d", leaf))
+    return leaf
+
+
+def test_deep_paths_and_names_libgit2_judges_are_left_to_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A path deeper than the writer goes, or a name with `\\` or `~`, is written (or refused) by libgit2
+    exactly as a fresh checkout: `.git\\hooks` is refused on the way, never written by the writer."""
+    caplog.set_level(logging.DEBUG, "app.git")
+    path = tmp_path / "mirror.git"
+    repo = pygit2.init_repository(str(path), bare=True)
+    first = raw_commit(path, tree(repo, (BLOB, b"a.txt", blob(repo, b"one\n"))))
+    deep = nested(repo, MAX_WRITER_DEPTH + 1, tree(repo, (BLOB, b"f.txt", blob(repo, b"deep\n"))))
+    second = raw_commit(path, tree(repo, (BLOB, b"a.txt", blob(repo, b"two\n")), (TREE, b"d", deep)))
+
+    spare = spare_at(path, first, tmp_path / "spare")
+    assert advance(spare, first, second)
+    assert BY_LIBGIT2 in caplog.text and BY_DESCRIPTORS not in caplog.text
+    assert listing(spare) == listing(check_out(path, second, tmp_path / "fresh").path)
+
+    hooks = tree(repo, (BLOB, b"post-checkout", blob(repo, b"#!/bin/sh\ntouch /tmp/pwned\n")))
+    third = raw_commit(path, tree(repo, (TREE, b".git\\hooks", hooks), (BLOB, b"a.txt", blob(repo, b"two\n"))))
+    again = spare_at(path, second, tmp_path / "again")
+    assert not advance(again, second, third), "refused as core.protectNTFS refuses it in a fresh checkout"
+    with pytest.raises(WorkspaceError):
+        check_out(path, third, tmp_path / "refused")
+
+
+def test_an_empty_folder_is_not_written_and_many_folders_hold_few_descriptors(tmp_path: Path) -> None:
+    """libgit2 writes no folder for an empty tree, so neither does the writer; and a change that adds
+    folders by the hundred keeps only the folders on the way to the current entry open."""
+    path = tmp_path / "mirror.git"
+    repo = pygit2.init_repository(str(path), bare=True)
+    first = raw_commit(path, tree(repo, (BLOB, b"a.txt", blob(repo, b"one\n"))))
+    wide = tree(repo, *((TREE, b"f%04d" % n, tree(repo, (BLOB, b"x", blob(repo, b"%d\n" % n)))) for n in range(400)))
+    empty = tree(repo)
+    two = blob(repo, b"two\n")
+    second = raw_commit(path, tree(repo, (BLOB, b"a.txt", two), (TREE, b"empty", empty), (TREE, b"w", wide)))
+    spare = spare_at(path, first, tmp_path / "spare")
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 64, hard))
+    try:
+        assert advance(spare, first, second)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not (spare / "empty").exists()
+    assert listing(spare) == listing(check_out(path, second, tmp_path / "fresh").path)
