@@ -105,7 +105,10 @@ def sandbox_available(bwrap: str = "bwrap") -> str | None:
         return NOT_INSTALLED
     probe = [exe, *_isolation(), *system_mounts(DEFAULT_RO_PATHS), "--proc", "/proc", "--dev", "/dev", "true"]
     try:
-        done = subprocess.run(probe, env={"PATH": DEFAULT_PATH}, capture_output=True, text=True, timeout=30)
+        # a session of its own, as every sandbox has: a Ctrl+C meant for `routines dev` must not fail the probe
+        done = subprocess.run(
+            probe, env={"PATH": DEFAULT_PATH}, capture_output=True, text=True, timeout=30, start_new_session=True
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bubblewrap could not be started ({exc}); check the bwrap binary at {exe}"
     if done.returncode != 0:
