@@ -16,7 +16,7 @@ from pathlib import Path
 
 from app.core.errors import WorkspaceError
 
-_HEADER, _STAT_AND_ID, _EXTENDED = 12, 62, 0x4000
+_HEADER, _STAT_AND_ID, _EXTENDED, _LENGTH = 12, 62, 0x4000, 0xFFF
 _U32 = 0xFFFFFFFF
 
 
@@ -24,36 +24,54 @@ def join_indexes(into: Path, other: Path, paths: list[str]) -> None:
     """Replace the index `into` by one whose entries under `paths` (files or folders) come from the
     index `other` and the rest from `into`; both must list the same paths (one tree read into each)."""
     mine, theirs = into.read_bytes(), other.read_bytes()
-    ours_at, theirs_at = _entries(mine), _entries(theirs)
-    if [path for path, _, _ in ours_at] != [path for path, _, _ in theirs_at]:
+    names, offsets = _entries(mine)
+    if (names, offsets) != _entries(theirs):
         raise WorkspaceError(f"the indexes {into} and {other} list different paths; check out again")
-    exact = {path.encode() for path in paths}
-    under = tuple(path + b"/" for path in exact)
-    parts = [mine[:_HEADER]]
-    for (path, start, end), (_, their_start, their_end) in zip(ours_at, theirs_at, strict=True):
-        taken = path in exact or path.startswith(under)
-        parts.append(theirs[their_start:their_end] if taken else mine[start:end])
-    parts.append(mine[ours_at[-1][2] if ours_at else _HEADER : -20])  # the extensions (the cache of trees)
+    parts, at = [mine[:_HEADER]], 0
+    for first, last in _runs(names, paths):
+        if first < at:
+            raise WorkspaceError(f"the parts {paths} of a checkout overlap; check out again")
+        parts += [mine[offsets[at] : offsets[first]], theirs[offsets[first] : offsets[last]]]
+        at = last
+    parts.append(mine[offsets[at] : -20])  # the rest, and the extensions (the cache of trees)
     body = b"".join(parts)
+    trailer = hashlib.sha1(body).digest()
     staging = into.with_name(f".{into.name}.{secrets.token_hex(4)}")
-    staging.write_bytes(body + hashlib.sha1(body).digest())
+    staging.write_bytes(body + trailer)
+    _write_layout(into, trailer, array("I", offsets))  # the entries kept their places: for patch_index
     staging.replace(into)
 
 
-def _entries(data: bytes) -> list[tuple[bytes, int, int]]:
-    """(path, start, end) of each entry of a raw index of version 2 or 3."""
+def _runs(names: list[bytes], paths: list[str]) -> list[tuple[int, int]]:
+    """The runs [first, last) of entries that are one of `paths` or under one, in order. An index is
+    sorted by path bytes, so the entries under a folder are next to each other (`/` sorts before `0`)."""
+    if any(a >= b for a, b in itertools.pairwise(names)):
+        raise WorkspaceError("an index file libgit2 wrote is not sorted by path; check out again")
+    runs = []
+    for path in (path.encode() for path in paths):
+        exact = bisect.bisect_left(names, path)
+        if exact < len(names) and names[exact] == path:
+            runs.append((exact, exact + 1))
+        runs.append((bisect.bisect_left(names, path + b"/"), bisect.bisect_left(names, path + b"0")))
+    return sorted(run for run in runs if run[0] < run[1])
+
+
+def _entries(data: bytes) -> tuple[list[bytes], list[int]]:
+    """The paths of the entries of a raw index of version 2 or 3, and where each entry starts (with one
+    more: where the last ends)."""
     version = int.from_bytes(data[4:8], "big")
     if data[:4] != b"DIRC" or version not in (2, 3) or hashlib.sha1(data[:-20]).digest() != data[-20:]:
         raise WorkspaceError("an index file libgit2 wrote is not of version 2 or 3, or broken; check out again")
-    found, at = [], _HEADER
+    names, offsets, at = [], [_HEADER], _HEADER
     for _ in range(int.from_bytes(data[8:12], "big")):
-        flags = int.from_bytes(data[at + 60 : at + 62], "big")
+        flags = data[at + 60] << 8 | data[at + 61]
         name = at + _STAT_AND_ID + (2 if flags & _EXTENDED else 0)
-        nul = data.index(b"\0", name)
-        end = at + ((nul - at + 8) & ~7)
-        found.append((data[name:nul], at, end))
-        at = end
-    return found
+        length = flags & _LENGTH
+        nul = name + length if length != _LENGTH else data.index(b"\0", name)
+        names.append(data[name:nul])
+        at += (nul - at + 8) & ~7
+        offsets.append(at)
+    return names, offsets
 
 
 def patch_index(index: Path, removed: list[tuple[bytes, bool]], written: list[tuple[bytes, bytes]]) -> None:
@@ -132,9 +150,7 @@ def _layout(index: Path, data: bytes) -> array[int]:
                     return offsets
     except OSError:
         pass
-    entries = _entries(data)
-    offsets = array("I", [start for _, start, _ in entries])
-    offsets.append(entries[-1][2] if entries else _HEADER)
+    offsets = array("I", _entries(data)[1])
     _write_layout(index, data[-20:], offsets)
     return offsets
 
