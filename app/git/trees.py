@@ -160,12 +160,18 @@ def _entries(odb: pygit2.Odb, tree: str) -> list[tuple[int, bytes, str]]:
 
 
 def _read(odb: pygit2.Odb, tree: str) -> bytes:
+    return read_object(odb, tree, pygit2.enums.ObjectType.TREE)
+
+
+def read_object(odb: pygit2.Odb, oid: str, kind: pygit2.enums.ObjectType) -> bytes:
+    """The raw data of object `oid`, which must be of `kind`; WorkspaceError when missing or of another kind."""
+    what = kind.name.lower()
     try:
-        kind, data = odb.read(tree)
+        found, data = odb.read(oid)
     except (KeyError, ValueError, pygit2.GitError):
-        raise WorkspaceError(f"tree {tree} is not in the mirror") from None
-    if kind != pygit2.enums.ObjectType.TREE:
-        raise WorkspaceError(f"object {tree} is not a tree")
+        raise WorkspaceError(f"{what} {oid} is not in the mirror") from None
+    if found != kind:
+        raise WorkspaceError(f"object {oid} is not a {what}")
     return bytes(data)
 
 

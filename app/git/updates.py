@@ -20,7 +20,7 @@ from pathlib import Path
 import pygit2
 
 from app.core.errors import WorkspaceError
-from app.git.trees import Entry
+from app.git.trees import Entry, read_object
 
 _FOLDER, _EXECUTABLE, _SYMLINK = 0o040000, 0o100755, 0o120000
 _FILES = (0o100644, _EXECUTABLE)
@@ -95,13 +95,7 @@ def _write_file(parent: int, name: bytes, data: bytes, mode: int, replaced: bool
 
 
 def _blob(odb: pygit2.Odb, oid: str) -> bytes:
-    try:
-        kind, data = odb.read(oid)
-    except (KeyError, ValueError, pygit2.GitError):
-        raise WorkspaceError(f"blob {oid} is not in the mirror") from None
-    if kind != pygit2.enums.ObjectType.BLOB:
-        raise WorkspaceError(f"object {oid} is not a blob")
-    return bytes(data)
+    return read_object(odb, oid, pygit2.enums.ObjectType.BLOB)
 
 
 class _Folders:

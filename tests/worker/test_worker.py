@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 from arq import Worker
-from arq.worker import func
+from arq.worker import Function, func
 from redis import asyncio as aioredis
 
 from app.core.config import Settings
@@ -41,8 +42,18 @@ def settings_for(tmp_path: Path, redis_url: str) -> Settings:
 
 
 @asynccontextmanager
-async def workers(settings: Settings, clock: Clock, count: int) -> AsyncIterator[list[Worker]]:
-    started = [create_worker(settings, handle_signals=False, clock=clock, tick_s=0.005) for _ in range(count)]
+async def workers(
+    settings: Settings,
+    clock: Callable[[], float] = time.time,
+    count: int = 1,
+    *,
+    tick_s: float | None = 0.005,
+    functions: dict[str, Function] | None = None,
+) -> AsyncIterator[list[Worker]]:
+    """`count` running workers (with `functions` besides their own), stopped and closed on the way out."""
+    started = [create_worker(settings, handle_signals=False, clock=clock, tick_s=tick_s) for _ in range(count)]
+    for w in started:
+        w.functions.update(functions or {})
     tasks = [asyncio.create_task(w.main()) for w in started]
     try:
         yield started
@@ -256,23 +267,15 @@ async def test_a_burst_of_jobs_over_two_workers_runs_each_once_and_never_more_th
         running[me] -= 1
 
     pool = queue.connect(redis_url)
-    started = [create_worker(settings, handle_signals=False) for _ in range(2)]
-    for w in started:
-        w.functions["burst"] = func(job, name="burst")
     try:
         for n in range(20):
             await pool.enqueue_job("burst", f"job-{n}", _job_id=f"burst-{n}")
-        tasks = [asyncio.create_task(w.main()) for w in started]
-        await until(lambda: sum(ran.values()) == 8, "both workers to fill up")
-        assert list(most.values()) == [4, 4]
-        release.set()
-        await until(lambda: sum(ran.values()) == 20, "every job to run")
+        async with workers(settings, count=2, tick_s=None, functions={"burst": func(job, name="burst")}):
+            await until(lambda: sum(ran.values()) == 8, "both workers to fill up")
+            assert list(most.values()) == [4, 4]
+            release.set()
+            await until(lambda: sum(ran.values()) == 20, "every job to run")
         assert set(ran.values()) == {1} and len(ran) == 20
         assert max(most.values()) == 4
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for w in started:
-            await close_worker(w)
         await pool.aclose()
