@@ -70,6 +70,7 @@ class Mirrors:
         self._refreshing: dict[Path, asyncio.Task[None]] = {}
         self._histories: dict[Path, _History] = {}
         self._fetching: dict[Path, asyncio.Lock] = {}
+        self._finished: dict[Path, int] = {}  # the number of the last fetch of each mirror seen completed
 
     def path_for(self, url: str) -> Path:
         clean = display_url(url)
@@ -85,7 +86,10 @@ class Mirrors:
         path = self.path_for(url)
         asked = _fetches(path)[0]
         async with self._fetching.setdefault(path, asyncio.Lock()):
-            await asyncio.to_thread(self._ensure, url, creds, asked=asked)
+            # a fetch this process started after the request and finished while it waited serves it at
+            # once: a burst of runs on one worker then waits for one fetch, not for a thread each in turn
+            if self._finished.get(path, 0) <= asked:
+                self._finished[path] = await asyncio.to_thread(self._ensure, url, creds, asked=asked)
         if (path / "shallow").exists() and self._pending_history(path) is None:
             start = asyncio.Event()
             task = self._spawn(self._complete(path, url, creds, start), "could not fetch the history of %s", url)
@@ -97,15 +101,16 @@ class Mirrors:
 
     def _ensure(
         self, url: str, creds: Credentials | None, *, asked: int | None = None, unshallow: bool = False
-    ) -> None:
+    ) -> int:
         """Clone or fetch the mirror of `url` under its lock; skipped when a fetch that started after the
-        caller read `asked` (the fetches started then) has completed meanwhile, in any process."""
+        caller read `asked` (the fetches started then) has completed meanwhile, in any process. Returns
+        the number of the last fetch completed."""
         path = self.path_for(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         with locked(mirror_lock(path)):
             started, finished = _fetches(path)
             if asked is not None and finished > asked and (path / "HEAD").exists():
-                return
+                return finished
             _record_fetches(path, started + 1, finished)
             if not (path / "HEAD").exists():
                 self._clone(path, url, creds)
@@ -115,6 +120,7 @@ class Mirrors:
                     repo.remotes.set_url("origin", url)
                 self._fetch(repo, url, creds, depth=UNSHALLOW if unshallow and (path / "shallow").exists() else 0)
             _record_fetches(path, started + 1, started + 1)
+            return started + 1
 
     async def _complete(self, path: Path, url: str, creds: Credentials | None, start: asyncio.Event) -> None:
         """Fetch what the shallow clone left out (every branch and tag, the whole history) once `start`

@@ -78,15 +78,16 @@ async def test_concurrent_runs_share_one_fetch(
 async def test_a_fetch_asked_for_after_a_push_is_never_skipped(
     served: tuple[CountingServer, str, Path], upstream: Path, tmp_path: Path
 ) -> None:
-    """Fetches in turn, each after a push: every one reaches the server, none is skipped."""
+    """Fetches in turn, each after a push, from another process's Mirrors or the same one: every one
+    reaches the server, none is skipped."""
     server, url, _ = served
     mirrors = Mirrors(tmp_path / "cache", spares=False)
     await mirrors.ensure(url)
-    for n in range(3):
+    for n, same in enumerate([True, False, True, True]):
         head = commit_file(upstream, "turn.txt", f"turn {n}\n")
         git("push", "-q", "served", "main", cwd=upstream)
         before = server.fetches
-        mirror = await Mirrors(tmp_path / "cache", spares=False).ensure(url)
+        mirror = await (mirrors if same else Mirrors(tmp_path / "cache", spares=False)).ensure(url)
         assert server.fetches > before
         assert (await checkout(mirror, "main", tmp_path / "runs" / str(n))).base_commit == head
 
