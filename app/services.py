@@ -25,6 +25,7 @@ from app.models.anthropic import AnthropicModel
 from app.routines.catalog import ApiRoutines, RoutineCatalog
 from app.run.context import Reporting, RunnerDeps, RunSettings
 from app.run.notify import notify, outcome_text
+from app.run.starts import Starts
 from app.sandbox.boundary import Boundaries
 from app.sandbox.bwrap import sandbox_available
 from app.sandbox.egress.policy import SystemResolver
@@ -58,6 +59,7 @@ class Services:
     _api_routines: ApiRoutines | None = None
     _boundaries: Boundaries | None = None
     _own_redactor: Redactor | None = None
+    starts: Starts = field(default_factory=Starts)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     def forge_for(self, repo: str) -> Forge:
@@ -178,6 +180,7 @@ class Services:
             connector_secret=vault,
             metrics=self.metrics,
             images=self.images() if s.sandbox == "bwrap" else None,
+            starts=self.starts,
         )
 
     def images(self) -> ImageStore:

@@ -12,8 +12,10 @@ thread-pool queueing, event-loop lag); peak RSS per worker and per concurrent ru
 and their sandboxes); Redis bytes per run and per stored webhook delivery.
 
     python bench/scale.py [--runs 40 80] [--workers 2] [--max-jobs N] [--skip-fresh-fetch]
-                          [--redis redis://127.0.0.1:6379/13]
+                          [--priority-s S] [--dir /dev/shm] [--redis redis://127.0.0.1:6379/13]
 
+`--priority-s 0` measures the workers without starts going first (app.run.starts); `--dir` puts the
+data folder (mirrors, work trees) elsewhere: `/dev/shm` leaves the disk out of the figures.
 `--skip-fresh-fetch` measures a variant (in the bench's workers only) that fetches each mirror once per
 worker process and then uses it as it is: what runs would wait without one fetch per run. `--threads N`
 gives each worker a thread pool of N (0: asyncio's default) instead of its own.
@@ -166,6 +168,8 @@ def worker_main(probe_file: Path, skip_fresh_fetch: bool) -> None:
             loop.set_default_executor(ProbedPool(max_workers=threads))
             if skip_fresh_fetch:
                 ctx["services"].mirrors = FreshMirrors(settings.data_dir)
+            if os.environ.get("BENCH_PRIORITY_S"):  # --priority-s: how long starts go first (0: they do not)
+                ctx["services"].starts.priority_s = float(os.environ["BENCH_PRIORITY_S"])
 
         worker.on_startup = startup
         task = asyncio.create_task(worker.main())
@@ -393,7 +397,7 @@ def start_worker(stack: Stack, env: dict[str, str], probe: Path, skip: bool) -> 
 def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
     client = redis.Redis.from_url(args.redis)
     client.flushdb()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         folder = root / "routines"
         folder.mkdir()
@@ -554,11 +558,15 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=100)
     parser.add_argument("--skip-fresh-fetch", action="store_true")
     parser.add_argument("--threads", type=int, help="each worker's thread pool (0: asyncio's default)")
+    parser.add_argument("--priority-s", type=float, help="how long a run's start goes first (0: not at all)")
+    parser.add_argument("--dir", help="where the data folder is made (default: the system's temporary folder)")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads is not None:
         os.environ["BENCH_THREADS"] = str(args.threads)
+    if args.priority_s is not None:
+        os.environ["BENCH_PRIORITY_S"] = str(args.priority_s)
     if args.worker is not None:
         worker_main(args.worker, args.skip_fresh_fetch)
         return

@@ -30,6 +30,7 @@ from app.core.ports import (
     Workspaces,
 )
 from app.run.meter import RunMeter
+from app.run.starts import Start, Starts
 
 
 class Price(Protocol):
@@ -100,23 +101,31 @@ class RunnerDeps:
     connector_secret: SecretLookup | None = None
     metrics: Metrics = field(default_factory=NoMetrics)
     images: Images | None = None
+    starts: Starts = field(default_factory=Starts)
+    """The starts under way in this worker (app.run.starts): one per process, shared by its runs."""
 
 
 class RunEvents:
     """The EventSink of one run: appends to its log in the store, with every known secret redacted, and
-    has the run's `meter` count what each recorded event says."""
+    has the run's `meter` count what each recorded event says (and the run's `start` end at its first
+    model request)."""
 
-    def __init__(self, store: Store, run_id: str, redactor: Redacts, meter: RunMeter | None = None) -> None:
+    def __init__(
+        self, store: Store, run_id: str, redactor: Redacts, meter: RunMeter | None = None, start: Start | None = None
+    ) -> None:
         self.store = store
         self.run_id = run_id
         self.redactor = redactor
         self.meter = meter
+        self.start = start
 
     async def emit(self, type: str, data: JSON) -> None:
         data = self.redactor.redact(data)
         await self.store.append_event(self.run_id, Event(type, data))
         if self.meter is not None:
             self.meter.saw(type, data)
+        if self.start is not None:
+            self.start.saw(type, data)
 
 
 @dataclass

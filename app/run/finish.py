@@ -23,6 +23,7 @@ async def deliver_and_record(ctx: RunContext, deps: RunnerDeps, error: str | Non
     if outcome is not None:
         fields.update(turns=outcome.turns, usage=outcome.usage, cost_usd=outcome.cost_usd, summary=outcome.summary)
     try:
+        await deps.starts.yield_to_others(ctx.events.start)
         delivered = await _deliver_all(ctx, deps, incomplete=incomplete, error=error)
     except RoutinesError as exc:
         await ctx.events.emit("run.error", {"error": f"delivery failed: {exc}", "kind": type(exc).__name__})

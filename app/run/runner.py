@@ -43,6 +43,7 @@ async def execute(run_id: str, deps: RunnerDeps) -> Run:
         return run
     events = RunEvents(deps.store, run_id, deps.reporting.redactor(), RunMeter(deps.metrics, run))
     ctx = RunContext(run=run, routine=deps.routine(run.routine), events=events)
+    start = events.start = deps.starts.begin()  # over at the run's first model request (app.run.starts)
     try:
         if run.state is RunState.QUEUED:
             await deps.store.transition(run_id, RunState.PREPARING)
@@ -63,6 +64,7 @@ async def execute(run_id: str, deps: RunnerDeps) -> Run:
         await events.emit("run.error", {"error": str(exc), "kind": type(exc).__name__})
         return await deliver_and_record(ctx, deps, error=str(exc))
     finally:
+        start.done()
         if ctx.checkout is not None:
             await asyncio.to_thread(ctx.checkout.cleanup)  # thousands of unlinks: not on the event loop
 
@@ -220,10 +222,12 @@ async def _agent_in(ctx: RunContext, deps: RunnerDeps, run_dir: Path, readied: e
         if readied is not None:
             _boundary, started = await asyncio.shield(starting)
             await environment.ready(ctx, deps, started, readied)
-        await _conversation(ctx, deps, run_dir, StartingHands(workdir, lambda: _hands_of(starting)))
+        own = ctx.events.start
+        hands = StartingHands(workdir, lambda: _hands_of(starting), before=lambda: deps.starts.yield_to_others(own))
+        await _conversation(ctx, deps, run_dir, hands)
         await asyncio.shield(starting)
     finally:
-        await _end_sandbox(ctx, starting)
+        await _end_sandbox(ctx, deps, starting)
 
 
 async def _hands_of(starting: asyncio.Task[tuple[Boundary, Hands]]) -> Hands:
@@ -250,7 +254,7 @@ async def _conversation(ctx: RunContext, deps: RunnerDeps, run_dir: Path, hands:
         ctx.outcome = await _converse(ctx, deps, agent, system, first)
 
 
-async def _end_sandbox(ctx: RunContext, starting: asyncio.Task[tuple[Boundary, Hands]]) -> None:
+async def _end_sandbox(ctx: RunContext, deps: RunnerDeps, starting: asyncio.Task[tuple[Boundary, Hands]]) -> None:
     """Stage the final tree and close the hands and the boundary. A start still under way when the run
     ends early is cancelled (no tool ran, so there is nothing to stage); one that failed closed itself."""
     if not starting.done():
@@ -261,6 +265,7 @@ async def _end_sandbox(ctx: RunContext, starting: asyncio.Task[tuple[Boundary, H
     boundary, hands = starting.result()
     try:
         try:
+            await deps.starts.yield_to_others(ctx.events.start)
             await _final_snapshot(ctx, hands)
         finally:
             await hands.close()
@@ -272,9 +277,12 @@ async def _end_sandbox(ctx: RunContext, starting: asyncio.Task[tuple[Boundary, H
 async def _start_sandbox(
     ctx: RunContext, deps: RunnerDeps, run_dir: Path, workdir: Path, readied: environment.Readied | None
 ) -> tuple[Boundary, Hands]:
-    """The run's boundary and the agent's hands inside it, counted as a sandbox start or failure."""
+    """The run's boundary and the agent's hands inside it, counted as a sandbox start or failure. Without a
+    setup, the sandbox is not on the way to the run's first request: it yields to other runs' starts."""
     meter = ctx.events.meter
     place = readied.place if readied is not None else None
+    if readied is None:
+        await deps.starts.yield_to_others(ctx.events.start)
     try:
         boundary = await deps.sandboxes.open(
             ctx.run.id, ctx.routine, run_dir, ctx.events.emit, ctx.events.redactor, place

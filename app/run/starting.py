@@ -17,15 +17,25 @@ from app.core.ports import CommandResult, Hands, Staged, StageLimits
 
 class StartingHands:
     """`Hands` whose calls first await `started()`: the real hands once their start is over, or what the
-    start raised (a caller cancelled meanwhile must leave the start alone: its owner ends it). `workdir`
-    is the path the real hands will have."""
+    start raised (a caller cancelled meanwhile must leave the start alone: its owner ends it), then
+    `before()` (the worker's other runs' starts go first: app.run.starts). `workdir` is the path the real
+    hands will have."""
 
-    def __init__(self, workdir: Path, started: Callable[[], Awaitable[Hands]]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        started: Callable[[], Awaitable[Hands]],
+        before: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.workdir = workdir
         self._started = started
+        self._before = before
 
     async def ready(self) -> Hands:
-        return await self._started()
+        hands = await self._started()
+        if self._before is not None:
+            await self._before()
+        return hands
 
     async def run(self, command: str, timeout_s: float) -> CommandResult:
         return await (await self.ready()).run(command, timeout_s)
