@@ -236,8 +236,10 @@ async def build(settings: Settings, *, check_redis: bool = True) -> Services:
         except StoreError:
             await pool.aclose()
             raise
-    catalog, mirrors, metrics = RoutineCatalog(settings.routines_dir), Mirrors(settings.data_dir), RedisMetrics(pool)
-    services = Services(settings, store, pool, catalog, mirrors, metrics)
+    starts = Starts()
+    mirrors = Mirrors(settings.data_dir, spares=settings.spares, before_background=starts.yield_to_others)
+    catalog, metrics = RoutineCatalog(settings.routines_dir), RedisMetrics(pool)
+    services = Services(settings, store, pool, catalog, mirrors, metrics, starts=starts)
     if settings.github_app_configured:
         forge = GitHubForge(
             settings.github_api_url,

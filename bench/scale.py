@@ -12,9 +12,11 @@ thread-pool queueing, event-loop lag); peak RSS per worker and per concurrent ru
 and their sandboxes); Redis bytes per run and per stored webhook delivery.
 
     python bench/scale.py [--runs 40 80] [--workers 2] [--max-jobs N] [--skip-fresh-fetch]
-                          [--priority-s S] [--dir /dev/shm] [--redis redis://127.0.0.1:6379/13]
+                          [--priority-s S] [--spares N] [--dir /dev/shm] [--redis redis://127.0.0.1:6379/13]
 
-`--priority-s 0` measures the workers without starts going first (app.run.starts); `--dir` puts the
+`--spares N` keeps N work trees ready per mirror (ROUTINES_SPARES; the workers share one data folder, so
+N = the burst's size lets every run of it start from a spare); `--priority-s 0` measures the workers
+without starts going first (app.run.starts); `--dir` puts the
 data folder (mirrors, work trees) elsewhere: `/dev/shm` leaves the disk out of the figures.
 `--skip-fresh-fetch` measures a variant (in the bench's workers only) that fetches each mirror once per
 worker process and then uses it as it is: what runs would wait without one fetch per run. `--threads N`
@@ -307,6 +309,19 @@ def fire_batch(stack: Stack, count: int, tag: str) -> tuple[dict[str, float], di
     return {run: t for _m, run, t in fired}, {m: run for m, run, _t in fired}
 
 
+def wait_for_spares(data_dir: Path, count: int, timeout_s: float = 60.0) -> None:
+    """Wait until the mirror's spares are ready (the workers make them in the background after the runs
+    alone): the burst measures warm runs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        folders = list((data_dir / "mirrors").glob("*.spares"))
+        ready = [p for f in folders for p in f.iterdir() if not p.name.startswith(".")]
+        if len(ready) >= count:
+            return
+        time.sleep(0.1)
+    print(f"  only {len(ready)} of {count} spares were ready after {timeout_s:g} s", file=sys.stderr)
+
+
 def wait_all(stack: Stack, run_ids: list[str], timeout_s: float) -> dict[str, dict[str, Any]]:
     """Poll every run until it is terminal (an answer without a state is shown, then polled again)."""
     deadline, runs = time.monotonic() + timeout_s, {}
@@ -414,7 +429,7 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
             stack.anthropic.add_script(Script(turns))
             jobs = args.max_jobs or -(-count // args.workers)
             probes = [root / f"probe-{i}.json" for i in range(args.workers)]
-            env = {"ROUTINES_MAX_JOBS": str(jobs)}
+            env = {"ROUTINES_MAX_JOBS": str(jobs), "ROUTINES_SPARES": str(args.spares)}
             workers = [start_worker(stack, env, p, args.skip_fresh_fetch) for p in probes]
             try:
                 alone: list[float] = []
@@ -427,6 +442,7 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
                     if i >= args.warmup:
                         alone += [firsts[r] - fired[r] for r in fired]
                 time.sleep(1.0)
+                wait_for_spares(stack.settings.data_dir, args.spares)
                 idle = RssSampler([w.pid for w in workers]).sample()
                 before = redis_bytes(client)
                 machine_before = machine_busy()
@@ -559,6 +575,7 @@ def main() -> None:
     parser.add_argument("--skip-fresh-fetch", action="store_true")
     parser.add_argument("--threads", type=int, help="each worker's thread pool (0: asyncio's default)")
     parser.add_argument("--priority-s", type=float, help="how long a run's start goes first (0: not at all)")
+    parser.add_argument("--spares", type=int, default=1, help="ROUTINES_SPARES: work trees kept ready per mirror")
     parser.add_argument("--dir", help="where the data folder is made (default: the system's temporary folder)")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)

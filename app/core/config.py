@@ -30,6 +30,7 @@ class Settings:
     sandbox: str = "bwrap"
     poll_delay_ms: int = 50
     max_jobs: int = 4
+    spares: int = 1
     job_timeout_s: int = 3 * 3600
     command_timeout_s: float = 600.0
     tool_output_max_bytes: int = 30_000
@@ -168,6 +169,7 @@ class Settings:
             sandbox=sandbox,
             poll_delay_ms=int(number("ROUTINES_POLL_DELAY_MS", cls.poll_delay_ms, minimum=1)),
             max_jobs=int(number("ROUTINES_MAX_JOBS", cls.max_jobs, minimum=1)),
+            spares=int(number("ROUTINES_SPARES", cls.spares)),
             job_timeout_s=int(number("ROUTINES_JOB_TIMEOUT_S", cls.job_timeout_s, minimum=1)),
             command_timeout_s=number("ROUTINES_COMMAND_TIMEOUT_S", cls.command_timeout_s, integer=False),
             model_max_retries=int(number("ROUTINES_MODEL_MAX_RETRIES", cls.model_max_retries)),

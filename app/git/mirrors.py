@@ -23,7 +23,7 @@ import logging
 import re
 import secrets
 import shutil
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,14 +58,18 @@ class _History:
 class Mirrors:
     """Bare mirrors of repositories under `root/mirrors`, one per URL, safe to share between workers.
 
-    With `spares`, each mirror keeps one work tree ready (app.git.spares): made in the background
-    after a checkout, brought to the new commit of its branch in the background after each fetch, and
-    taken by the next `checkout` by rename, then advanced by the difference if its base moved again.
+    Each mirror keeps `spares` work trees ready (app.git.spares; 0: none): made in the background after
+    a checkout (once `before_background()` allows: the runs that are starting go first), brought to the
+    new commit of their branch in the background after each fetch, and taken by the next checkouts by
+    rename, then advanced by the difference if their base moved again.
     """
 
-    def __init__(self, root: Path, *, spares: bool = True) -> None:
+    def __init__(
+        self, root: Path, *, spares: int = 1, before_background: Callable[[], Awaitable[object]] | None = None
+    ) -> None:
         self.root = root
         self.spares = spares
+        self._before_background = before_background
         self._background: set[asyncio.Task[None]] = set()
         self._refreshing: dict[Path, asyncio.Task[None]] = {}
         self._histories: dict[Path, _History] = {}
@@ -95,7 +99,8 @@ class Mirrors:
             task = self._spawn(self._complete(path, url, creds, start), "could not fetch the history of %s", url)
             self._histories[path] = _History(start, task)
         elif self.spares and path not in self._refreshing and spares_dir(path).is_dir():
-            task = self._spawn(asyncio.to_thread(keep_spare, path), "could not refresh the spare of %s", url)
+            refresh = asyncio.to_thread(keep_spare, path, None, self.spares)
+            task = self._spawn(refresh, "could not refresh the spare of %s", url)
             self._refreshing[path] = task
         return path
 
@@ -180,8 +185,14 @@ class Mirrors:
             if history is not None:
                 history.start.set()
         if self.spares:
-            self._spawn(asyncio.to_thread(keep_spare, mirror, base), "could not make a spare work tree of %s", base)
+            self._spawn(self._keep(mirror, base), "could not make a spare work tree of %s", base)
         return workspace
+
+    async def _keep(self, mirror: Path, base: str) -> None:
+        """Make the spares the checkout of `base` took, after the work that goes first (app.run.starts)."""
+        if self._before_background is not None:
+            await self._before_background()
+        await asyncio.to_thread(keep_spare, mirror, base, self.spares)
 
     def _spawn(self, work: Coroutine[Any, Any, None], failure: str, name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(work)

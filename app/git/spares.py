@@ -1,5 +1,6 @@
-"""Spare work trees: each mirror keeps one checkout ready beside it, which the next run of the repository
-takes by rename and, when its base moved since, brings forward by writing only what changed.
+"""Spare work trees: each mirror keeps checkouts ready beside it (one, or `ROUTINES_SPARES`), which the
+next runs of the repository take by rename and, when their base moved since, bring forward by writing
+only what changed.
 
 A spare lives in `<mirror>.spares/<commit>-<token>/`: the work tree `work`, its private git directory
 `work.gitdir`, and `base`, the branch or tag it follows. Renaming it away claims it, so exactly one
@@ -68,11 +69,12 @@ def claim_spare(mirror: Path, base: str, dest: Path) -> Workspace | None:
     return None
 
 
-def keep_spare(mirror: Path, base: str | None = None) -> None:
-    """Keep one spare of `mirror` at the commit `base` names now: one there already is kept, one at
-    another commit is advanced, and without any a new one is checked out. Without `base` (after a
-    fetch) only an existing spare is advanced, to what its own base names now. Returns at once while
-    another thread or process keeps this mirror's spare."""
+def keep_spare(mirror: Path, base: str | None = None, count: int = 1) -> None:
+    """Keep `count` spares of `mirror` ready at the commit `base` names now: those there already are
+    kept, those at another commit are advanced, more than `count` are dropped, and new ones are checked
+    out until there are `count`. Without `base` (after a fetch) only existing spares are advanced, each
+    to what its own base names now. Returns at once while another thread or process keeps this
+    mirror's spares."""
     spares = spares_dir(mirror)
     spares.mkdir(exist_ok=True)
     with open(spares / ".lock", "a") as lock:
@@ -81,38 +83,62 @@ def keep_spare(mirror: Path, base: str | None = None) -> None:
         except BlockingIOError:
             return
         _sweep(spares)
-        ready = _ready(spares)
-        follow = base or (_followed(ready[0][0]) if ready else None)
-        if follow is None:
-            return
         repo = pygit2.Repository(str(mirror))
-        try:
-            commit = str(resolve_base(repo, follow, mirror_name(repo, mirror))[0].id)
-        except WorkspaceError:
-            if base is not None:
-                raise
-            return  # the branch the spare followed is gone; the next run's checkout decides
-        if any(made_for == commit for _, made_for in ready):
+        name = mirror_name(repo, mirror)
+        commits: dict[str, str | None] = {}
+
+        def commit_of(follow: str) -> str | None:
+            if follow not in commits:
+                try:
+                    commits[follow] = str(resolve_base(repo, follow, name)[0].id)
+                except WorkspaceError:
+                    if follow == base:
+                        raise
+                    commits[follow] = None  # the branch a spare followed is gone; the next run's checkout decides
+            return commits[follow]
+
+        kept = 0
+        for spare, made_for in _ready(spares, prefer=commit_of(base) if base else None):
+            follow = base or _followed(spare)  # the base of the latest run is what the next runs likely want
+            commit = commit_of(follow) if follow else None
+            if kept >= count:
+                _drop(spare)
+            elif commit is None or made_for == commit or _advance(spare, made_for, commit, follow or ""):
+                kept += 1
+        if base is None:
             return
-        target = spares / f"{commit}-{secrets.token_hex(4)}"
-        if ready:
-            spare, made_for = ready[0]
-            advancing = spares / f".advancing-{secrets.token_hex(4)}"
-            try:
-                spare.rename(advancing)
-            except FileNotFoundError:
-                return  # a run claimed it meanwhile; its checkout makes the next spare
-            if advance(advancing / "work", made_for, commit):
-                (advancing / "base").write_text(follow)
-                advancing.rename(target)
-                return
-            shutil.rmtree(advancing, ignore_errors=True)
-        if base is not None:
+        commit = commit_of(base)
+        while commit is not None and kept < count:
             building = spares / f".building-{secrets.token_hex(4)}"
             check_out(mirror, commit, building / "work")
             remember_layout(private_gitdir(building / "work") / "index")  # so advancing it patches the index quickly
-            (building / "base").write_text(follow)
-            building.rename(target)
+            (building / "base").write_text(base)
+            building.rename(spares / f"{commit}-{secrets.token_hex(4)}")
+            kept += 1
+
+
+def _advance(spare: Path, made_for: str, commit: str, follow: str) -> bool:
+    """Bring a ready spare to `commit` under another name (claimed by rename meanwhile, it is not ours)."""
+    advancing = spare.with_name(f".advancing-{secrets.token_hex(4)}")
+    try:
+        spare.rename(advancing)
+    except FileNotFoundError:
+        return False  # a run claimed it meanwhile; its checkout makes the next spare
+    if advance(advancing / "work", made_for, commit):
+        (advancing / "base").write_text(follow)
+        advancing.rename(spare.with_name(f"{commit}-{secrets.token_hex(4)}"))
+        return True
+    shutil.rmtree(advancing, ignore_errors=True)
+    return False
+
+
+def _drop(spare: Path) -> None:
+    dropping = spare.with_name(f".claimed-{secrets.token_hex(4)}")
+    try:
+        spare.rename(dropping)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(dropping, ignore_errors=True)
 
 
 def _ready(spares: Path, prefer: str | None = None) -> list[tuple[Path, str]]:

@@ -4,6 +4,7 @@ changed is written, and a hostile new tree is refused without anything landing o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import stat
@@ -242,3 +243,54 @@ async def test_a_run_from_a_brought_forward_spare_sees_only_its_own_tree_in_bwra
     assert seen.output.count("No such file or directory") == 2, seen.output
     assert "run-1-only" not in seen.output
     assert seen.output.endswith("renamed\n"), "the agent's git sees a clean tree at the new base"
+
+
+def ready(mirror: Path) -> list[str]:
+    """The commit each ready spare of `mirror` was made for."""
+    return sorted(p.name.split("-")[0] for p in spares_dir(mirror).iterdir() if not p.name.startswith("."))
+
+
+async def test_several_spares_are_kept_advanced_together_and_each_claimed_once(origin: Path, tmp_path: Path) -> None:
+    mirrors = Mirrors(tmp_path / "cache", spares=3)
+    mirror = await mirrors.ensure(str(origin))
+    first = git("rev-parse", "main", cwd=origin)
+    await mirrors.checkout(mirror, "main", tmp_path / "runs" / "0")
+    await mirrors.settle()
+    assert ready(mirror) == [first] * 3
+
+    second = move(origin)
+    await mirrors.ensure(str(origin))  # the fetch brings every spare to the new commit of its branch
+    await mirrors.settle()
+    assert ready(mirror) == [second] * 3
+    claimed = [claim_spare(mirror, "main", tmp_path / "runs" / str(n)) for n in (1, 2, 3, 4)]
+    assert [c is not None for c in claimed] == [True, True, True, False]
+    fresh = await checkout(mirror, "main", tmp_path / "fresh")
+    for workspace in claimed[:3]:
+        assert workspace is not None and listing(workspace.path) == listing(fresh.path)
+
+    keep_spare(mirror, "main", count=2)
+    assert ready(mirror) == [second] * 2
+    keep_spare(mirror, "main", count=1)  # fewer wanted: the others go
+    assert ready(mirror) == [second]
+    assert [p.name for p in spares_dir(mirror).iterdir() if p.name.startswith(".") and p.name != ".lock"] == []
+
+
+async def test_no_spares_when_none_are_wanted(origin: Path, tmp_path: Path) -> None:
+    mirrors = Mirrors(tmp_path / "cache", spares=0)
+    mirror = await mirrors.ensure(str(origin))
+    await mirrors.checkout(mirror, "main", tmp_path / "runs" / "0")
+    await mirrors.settle()
+    assert not spares_dir(mirror).exists()
+
+
+async def test_spares_are_made_after_the_work_that_goes_first(origin: Path, tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    mirrors = Mirrors(tmp_path / "cache", spares=2, before_background=gate.wait)
+    mirror = await mirrors.ensure(str(origin))
+    await mirrors.checkout(mirror, "main", tmp_path / "runs" / "0")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not spares_dir(mirror).exists() or ready(mirror) == []
+    gate.set()
+    await mirrors.settle()
+    assert len(ready(mirror)) == 2
