@@ -340,19 +340,24 @@ def wait_all(stack: Stack, run_ids: list[str], timeout_s: float) -> dict[str, di
     return runs
 
 
-def phases(stack: Stack, run: dict[str, Any]) -> dict[str, float]:
-    """Seconds spent in each phase, from the run's own event log."""
-    at: dict[str, float] = {}
+def phases(stack: Stack, run: dict[str, Any], fired: float, received: float | None) -> dict[str, float]:
+    """Seconds spent in each phase, from the run's own event log, and from the fire to the run's record
+    and from its `model.request` event to the model receiving the request."""
+    at: dict[str, float] = {"fired": fired}
+    if received is not None:
+        at["received"] = received
     for event in stack.events(run["id"]):
         kind, data = event["type"], event.get("data") or {}
         name = f"{kind}:{data.get('state')}" if kind == "run.state" else kind
         at.setdefault(name, float(event["ts"]))
     at["created"] = float(run["created_at"])
     spans = {
+        "fire → run recorded": ("fired", "created"),
         "queue": ("created", "run.state:preparing"),
         "repo+token": ("run.state:preparing", "run.token"),
         "workspace": ("run.token", "workspace.ready"),
         "sandbox": ("run.state:running", "model.request"),
+        "request → received": ("model.request", "received"),
     }
     return {name: at[end] - at[start] for name, (start, end) in spans.items() if start in at and end in at}
 
@@ -457,7 +462,7 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
                 firsts = first_request_times(stack, markers)
                 latencies = [firsts[r] - fired[r] for r in fired if r in firsts]
                 finished = max(float(r["updated_at"]) for r in runs.values())
-                per_run = {r: phases(stack, runs[r]) for r in runs}
+                per_run = {r: phases(stack, runs[r], fired[r], firsts.get(r)) for r in runs}
                 for run_id, started in job_starts(args.redis, list(runs)).items():
                     created = float(runs[run_id]["created_at"])
                     per_run[run_id]["queue: to a worker"] = started - created

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,11 @@ class ModelResponse:
     usage: dict[str, int] = field(default_factory=dict)
     model: str = ""
     id: str = ""
+
+
+MODEL_ANSWERING: ContextVar[Callable[[], None] | None] = ContextVar("model_answering", default=None)
+"""What a ModelClient calls once the model has a request and has begun to answer it (a streamed answer's
+headers arrived, or a whole answer did): the runner ends the run's start there (app.run.starts)."""
 
 
 class ModelClient(Protocol):

@@ -9,7 +9,7 @@ from anthropic import AsyncAnthropic, omit
 
 from app.core.domain import JSON
 from app.core.errors import ModelError, PromptTooLong
-from app.core.ports import ModelResponse
+from app.core.ports import MODEL_ANSWERING, ModelResponse
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -75,11 +75,16 @@ class AnthropicModel:
             "tools": tools or omit,
         }
         try:
+            answering = MODEL_ANSWERING.get()
             if self._stream:
                 async with self._client.messages.stream(**params) as stream:
+                    if answering is not None:
+                        answering()
                     message = await stream.get_final_message()
             else:
                 message = await self._client.messages.create(**params)
+                if answering is not None:
+                    answering()
         except anthropic.AnthropicError as exc:
             too_long = isinstance(exc, anthropic.BadRequestError) and "prompt is too long" in str(exc)
             error = PromptTooLong if too_long else ModelError

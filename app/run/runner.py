@@ -14,7 +14,7 @@ from app.agent.tools.memory import Memory
 from app.agent.tools.toolbox import Toolbox
 from app.core.domain import JSON, Event, Routine, Run, RunState
 from app.core.errors import ConfigError, RoutinesError
-from app.core.ports import Boundary, Hands
+from app.core.ports import MODEL_ANSWERING, Boundary, Hands
 from app.run import environment
 from app.run.context import RunContext, RunEvents, RunnerDeps
 from app.run.finish import deliver_and_record
@@ -43,7 +43,8 @@ async def execute(run_id: str, deps: RunnerDeps) -> Run:
         return run
     events = RunEvents(deps.store, run_id, deps.reporting.redactor(), RunMeter(deps.metrics, run))
     ctx = RunContext(run=run, routine=deps.routine(run.routine), events=events)
-    start = events.start = deps.starts.begin()  # over at the run's first model request (app.run.starts)
+    start = events.start = deps.starts.begin()  # over once the model answers its first request (app.run.starts)
+    MODEL_ANSWERING.set(start.done)
     try:
         if run.state is RunState.QUEUED:
             await deps.store.transition(run_id, RunState.PREPARING)

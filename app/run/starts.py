@@ -1,12 +1,15 @@
 """Runs that are starting go first: a worker's later work waits, briefly, for the runs on their way to
 their first model request.
 
-A run's start (job taken → repository, token, workspace → first model request) is short and holds up
-whoever fired it; what comes after (the sandbox, tool calls, snapshots, delivery) is most of the CPU a
-run costs and nobody waits on it by the second. When many runs arrive at once they share the same
-cores, so without an order each start is slowed by every other run's tool calls and the last run of a
-burst sends its first request only when nearly all the burst's work is done. So every step after a
-run's start first yields to the starts of other runs that are under way in this worker.
+A run's start (job taken → repository, token, workspace → the model has its first request and begins
+to answer) is short and holds up whoever fired it; what comes after (the sandbox, tool calls,
+snapshots, delivery) is most of the CPU a run costs and nobody waits on it by the second. When many
+runs arrive at once they share the same cores, so without an order each start is slowed by every
+other run's tool calls and the last run of a burst sends its first request only when nearly all the
+burst's work is done. So every step after a run's start first yields to the starts of other runs that
+are under way in this worker. A start ends when the model has begun to answer, not when the request
+is handed to the client: the runs it held back would otherwise take the event loop and the cores
+while the request is still being sent.
 
 The yield is bounded: a start holds others back for at most `PRIORITY_S` after it began, so a run
 whose start is slow or stuck (a cold clone of a big repository, a GitHub that does not answer) delays
@@ -27,7 +30,8 @@ PRIORITY_S = 2.0
 
 
 class Start:
-    """One run's start: over when its first model request is sent, or when the run ends without one."""
+    """One run's start: over when the model began to answer its first request (the model client says so
+    through MODEL_ANSWERING, or the turn is recorded), or when the run ends without one."""
 
     def __init__(self, starts: Starts, began: float) -> None:
         self._starts = starts
@@ -40,8 +44,9 @@ class Start:
         self._starts.pending.discard(self)
 
     def saw(self, type: str, data: JSON) -> None:
-        """An event of the run was recorded: its first `model.request` ends the start."""
-        if type == "model.request":
+        """An event of the run was recorded: its first `model.turn` ends the start (if the model client
+        did not say earlier that the model was answering)."""
+        if type == "model.turn":
             self.done()
 
 

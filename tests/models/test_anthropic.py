@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from app.core.errors import ModelError, PromptTooLong
+from app.core.ports import MODEL_ANSWERING
 from app.core.pricing import cost_usd
 from app.models.anthropic import AnthropicModel
 from app.models.scripts import web_search
@@ -69,6 +70,22 @@ async def test_a_session_of_tool_use_then_end_turn(state: AnthropicState, server
     assert state.statuses == [200, 200]
     assert state.requests[0].body.get("stream", False) is stream
     assert state.requests[0].body["system"] == SYSTEM
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_the_client_says_when_the_model_has_the_request_and_answers(
+    state: AnthropicState, server: Served, stream: bool
+) -> None:
+    state.add_script(Script([Turn([text("made it")], faults=[529])]))
+    received: list[int] = []
+    token = MODEL_ANSWERING.set(lambda: received.append(len(state.requests)))
+    try:
+        async with AnthropicModel(KEY, server.url, max_retries=1, timeout_s=10, stream=stream) as model:
+            reply = await ask(model, [USER])
+    finally:
+        MODEL_ANSWERING.reset(token)
+    assert reply.content == [{"type": "text", "text": "made it"}]
+    assert received == [2], "said once, when the request the model answers had reached it (not the refused one)"
 
 
 async def test_two_overloads_then_success(state: AnthropicState, server: Served) -> None:

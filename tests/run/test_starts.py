@@ -51,8 +51,10 @@ async def test_a_step_waits_for_the_other_starts_under_way_then_goes() -> None:
     waiting = asyncio.create_task(starts.yield_to_others(mine))
     await settle()
     assert not waiting.done()
-    other.saw("run.token", {})  # only the first model request ends a start
-    other.saw("model.request", {})
+    other.saw("model.request", {})  # a request handed to the client is not yet one the model has
+    await settle()
+    assert not waiting.done()
+    other.saw("model.turn", {})
     await settle()
     assert not waiting.done()
     third.done()
