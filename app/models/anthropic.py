@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import anthropic
+import httpx2
 from anthropic import AsyncAnthropic, omit
 
 from app.core.domain import JSON
@@ -48,14 +51,45 @@ class AnthropicModel:
         timeout_s: float = 600.0,
         *,
         stream: bool = True,
+        http_client: httpx2.AsyncClient | None = None,
     ) -> None:
         self._api_key = api_key
         self._base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self._timeout_s = timeout_s
         self._stream = stream
         self._client = AsyncAnthropic(
-            api_key=api_key, base_url=self._base_url, max_retries=max_retries, timeout=timeout_s
+            api_key=api_key,
+            base_url=self._base_url,
+            max_retries=max_retries,
+            timeout=timeout_s,
+            http_client=http_client,
         )
+
+    @classmethod
+    def warm(cls) -> list[ModelResponse]:
+        """Send one streamed and one plain request to a canned answer (a MockTransport of httpx2, the SDK's
+        HTTP client, answering in the Messages API's own shapes), so that what the SDK imports and builds
+        on first use is built now, in the calling thread, rather than on the event loop of a worker's
+        first run. Returns the two answers."""
+
+        async def ask_both() -> list[ModelResponse]:
+            answers = []
+            for stream in (True, False):
+                client = httpx2.AsyncClient(transport=httpx2.MockTransport(_canned))
+                async with cls(
+                    "warm-up", "http://warm-up.invalid", max_retries=0, stream=stream, http_client=client
+                ) as model:
+                    answer = await model.create(
+                        model="warm-up",
+                        system=[{"type": "text", "text": "Warm up."}],
+                        messages=[{"role": "user", "content": "Warm up."}],
+                        tools=[{"name": "bash", "description": "-", "input_schema": {"type": "object"}}],
+                        max_tokens=16,
+                    )
+                answers.append(answer)
+            return answers
+
+        return asyncio.run(ask_both())
 
     async def create(
         self,
@@ -125,6 +159,53 @@ class AnthropicModel:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+_WARM_MESSAGE: JSON = {
+    "id": "msg_warm_up",
+    "type": "message",
+    "role": "assistant",
+    "model": "warm-up",
+    "content": [
+        {"type": "text", "text": "ok"},
+        {"type": "tool_use", "id": "toolu_warm_up", "name": "bash", "input": {"command": "true"}},
+    ],
+    "stop_reason": "tool_use",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 1, "output_tokens": 1},
+}
+
+
+def _canned(request: httpx2.Request) -> httpx2.Response:
+    """The answer `AnthropicModel.warm` gets: `_WARM_MESSAGE`, whole or as the API's stream of events."""
+    if not json.loads(request.content).get("stream"):
+        return httpx2.Response(200, json=_WARM_MESSAGE)
+    start = {**_WARM_MESSAGE, "content": [], "stop_reason": None}
+    events: list[JSON] = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "ok"}},
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "tool_use", "id": "toolu_warm_up", "name": "bash", "input": {}},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": '{"command": "true"}'},
+        },
+        {"type": "content_block_stop", "index": 1},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+            "usage": {"output_tokens": 1},
+        },
+        {"type": "message_stop"},
+    ]
+    body = "".join(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n" for event in events)
+    return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body.encode())
 
 
 def _describe_status(exc: anthropic.APIStatusError, model: str) -> str:

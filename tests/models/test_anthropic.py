@@ -88,6 +88,19 @@ async def test_the_client_says_when_the_model_has_the_request_and_answers(
     assert received == [2], "said once, when the request the model answers had reached it (not the refused one)"
 
 
+async def test_warming_up_sends_a_streamed_and_a_plain_request_to_a_canned_answer() -> None:
+    answers = await asyncio.to_thread(AnthropicModel.warm)  # its own event loop, as at a worker's start
+    assert [(a.stop_reason, a.content) for a in answers] == [
+        (
+            "tool_use",
+            [
+                {"type": "text", "text": "ok"},
+                {"type": "tool_use", "id": "toolu_warm_up", "name": "bash", "input": {"command": "true"}},
+            ],
+        )
+    ] * 2
+
+
 async def test_two_overloads_then_success(state: AnthropicState, server: Served) -> None:
     state.add_script(Script([Turn([text("made it")], faults=[529, 529])]))
     async with AnthropicModel(KEY, server.url, max_retries=2, timeout_s=10) as model:
