@@ -160,7 +160,7 @@ def worker_main(probe_file: Path, skip_fresh_fetch: bool) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        worker = create_worker(settings, handle_signals=False, freeze_startup=True)
+        worker = create_worker(settings, handle_signals=False, own_process=True)
         started = worker.on_startup
 
         async def startup(ctx: dict[str, Any]) -> None:

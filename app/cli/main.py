@@ -40,7 +40,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
 
         async def both() -> None:
             server = uvicorn.Server(web_server.config(create_app(s), s.host, s.port, log_level="info"))
-            worker = create_worker(s, handle_signals=False, freeze_startup=True)
+            worker = create_worker(s, handle_signals=False, own_process=True)
             print(f"Routines on {s.base_url} — routines from {s.routines_dir}, data in {s.data_dir}")
             # SIGTERM (Docker, systemd) must end here, not kill the process, or the embedded Redis is orphaned.
             # While uvicorn serves it handles SIGTERM itself, then raises it again: this handler takes that.
@@ -85,7 +85,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     async def main() -> None:
         # arq's own signal handling only stops Worker.run(); we drive main() and stop it ourselves.
-        worker = create_worker(settings, handle_signals=False, freeze_startup=True)
+        worker = create_worker(settings, handle_signals=False, own_process=True)
         task = asyncio.create_task(worker.main())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

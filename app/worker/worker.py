@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,13 +60,16 @@ def create_worker(
     clock: Callable[[], float] = time.time,
     tick_s: float | None = None,
     periodic: Sequence[Periodic] = (),
-    freeze_startup: bool = False,
+    own_process: bool = False,
 ) -> Worker:
     """An arq Worker whose startup builds the Services and starts the periodic tasks — the schedule tick
     every `tick_s` (default: settings.schedule_tick_s), then `periodic` — and whose shutdown stops them
-    and closes the Services. With `freeze_startup` (a process of its own), what startup made is moved
-    out of the cyclic collector's reach (gc.freeze): a full collection of it took 60-100 ms on an idle
-    machine, several times that on cores busy with a burst of runs, with the event loop stopped."""
+    and closes the Services. With `own_process` (the process runs this worker's event loop and no other:
+    `routines worker`, `routines dev`), what startup made is moved out of the cyclic collector's reach
+    (gc.freeze: a full collection of it took 60-100 ms on an idle machine, several times that on cores
+    busy with a burst of runs, with the event loop stopped), and on Python 3.11 the loop waits for its
+    children on pidfds, as 3.12 does by itself, instead of starting a thread per child and waiting for
+    it to run (a sandbox start makes several children; a burst starts dozens at once)."""
     if settings.redis_url is None:
         raise ValueError("create_worker needs settings.redis_url")
     ticker = ScheduleTicker(clock, settings.max_runs_per_day)
@@ -122,8 +126,12 @@ def create_worker(
         pump = DeliveryPump(services.pool, consumer=worker_id)
         ctx["periodic"].append(asyncio.create_task(pump.run(stop), name="delivery-pump"))
         await asyncio.to_thread(_warm_up)
-        if freeze_startup:
+        if own_process:
             gc.freeze()
+            if sys.version_info < (3, 12):
+                watcher = asyncio.PidfdChildWatcher()
+                watcher.attach_loop(asyncio.get_running_loop())
+                asyncio.set_child_watcher(watcher)
 
     return _Worker(
         functions=[
