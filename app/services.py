@@ -213,7 +213,7 @@ class Services:
 
     async def close(self) -> None:
         await self.metrics.close()
-        await self.mirrors.settle()
+        await self.mirrors.settle(spares=False)
         await self._stack.aclose()
         await self.pool.aclose()
 

@@ -37,7 +37,7 @@ from app.core.ports import Credentials
 from app.git.checkouts import checkout, has_base
 from app.git.layout import fetch_log, mirror_lock, private_gitdir
 from app.git.remotes import Callbacks, display_url, git_failure, is_local, locked, repo_name
-from app.git.spares import claim_spare, keep_spare, spares_dir
+from app.git.spares import BUSY, claim_spare, keep_spare, spares_dir
 from app.git.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 MIRROR_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 UNSHALLOW = 2**31 - 1  # libgit2's GIT_FETCH_DEPTH_UNSHALLOW
 HISTORY_DELAY_S = 10.0
+KEEPER_RETRIES, KEEPER_RETRY_S = 50, 0.1  # how long a keeper waits for another to let go of a mirror's spares
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class Mirrors:
         self._histories: dict[Path, _History] = {}
         self._fetching: dict[Path, asyncio.Lock] = {}
         self._finished: dict[Path, int] = {}  # the number of the last fetch of each mirror seen completed
+        self._keeping: dict[Path, str | None] = {}  # the mirrors whose spares a keeper keeps, to which base
+        self._stopping = False
 
     def path_for(self, url: str) -> Path:
         clean = display_url(url)
@@ -99,10 +102,15 @@ class Mirrors:
             task = self._spawn(self._complete(path, url, creds, start), "could not fetch the history of %s", url)
             self._histories[path] = _History(start, task)
         elif self.spares and path not in self._refreshing and spares_dir(path).is_dir():
-            refresh = asyncio.to_thread(keep_spare, path, None, self.spares)
-            task = self._spawn(refresh, "could not refresh the spare of %s", url)
+            task = self._spawn(self._refresh(path), "could not refresh the spare of %s", url)
             self._refreshing[path] = task
         return path
+
+    async def _refresh(self, mirror: Path) -> None:
+        """After a fetch: bring one spare to the new commit of its branch now (the next checkout waits for
+        this), the others in the background, after the runs that are starting."""
+        if await asyncio.to_thread(keep_spare, mirror, None, self.spares, at_most=1) > 0:
+            self._spawn(self._keep(mirror, None), "could not refresh the spares of %s", str(mirror))
 
     def _ensure(
         self, url: str, creds: Credentials | None, *, asked: int | None = None, unshallow: bool = False
@@ -188,11 +196,29 @@ class Mirrors:
             self._spawn(self._keep(mirror, base), "could not make a spare work tree of %s", base)
         return workspace
 
-    async def _keep(self, mirror: Path, base: str) -> None:
-        """Make the spares the checkout of `base` took, after the work that goes first (app.run.starts)."""
-        if self._before_background is not None:
-            await self._before_background()
-        await asyncio.to_thread(keep_spare, mirror, base, self.spares)
+    async def _keep(self, mirror: Path, base: str | None) -> None:
+        """Bring the mirror's spares to `count` at `base` (the base of the latest checkout; None: only
+        advance them), one spare at a time, each after the runs that are starting (app.run.starts). One
+        keeper per mirror in this process: a later call only hands it a newer base."""
+        if mirror in self._keeping:
+            self._keeping[mirror] = base or self._keeping[mirror]
+            return
+        self._keeping[mirror] = base
+        busy = 0
+        try:
+            while not self._stopping:
+                if self._before_background is not None:
+                    await self._before_background()
+                if self._stopping:
+                    return
+                left = await asyncio.to_thread(keep_spare, mirror, self._keeping[mirror], self.spares, at_most=1)
+                if left == BUSY and busy < KEEPER_RETRIES:  # another thread or process keeps them just now
+                    busy += 1
+                    await asyncio.sleep(KEEPER_RETRY_S)
+                elif left <= 0:
+                    return
+        finally:
+            del self._keeping[mirror]
 
     def _spawn(self, work: Coroutine[Any, Any, None], failure: str, name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
@@ -216,9 +242,10 @@ class Mirrors:
         elif dest.exists():
             shutil.rmtree(dest, ignore_errors=True)
 
-    async def settle(self) -> None:
-        """Finish the work in the background: spare work trees, histories of shallow mirrors (before
-        shutdown, in a benchmark or a test)."""
+    async def settle(self, *, spares: bool = True) -> None:
+        """Finish the work in the background: histories of shallow mirrors and, with `spares`, spare work
+        trees (in a benchmark or a test; at shutdown only the spare being written is finished)."""
+        self._stopping = not spares
         for history in self._histories.values():
             history.start.set()
         while self._background:

@@ -69,19 +69,24 @@ def claim_spare(mirror: Path, base: str, dest: Path) -> Workspace | None:
     return None
 
 
-def keep_spare(mirror: Path, base: str | None = None, count: int = 1) -> None:
+BUSY = -1
+"""What `keep_spare` returns when another thread or process keeps the mirror's spares just now."""
+
+
+def keep_spare(mirror: Path, base: str | None = None, count: int = 1, *, at_most: int | None = None) -> int:
     """Keep `count` spares of `mirror` ready at the commit `base` names now: those there already are
     kept, those at another commit are advanced, more than `count` are dropped, and new ones are checked
     out until there are `count`. Without `base` (after a fetch) only existing spares are advanced, each
-    to what its own base names now. Returns at once while another thread or process keeps this
-    mirror's spares."""
+    to what its own base names now. At most `at_most` spares are advanced or checked out in one call;
+    returns how many are left to advance or check out, or BUSY at once while another thread or process
+    keeps this mirror's spares."""
     spares = spares_dir(mirror)
     spares.mkdir(exist_ok=True)
     with open(spares / ".lock", "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return
+            return BUSY
         _sweep(spares)
         repo = pygit2.Repository(str(mirror))
         name = mirror_name(repo, mirror)
@@ -97,24 +102,29 @@ def keep_spare(mirror: Path, base: str | None = None, count: int = 1) -> None:
                     commits[follow] = None  # the branch a spare followed is gone; the next run's checkout decides
             return commits[follow]
 
-        kept = 0
+        budget = count if at_most is None else at_most
+        kept = left = 0
         for spare, made_for in _ready(spares, prefer=commit_of(base) if base else None):
             follow = base or _followed(spare)  # the base of the latest run is what the next runs likely want
             commit = commit_of(follow) if follow else None
             if kept >= count:
                 _drop(spare)
-            elif commit is None or made_for == commit or _advance(spare, made_for, commit, follow or ""):
+            elif commit is None or made_for == commit:
                 kept += 1
-        if base is None:
-            return
-        commit = commit_of(base)
-        while commit is not None and kept < count:
+            elif budget <= 0:
+                kept, left = kept + 1, left + 1  # still claimable: the run that takes it advances it
+            else:
+                budget -= 1
+                kept += _advance(spare, made_for, commit, follow or "")
+        commit = commit_of(base) if base else None
+        while commit is not None and kept < count and budget > 0:
             building = spares / f".building-{secrets.token_hex(4)}"
             check_out(mirror, commit, building / "work")
             remember_layout(private_gitdir(building / "work") / "index")  # so advancing it patches the index quickly
-            (building / "base").write_text(base)
+            (building / "base").write_text(base or "")
             building.rename(spares / f"{commit}-{secrets.token_hex(4)}")
-            kept += 1
+            kept, budget = kept + 1, budget - 1
+        return left + (count - kept if commit is not None else 0)
 
 
 def _advance(spare: Path, made_for: str, commit: str, follow: str) -> bool:

@@ -69,8 +69,9 @@ class AnthropicModel:
     def warm(cls) -> list[ModelResponse]:
         """Send one streamed and one plain request to a canned answer (a MockTransport of httpx2, the SDK's
         HTTP client, answering in the Messages API's own shapes), so that what the SDK imports and builds
-        on first use is built now, in the calling thread, rather than on the event loop of a worker's
-        first run. Returns the two answers."""
+        on its first request and first answer (modules, validators) is built now, in the calling thread,
+        rather than on the event loop of a worker's first run. The real client's connections and TLS
+        are its own and not touched. Returns the two answers."""
 
         async def ask_both() -> list[ModelResponse]:
             answers = []

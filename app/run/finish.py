@@ -22,8 +22,10 @@ async def deliver_and_record(ctx: RunContext, deps: RunnerDeps, error: str | Non
     fields: dict[str, Any] = {"incomplete": incomplete}
     if outcome is not None:
         fields.update(turns=outcome.turns, usage=outcome.usage, cost_usd=outcome.cost_usd, summary=outcome.summary)
+    if ctx.events.start is not None:
+        ctx.events.start.done()  # a run that ends before its first request holds no one back while it delivers
     try:
-        await deps.starts.yield_to_others(ctx.events.start)
+        await deps.starts.yield_to_others()
         delivered = await _deliver_all(ctx, deps, incomplete=incomplete, error=error)
     except RoutinesError as exc:
         await ctx.events.emit("run.error", {"error": f"delivery failed: {exc}", "kind": type(exc).__name__})

@@ -44,7 +44,7 @@ async def execute(run_id: str, deps: RunnerDeps) -> Run:
     events = RunEvents(deps.store, run_id, deps.reporting.redactor(), RunMeter(deps.metrics, run))
     ctx = RunContext(run=run, routine=deps.routine(run.routine), events=events)
     start = events.start = deps.starts.begin()  # over once the model answers its first request (app.run.starts)
-    MODEL_ANSWERING.set(start.done)
+    answering = MODEL_ANSWERING.set(start.done)
     try:
         if run.state is RunState.QUEUED:
             await deps.store.transition(run_id, RunState.PREPARING)
@@ -66,6 +66,7 @@ async def execute(run_id: str, deps: RunnerDeps) -> Run:
         return await deliver_and_record(ctx, deps, error=str(exc))
     finally:
         start.done()
+        MODEL_ANSWERING.reset(answering)
         if ctx.checkout is not None:
             await asyncio.to_thread(ctx.checkout.cleanup)  # thousands of unlinks: not on the event loop
 

@@ -11,10 +11,12 @@ are under way in this worker. A start ends when the model has begun to answer, n
 is handed to the client: the runs it held back would otherwise take the event loop and the cores
 while the request is still being sent.
 
-The yield is bounded: a start holds others back for at most `PRIORITY_S` after it began, so a run
-whose start is slow or stuck (a cold clone of a big repository, a GitHub that does not answer) delays
-another's next step by that much at most, once; and a step waits only for the starts already under
-way when it asked, so a stream of new runs cannot starve a run that is going.
+The yield is bounded, per step: a start holds others back for at most `PRIORITY_S` after it began, so
+a run whose start is slow or stuck (a cold clone of a big repository, a GitHub that does not answer)
+delays another's next step by that much at most; and a step waits only for the starts already under
+way when it asked, so new runs cannot keep a step waiting. A run that takes many steps while new runs
+keep arriving can wait at several of them: each wait is for starts that are younger than `PRIORITY_S`
+and were under way when it asked.
 """
 
 from __future__ import annotations

@@ -127,11 +127,17 @@ def create_worker(
         ctx["periodic"].append(asyncio.create_task(pump.run(stop), name="delivery-pump"))
         await asyncio.to_thread(_warm_up)
         if own_process:
+            gc.collect()  # what startup left as garbage is collected, not frozen
             gc.freeze()
-            if sys.version_info < (3, 12):
+            children = "asyncio's default"
+            if sys.version_info < (3, 12) and _pidfds_work():
+                # only this loop may make children from now on: the watcher is the process's and reaps on it
                 watcher = asyncio.PidfdChildWatcher()
                 watcher.attach_loop(asyncio.get_running_loop())
                 asyncio.set_child_watcher(watcher)
+                children = "pidfds"
+            frozen = gc.get_freeze_count()
+            log.info("worker ready: %d startup objects frozen; children waited for on %s", frozen, children)
 
     return _Worker(
         functions=[
@@ -151,6 +157,16 @@ def create_worker(
         handle_signals=handle_signals,
         burst=burst,
     )
+
+
+def _pidfds_work() -> bool:
+    """Whether this kernel and its seccomp profile let us open pidfds (Linux 5.3+; older container
+    runtimes refuse the call), as Python 3.12 checks before it waits for children on them."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def _warm_up() -> None:

@@ -283,14 +283,31 @@ async def test_no_spares_when_none_are_wanted(origin: Path, tmp_path: Path) -> N
     assert not spares_dir(mirror).exists()
 
 
-async def test_spares_are_made_after_the_work_that_goes_first(origin: Path, tmp_path: Path) -> None:
+async def test_spares_are_made_one_at_a_time_after_the_work_that_goes_first(
+    origin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str | None, int | None]] = []
+
+    def noted(mirror: Path, base: str | None = None, count: int = 1, *, at_most: int | None = None) -> int:
+        calls.append((base, at_most))
+        return keep_spare(mirror, base, count, at_most=at_most)
+
+    monkeypatch.setattr("app.git.mirrors.keep_spare", noted)
+    gates = 0
     gate = asyncio.Event()
-    mirrors = Mirrors(tmp_path / "cache", spares=2, before_background=gate.wait)
+
+    async def before() -> None:
+        nonlocal gates
+        gates += 1
+        await gate.wait()
+
+    mirrors = Mirrors(tmp_path / "cache", spares=3, before_background=before)
     mirror = await mirrors.ensure(str(origin))
     await mirrors.checkout(mirror, "main", tmp_path / "runs" / "0")
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert not spares_dir(mirror).exists() or ready(mirror) == []
+    await mirrors.checkout(mirror, "main", tmp_path / "runs" / "1")  # a second keeper only hands over its base
+    await asyncio.sleep(0.2)  # time enough for a keeper that did not wait to have started
+    assert calls == [] and gates == 1
     gate.set()
     await mirrors.settle()
-    assert len(ready(mirror)) == 2
+    assert calls == [("main", 1)] * 3 and gates == 3, "one spare per pass, each pass after the gate"
+    assert len(ready(mirror)) == 3

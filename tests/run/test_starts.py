@@ -62,10 +62,11 @@ async def test_a_step_waits_for_the_other_starts_under_way_then_goes() -> None:
 
 
 async def test_a_run_does_not_wait_for_its_own_start_nor_for_starts_that_began_after_it_asked() -> None:
-    starts = Starts()
+    starts = Starts(clock=lambda: 0.0)  # no start ever grows old here: only the rules end a wait
     own = starts.begin()
     await asyncio.wait_for(starts.yield_to_others(own), HANG_S)
     waiting = asyncio.create_task(starts.yield_to_others(own))
+    await asyncio.sleep(0)  # it asked
     later = starts.begin()
     await asyncio.wait_for(waiting, HANG_S)
     assert not later.over.done()
@@ -205,10 +206,12 @@ async def two_runs(stack: Stack, starts: Starts, *, release_after_going_asked: b
 
 
 async def test_a_run_opens_its_sandbox_only_once_another_runs_start_is_over(stack: Stack) -> None:
-    order = await two_runs(stack, Starts(), release_after_going_asked=True)
+    starts = Starts()
+    order = await two_runs(stack, starts, release_after_going_asked=True)
 
     # going asked the model while its sandbox waited for starting's start, over when starting asked too
     assert order.index("going asked") < order.index("starting asked") < order.index("going sandbox"), order
+    assert not starts.pending, "every start ended with its run"
 
 
 async def test_a_start_that_is_stuck_holds_no_one_back_after_priority_s(stack: Stack) -> None:

@@ -5,6 +5,7 @@ several at once, their sandboxes' processes waited for and gone."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,3 +49,7 @@ def test_runs_in_a_worker_process_of_its_own_reach_their_end_through_bwrap(stack
         assert outputs == ["hi\n"]
     assert worker.returncode == 0, log_text
     assert "could not warm up" not in log_text
+    ready = re.search(r"worker ready: (\d+) startup objects frozen; children waited for on (.+)", log_text)
+    assert ready is not None and int(ready[1]) > 10_000, log_text
+    expected = "pidfds" if sys.version_info < (3, 12) else "asyncio's default"  # 3.12 uses pidfds by itself
+    assert ready[2].strip() == expected
