@@ -22,21 +22,15 @@ from app.run.runner import execute
 from app.run.starting import StartingHands
 from app.services import build
 from app.testing.anthropic_server import Script, Turn, bash, text
-from app.testing.stack import Stack, running_stack
+from app.testing.stack import Stack
+from tests.support.stacks import api_routines
 
 HANG_S = 60  # only a guard against a hang, never a speed limit
 
 
 @pytest.fixture
 def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
-    folder = tmp_path / "routines"
-    folder.mkdir()
-    for name in ("look", "talk"):
-        (folder / f"{name}.md").write_text(
-            f"---\nname: {name}\nrepo: acme/app\non:\n  api: true\n---\n[script:{name}]\n"
-        )
-    with running_stack(tmp_path, redis_url, routines_dir=folder, worker=False) as s:
-        s.github.add_repo("acme/app", s.installation)
+    with api_routines(tmp_path, redis_url, ["look", "talk"]) as s:
         yield s
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,9 @@ from app.run.runner import execute
 from app.run.starts import Starts
 from app.services import build
 from app.testing.anthropic_server import Script, Turn, bash, text
-from app.testing.stack import Stack, running_stack
+from app.testing.stack import Stack
+from tests.run.test_starting import AskedModel
+from tests.support.stacks import api_routines
 
 HANG_S = 60  # only a guard against a hang, never a speed limit
 
@@ -86,14 +88,7 @@ async def test_a_start_holds_others_back_for_priority_s_at_most() -> None:
 
 @pytest.fixture
 def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
-    folder = tmp_path / "routines"
-    folder.mkdir()
-    for name in ("going", "starting"):
-        (folder / f"{name}.md").write_text(
-            f"---\nname: {name}\nrepo: acme/app\non:\n  api: true\n---\n[script:{name}]\n"
-        )
-    with running_stack(tmp_path, redis_url, routines_dir=folder, worker=False) as s:
-        s.github.add_repo("acme/app", s.installation)
+    with api_routines(tmp_path, redis_url, ["going", "starting"]) as s:
         going = [Turn([bash("echo going > going.txt")]), Turn([text("Went.")])]
         s.anthropic.add_script(Script(match="[script:going]", turns=going))
         s.anthropic.add_script(Script(match="[script:starting]", turns=[Turn([text("Nothing to change.")])]))
@@ -136,21 +131,18 @@ class HeldCode:
         return self.code.outputs_for(forge)
 
 
-@dataclass
-class NotedModel:
-    model: ModelClient
-    order: list[str]
-    name: str
-    asked: asyncio.Event = field(default_factory=asyncio.Event)
+class NotedModel(AskedModel):
+    """The real model client, noting in `order` that `name` asked it."""
+
+    def __init__(self, model: ModelClient, order: list[str], name: str) -> None:
+        super().__init__(model)
+        self.order, self.name = order, name
 
     async def create(
         self, *, model: str, system: list[JSON], messages: list[JSON], tools: list[JSON], max_tokens: int
     ) -> ModelResponse:
         self.order.append(f"{self.name} asked")
-        self.asked.set()
-        return await self.model.create(
-            model=model, system=system, messages=messages, tools=tools, max_tokens=max_tokens
-        )
+        return await super().create(model=model, system=system, messages=messages, tools=tools, max_tokens=max_tokens)
 
 
 @dataclass
