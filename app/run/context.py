@@ -110,14 +110,12 @@ class RunEvents:
     has the run's `meter` count what each recorded event says (and the run's `start` end at its first
     model request)."""
 
-    def __init__(
-        self, store: Store, run_id: str, redactor: Redacts, meter: RunMeter | None = None, start: Start | None = None
-    ) -> None:
+    def __init__(self, store: Store, run_id: str, redactor: Redacts, meter: RunMeter | None = None) -> None:
         self.store = store
         self.run_id = run_id
         self.redactor = redactor
         self.meter = meter
-        self.start = start
+        self.start: Start | None = None  # set by the runner once the run is known to be live
 
     async def emit(self, type: str, data: JSON) -> None:
         data = self.redactor.redact(data)
