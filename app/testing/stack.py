@@ -38,6 +38,7 @@ class WorkerThread:
         self._task: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
+        self._closing = False
         self._thread = threading.Thread(target=self._main, daemon=True, name="routines-worker")
 
     def _main(self) -> None:
@@ -55,6 +56,7 @@ class WorkerThread:
         except asyncio.CancelledError:
             pass
         finally:
+            self._closing = True
             # this task was cancelled to stop the worker; close_worker passes a job's cancellation on then
             with contextlib.suppress(asyncio.CancelledError):
                 await close_worker(worker)
@@ -65,13 +67,18 @@ class WorkerThread:
         return self
 
     def stop(self) -> None:
-        if self._thread.is_alive():
+        """Cancel the worker, and again every second until it begins to close. Once in CI a worker went on
+        polling after its cancellation (Python 3.11's wait_for, for one, can lose a cancellation that lands
+        as the awaited call completes), took the next tests' jobs from the same database and failed 36 of
+        them. Its closing is not interrupted."""
+        deadline = time.monotonic() + 30
+        while self._thread.is_alive() and time.monotonic() < deadline:
             task = self._task
-            if task is not None:
+            if task is not None and not self._closing:
                 self._loop.call_soon_threadsafe(task.cancel)
-            self._thread.join(timeout=30)
-            if self._thread.is_alive():
-                raise RuntimeError("the worker did not stop within 30 s of being cancelled; a job ignores cancellation")
+            self._thread.join(timeout=1)
+        if self._thread.is_alive():
+            raise RuntimeError("the worker did not stop within 30 s of being cancelled; a job ignores cancellation")
 
 
 @dataclass
