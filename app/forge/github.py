@@ -8,6 +8,7 @@ token or the key.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -69,6 +70,7 @@ class GitHubForge:
         self._clock = clock
         self._jwt: tuple[str, int] | None = None  # (token, when it was signed)
         self._read_tokens: dict[tuple[int, str], tuple[str, float]] = {}  # (installation, repo) → (token, expiry)
+        self._resolving: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[RepoInfo]] = {}  # under way
         self._transport = _SharedTransport()
         self._github: GitHub[UnauthAuthStrategy] = GitHub(
             base_url=self.api_url + "/",
@@ -107,7 +109,26 @@ class GitHubForge:
         return token
 
     async def resolve(self, repo: str) -> RepoInfo:
-        """The repository `owner/name` as the App's installation sees it."""
+        """The repository `owner/name` as the App's installation sees it.
+
+        Calls for one repository while a lookup of it is under way share that lookup: a burst of runs
+        of one routine asks GitHub once, not once per run. Nothing is kept once the lookup ends, so an
+        answer is never older than the lookup it came from; a caller that gives up does not cancel the
+        lookup for the others."""
+        key = (asyncio.get_running_loop(), repo)
+        lookup = self._resolving.get(key)
+        if lookup is None:
+            lookup = self._resolving[key] = asyncio.ensure_future(self._resolve(repo))
+            lookup.add_done_callback(lambda done: self._looked_up(key, done))
+        return await asyncio.shield(lookup)
+
+    def _looked_up(self, key: tuple[asyncio.AbstractEventLoop, str], done: asyncio.Future[RepoInfo]) -> None:
+        if self._resolving.get(key) is done:
+            del self._resolving[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: callers that gave up leave no "never retrieved" warning
+
+    async def _resolve(self, repo: str) -> RepoInfo:
         owner, name = split_repo(repo)
         rest = self._github.rest
         installation = await self._call(
@@ -127,7 +148,7 @@ class GitHubForge:
             self._read_tokens.pop(key, None)
             if fresh:
                 raise
-            return await self.resolve(repo)  # the kept token was revoked, or the repository moved: a new one
+            return await self._resolve(repo)  # the kept token was revoked, or the repository moved: a new one
         return RepoInfo(
             full_name=found.full_name,
             clone_url=found.clone_url,

@@ -216,6 +216,43 @@ async def test_a_kept_read_token_that_was_revoked_is_replaced(hub: Hub) -> None:
     assert info.full_name == "acme/api" and len(hub.state.tokens) == 2
 
 
+def lookups(hub: Hub, repo: str) -> int:
+    """How often GitHub was asked which installation holds `repo`."""
+    return sum(1 for r in hub.state.requests if r.path == f"/repos/{repo}/installation")
+
+
+async def test_resolves_of_one_repo_under_way_together_share_one_lookup(hub: Hub) -> None:
+    async with hub.forge() as forge:
+        found = await asyncio.gather(*(forge.resolve("acme/api") for _ in range(10)), forge.resolve("acme/web"))
+        assert {info.full_name for info in found} == {"acme/api", "acme/web"}
+        assert (lookups(hub, "acme/api"), lookups(hub, "acme/web")) == (1, 1)
+        assert sum(1 for r in hub.state.requests if r.path == "/repos/acme/api") == 1
+        await forge.resolve("acme/api")  # nothing is kept once a lookup ends: the next call asks again
+        assert lookups(hub, "acme/api") == 2
+
+
+async def test_a_shared_lookup_fails_for_every_caller_and_is_not_kept(hub: Hub) -> None:
+    async with hub.forge() as forge:
+        failed = await asyncio.gather(*(forge.resolve("other/lonely") for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(e, ForgeError) and "install" in str(e).lower() for e in failed), failed
+        assert lookups(hub, "other/lonely") == 1
+        with pytest.raises(ForgeError):
+            await forge.resolve("other/lonely")
+        assert lookups(hub, "other/lonely") == 2  # a failure is not kept either
+
+
+async def test_a_caller_that_gives_up_leaves_the_shared_lookup_to_the_others(hub: Hub) -> None:
+    async with hub.forge() as forge:
+        quitter = asyncio.create_task(forge.resolve("acme/api"))
+        stayer = asyncio.create_task(forge.resolve("acme/api"))
+        await asyncio.sleep(0)  # both have joined the one lookup
+        quitter.cancel()
+        info = await stayer
+        with pytest.raises(asyncio.CancelledError):
+            await quitter
+    assert info.full_name == "acme/api" and lookups(hub, "acme/api") == 1
+
+
 @pytest.fixture
 async def closing_server() -> AsyncIterator[tuple[str, list[str]]]:
     """Answers the first request of each connection (kept alive), then closes the connection when the next
