@@ -8,8 +8,11 @@ a warm run alone (`--alone` of them, one after another), then `--runs` runs fire
 
 Reported per size: runs per minute, fire → first model request p50/p99 and their ratio to alone;
 where the time went (queue, in-thread mirror fetch and its lock wait, checkout, sandbox start,
-thread-pool queueing, event-loop lag); peak RSS per worker and per concurrent run (worker processes
-and their sandboxes); Redis bytes per run and per stored webhook delivery.
+thread-pool queueing, event-loop lag); the CPU the machine spent from the first fire to the last
+first request, per start and by whom, and how long those CPU seconds take on this machine's cores (no
+scheduling brings the last start below that); GitHub API calls per run; peak RSS per worker and per
+concurrent run (worker processes and their sandboxes); Redis bytes per run and per stored webhook
+delivery.
 
     python bench/scale.py [--runs 40 80] [--workers 2] [--max-jobs N] [--skip-fresh-fetch]
                           [--priority-s S] [--spares N] [--dir /dev/shm] [--redis redis://127.0.0.1:6379/13]
@@ -257,6 +260,51 @@ class RssSampler:
         self._thread.join()
 
 
+class CpuTrace:
+    """The machine's busy CPU seconds, the workers' (with their reaped sandboxes) and this process's, every
+    `every_s`: what the burst's starts cost is read off it afterwards, over the window they took."""
+
+    def __init__(self, pids: list[int], every_s: float = 0.02) -> None:
+        self.pids = pids
+        self.every_s = every_s
+        self.points: list[tuple[float, float, float, float]] = []  # (time, machine busy, workers, this process)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def read(self) -> tuple[float, float, float, float]:
+        tick = os.sysconf("SC_CLK_TCK")
+        workers = 0.0
+        for pid in self.pids:
+            with open(f"/proc/{pid}/stat") as f:
+                workers += sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:15]) / tick
+        return time.time(), machine_busy()[0], workers, _own_cpu()
+
+    def at(self, when: float) -> tuple[float, float, float]:
+        """(machine busy, workers, this process) CPU seconds at `when`, between the two samples around it."""
+        later = next((i for i, p in enumerate(self.points) if p[0] >= when), len(self.points) - 1)
+        a, b = self.points[max(0, later - 1)], self.points[later]
+        share = 0.0 if b[0] == a[0] else min(1.0, max(0.0, (when - a[0]) / (b[0] - a[0])))
+        return (
+            a[1] + share * (b[1] - a[1]),
+            a[2] + share * (b[2] - a[2]),
+            a[3] + share * (b[3] - a[3]),
+        )
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.points.append(self.read())
+
+    def __enter__(self) -> CpuTrace:
+        self.points.append(self.read())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.points.append(self.read())
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -278,6 +326,11 @@ def redis_bytes(client: redis.Redis) -> int:
     for key in client.scan_iter(count=1000):
         total += int(cast(int | None, client.memory_usage(key, samples=0)) or 0)
     return total
+
+
+def api_calls(stack: Stack) -> int:
+    """Requests the test GitHub has answered on its REST API (not git's own, over smart HTTP)."""
+    return sum(1 for r in list(stack.github.requests) if ".git/" not in r.path)
 
 
 def first_request_times(stack: Stack, markers: dict[str, str]) -> dict[str, float]:
@@ -452,15 +505,18 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
                 before = redis_bytes(client)
                 machine_before = machine_busy()
                 cpu_before = sum(RssSampler([w.pid for w in workers]).sample_cpu().values()), _own_cpu()
-                with RssSampler([w.pid for w in workers]) as rss:
+                asked = api_calls(stack)
+                with RssSampler([w.pid for w in workers]) as rss, CpuTrace([w.pid for w in workers]) as trace:
                     fired, markers = fire_batch(stack, count, "load")
                     runs = wait_all(stack, list(fired), 600)
                 machine_after = machine_busy()
+                github_calls = (api_calls(stack) - asked) / count
                 cpu_after = sum(RssSampler([w.pid for w in workers]).sample_cpu().values()), _own_cpu()
                 failed = _check(runs)
                 after = redis_bytes(client)
                 firsts = first_request_times(stack, markers)
                 latencies = [firsts[r] - fired[r] for r in fired if r in firsts]
+                starts = _starts_cost(trace, min(fired.values()), max(firsts.values()))
                 finished = max(float(r["updated_at"]) for r in runs.values())
                 per_run = {r: phases(stack, runs[r], fired[r], firsts.get(r)) for r in runs}
                 for run_id, started in job_starts(args.redis, list(runs)).items():
@@ -504,8 +560,26 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
         "machine_busy": (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1]),
         "ours_busy": (cpu_after[0] - cpu_before[0] + cpu_after[1] - cpu_before[1])
         / (machine_after[1] - machine_before[1]),
+        "starts": starts,
+        "github_calls": github_calls,
         "redis_per_delivery": handled,
         "redis_per_held_delivery": held,
+    }
+
+
+def _starts_cost(trace: CpuTrace, first_fire: float, last_request: float) -> dict[str, float]:
+    """CPU seconds spent from the first fire to the last first request: by the machine, the workers (with
+    sandboxes they reaped), this process (web and test servers), and everything else (live sandboxes,
+    Redis, the kernel's own threads)."""
+    begin, end = trace.at(first_fire), trace.at(last_request)
+    machine, workers, servers = (e - b for b, e in zip(begin, end, strict=True))
+    return {
+        "window": last_request - first_fire,
+        "machine": machine,
+        "workers": workers,
+        "servers": servers,
+        "other": machine - workers - servers,
+        "cores": float(os.cpu_count() or 1),
     }
 
 
@@ -554,6 +628,15 @@ def report(m: dict[str, Any]) -> None:
         f"web + test servers (this process) {m['cpu_servers']:.2f} s; the machine was "
         f"{m['machine_busy']:.0%} busy during the burst, {m['ours_busy']:.0%} of it this bench's"
     )
+    s, count = m["starts"], m["count"]
+    per = {k: s[k] / count * 1000 for k in ("machine", "workers", "servers", "other")}
+    floor = s["machine"] / s["cores"]
+    print(
+        f"  the starts, fire → last first request ({s['window']:.2f} s): the machine was "
+        f"{s['machine'] / (s['window'] * s['cores']):.0%} busy, {per['machine']:.0f} ms of CPU per start "
+        f"(workers {per['workers']:.0f}, web + test servers {per['servers']:.0f}, other {per['other']:.0f}); "
+        f"on {s['cores']:.0f} cores that CPU alone takes {floor:.2f} s = {floor / alone:.1f}× alone"
+    )
     lags = m["lags"]
     if lags:
         print(f"  event-loop lag: p99 {percentile(lags, 0.99) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms")
@@ -564,6 +647,7 @@ def report(m: dict[str, Any]) -> None:
         f"with its sandboxes {max(m['rss_tree'].values()) / mib:.0f} MiB; "
         f"per concurrent run {statistics.mean(growth) / mib:.1f} MiB"
     )
+    print(f"  GitHub API calls per run: {m['github_calls']:.1f} (lookups, tokens, the pull request)")
     per_run, per_delivery = m["redis_per_run"] / 1024, m["redis_per_delivery"] / 1024
     held = m["redis_per_held_delivery"] / 1024
     print(f"  Redis: {per_run:.1f} KiB per run; per delivery {held:.1f} KiB held, {per_delivery:.1f} KiB once handled")
