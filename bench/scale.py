@@ -241,7 +241,8 @@ class RssSampler:
         return result
 
     def sample_cpu(self) -> dict[int, float]:
-        """CPU seconds of each worker process, with those of its children that ended (reaped sandboxes)."""
+        """CPU seconds of each worker process, with those of its children that ended and were waited for
+        (bwrap itself: what runs inside a sandbox's PID namespace is never counted to the worker)."""
         self.sample()
         return dict(self.cpu)
 
@@ -261,7 +262,7 @@ class RssSampler:
 
 
 class CpuTrace:
-    """The machine's busy CPU seconds, the workers' (with their reaped sandboxes) and this process's, every
+    """The machine's busy CPU seconds, the worker processes' and this process's, every
     `every_s`: what the burst's starts cost is read off it afterwards, over the window they took."""
 
     def __init__(self, pids: list[int], every_s: float = 0.02) -> None:
@@ -555,11 +556,10 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
         "rss_tree": rss.peak_tree,
         "rss_idle": {pid: tree for pid, (_own, tree) in idle.items()},
         "redis_per_run": (after - before) / count,
+        "cpu_machine": (machine_after[0] - machine_before[0]) / count,
         "cpu_workers": (cpu_after[0] - cpu_before[0]) / count,
         "cpu_servers": (cpu_after[1] - cpu_before[1]) / count,
         "machine_busy": (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1]),
-        "ours_busy": (cpu_after[0] - cpu_before[0] + cpu_after[1] - cpu_before[1])
-        / (machine_after[1] - machine_before[1]),
         "starts": starts,
         "github_calls": github_calls,
         "redis_per_delivery": handled,
@@ -568,9 +568,10 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
 
 
 def _starts_cost(trace: CpuTrace, first_fire: float, last_request: float) -> dict[str, float]:
-    """CPU seconds spent from the first fire to the last first request: by the machine, the workers (with
-    sandboxes they reaped), this process (web and test servers), and everything else (live sandboxes,
-    Redis, the kernel's own threads)."""
+    """CPU seconds spent from the first fire to the last first request: by the machine, the workers' own
+    processes, this process (web and test servers), and everything else (the sandboxes, whose processes
+    end inside their own PID namespaces and so are not counted as the workers' children; Redis; the
+    kernel's own threads)."""
     begin, end = trace.at(first_fire), trace.at(last_request)
     machine, workers, servers = (e - b for b, e in zip(begin, end, strict=True))
     return {
@@ -624,9 +625,10 @@ def report(m: dict[str, Any]) -> None:
             med, high, top = statistics.median(values), percentile(values, 0.99), max(values)
             print(f"    {name:18} {med:6.2f} {high:6.2f} {top:6.2f}")
     print(
-        f"  CPU per run: workers and sandboxes {m['cpu_workers']:.2f} s, "
-        f"web + test servers (this process) {m['cpu_servers']:.2f} s; the machine was "
-        f"{m['machine_busy']:.0%} busy during the burst, {m['ours_busy']:.0%} of it this bench's"
+        f"  CPU per run: {m['cpu_machine']:.2f} s on the machine, of which workers {m['cpu_workers']:.2f} s, "
+        f"web + test servers (this process) {m['cpu_servers']:.2f} s, and the rest "
+        f"{m['cpu_machine'] - m['cpu_workers'] - m['cpu_servers']:.2f} s (sandboxes, Redis, the kernel); "
+        f"the machine was {m['machine_busy']:.0%} busy during the burst"
     )
     s, count = m["starts"], m["count"]
     per = {k: s[k] / count * 1000 for k in ("machine", "workers", "servers", "other")}
@@ -634,7 +636,8 @@ def report(m: dict[str, Any]) -> None:
     print(
         f"  the starts, fire → last first request ({s['window']:.2f} s): the machine was "
         f"{s['machine'] / (s['window'] * s['cores']):.0%} busy, {per['machine']:.0f} ms of CPU per start "
-        f"(workers {per['workers']:.0f}, web + test servers {per['servers']:.0f}, other {per['other']:.0f}); "
+        f"(workers {per['workers']:.0f}, web + test servers {per['servers']:.0f}, sandboxes and the rest "
+        f"{per['other']:.0f}); "
         f"on {s['cores']:.0f} cores that CPU alone takes {floor:.2f} s = {floor / alone:.1f}× alone"
     )
     lags = m["lags"]
