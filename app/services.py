@@ -60,6 +60,7 @@ class Services:
     _boundaries: Boundaries | None = None
     _own_redactor: Redactor | None = None
     starts: Starts = field(default_factory=Starts)
+    _model_made: asyncio.Lock = field(default_factory=asyncio.Lock)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     def forge_for(self, repo: str) -> Forge:
@@ -93,15 +94,21 @@ class Services:
         return self._deliveries
 
     async def model(self) -> ModelClient:
+        """The process's one model client. It is made in a thread: the SDK reads the system's trust store
+        as it makes its client (0.2 s of CPU), which on the event loop would stop every run of the worker.
+        A worker makes it at startup, so its first run does not wait for it either."""
         if self._model is None:
-            s = self.settings
-            client = AnthropicModel(
-                api_key=s.require_anthropic(),
-                base_url=s.anthropic_base_url,
-                max_retries=s.model_max_retries,
-                timeout_s=max(s.http_timeout_s, 600.0),
-            )
-            self._model = await self._stack.enter_async_context(client)
+            async with self._model_made:
+                if self._model is None:
+                    s = self.settings
+                    client = await asyncio.to_thread(
+                        AnthropicModel,
+                        api_key=s.require_anthropic(),
+                        base_url=s.anthropic_base_url,
+                        max_retries=s.model_max_retries,
+                        timeout_s=max(s.http_timeout_s, 600.0),
+                    )
+                    self._model = await self._stack.enter_async_context(client)
         return self._model
 
     def boundaries(self) -> Boundaries:

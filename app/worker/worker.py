@@ -115,6 +115,8 @@ def create_worker(
             ThreadPoolExecutor(thread_pool_size(settings.max_jobs), thread_name_prefix="routines-worker")
         )
         services = ctx["services"] = await build(settings)
+        if settings.anthropic_api_key:
+            await services.model()  # made now, in a thread, rather than on the loop during the first run
         services.metrics.beat_as(worker_id)  # /metrics counts the workers seen in the last minute
         ctx["ticker"], ctx["max_runs_per_day"] = ticker, ticker.max_runs_per_day
         ctx["worker_id"], ctx["leases"] = (

@@ -22,6 +22,7 @@ from arq.worker import Function, func
 from redis import asyncio as aioredis
 
 from app.core.config import Settings
+from app.models.anthropic import AnthropicModel
 from app.routines.catalog import ApiRoutines
 from app.store import queue
 from app.store.routine_states import PAUSED, RoutineStates
@@ -244,6 +245,28 @@ async def test_every_job_of_a_full_worker_can_wait_in_a_blocking_call_at_once(tm
         everyone = threading.Barrier(2 * jobs, timeout=30)  # breaks (and fails the test) rather than hang
         waits = [asyncio.to_thread(everyone.wait) for _ in range(2 * jobs)]
         assert sorted(await asyncio.gather(*waits)) == list(range(2 * jobs))
+    finally:
+        await shutdown(ctx)
+
+
+async def test_a_worker_with_a_model_key_makes_its_model_client_before_its_first_run(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[AnthropicModel] = []
+
+    class Noted(AnthropicModel):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            made.append(self)
+
+    monkeypatch.setattr("app.services.AnthropicModel", Noted)
+    settings = replace(settings_for(tmp_path, redis_url), anthropic_api_key="sk-ant-test-0123")
+    worker = create_worker(settings, handle_signals=False)
+    ctx: dict[str, Any] = {}
+    assert worker.on_startup is not None
+    await worker.on_startup(ctx)
+    try:
+        assert len(made) == 1 and await ctx["services"].model() is made[0]
     finally:
         await shutdown(ctx)
 
