@@ -49,6 +49,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -262,34 +263,37 @@ class RssSampler:
 
 
 class CpuTrace:
-    """The machine's busy CPU seconds, the worker processes' and this process's, every
-    `every_s`: what the burst's starts cost is read off it afterwards, over the window they took."""
+    """CPU seconds every `every_s`, by whom: the machine (busy), the workers' event-loop threads and their
+    other threads, and this process's threads (the web process, the test GitHub, the test Anthropic, and
+    the bench's own clients and samplers). What the burst's starts cost is read off it afterwards."""
 
-    def __init__(self, pids: list[int], every_s: float = 0.02) -> None:
+    def __init__(self, pids: list[int], servers: dict[int, str], every_s: float = 0.02) -> None:
         self.pids = pids
+        self.servers = servers  # native thread id → name, of this process's server threads
         self.every_s = every_s
-        self.points: list[tuple[float, float, float, float]] = []  # (time, machine busy, workers, this process)
+        self.points: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def read(self) -> tuple[float, float, float, float]:
-        tick = os.sysconf("SC_CLK_TCK")
-        workers = 0.0
+    def read(self) -> tuple[float, dict[str, float]]:
+        loops = workers = 0.0
         for pid in self.pids:
-            with open(f"/proc/{pid}/stat") as f:
-                workers += sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:15]) / tick
-        return time.time(), machine_busy()[0], workers, _own_cpu()
+            workers += _stat_cpu(f"/proc/{pid}/stat", children=True)
+            loops += _stat_cpu(f"/proc/{pid}/task/{pid}/stat")
+        cpu = {"machine": machine_busy()[0], "worker loops": loops, "worker threads": workers - loops}
+        own = _own_cpu()
+        for tid, name in self.servers.items():
+            cpu[name] = _stat_cpu(f"/proc/self/task/{tid}/stat")
+            own -= cpu[name]
+        cpu["bench"] = own
+        return time.time(), cpu
 
-    def at(self, when: float) -> tuple[float, float, float]:
-        """(machine busy, workers, this process) CPU seconds at `when`, between the two samples around it."""
+    def at(self, when: float) -> dict[str, float]:
+        """CPU seconds by whom at `when`, between the two samples around it."""
         later = next((i for i, p in enumerate(self.points) if p[0] >= when), len(self.points) - 1)
-        a, b = self.points[max(0, later - 1)], self.points[later]
-        share = 0.0 if b[0] == a[0] else min(1.0, max(0.0, (when - a[0]) / (b[0] - a[0])))
-        return (
-            a[1] + share * (b[1] - a[1]),
-            a[2] + share * (b[2] - a[2]),
-            a[3] + share * (b[3] - a[3]),
-        )
+        (ta, a), (tb, b) = self.points[max(0, later - 1)], self.points[later]
+        share = 0.0 if tb == ta else min(1.0, max(0.0, (when - ta) / (tb - ta)))
+        return {k: a[k] + share * (b[k] - a[k]) for k in a}
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -304,6 +308,28 @@ class CpuTrace:
         self._stop.set()
         self._thread.join()
         self.points.append(self.read())
+
+
+def _stat_cpu(path: str, *, children: bool = False) -> float:
+    """utime + stime (and, with `children`, those of the children waited for) from a /proc stat file."""
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11 : 15 if children else 13]) / os.sysconf("SC_CLK_TCK")
+
+
+def server_threads(stack: Stack) -> dict[int, str]:
+    """This process's server threads (app.testing.serve names them serve:<port>) → what they serve."""
+    ports = {
+        urlsplit(stack.web_url).port: "web",
+        urlsplit(stack.settings.github_api_url).port: "test GitHub",
+        urlsplit(stack.settings.anthropic_base_url or "").port: "test Anthropic",
+    }
+    found = {}
+    for thread in threading.enumerate():
+        port = thread.name.removeprefix("serve:")
+        if port.isdigit() and int(port) in ports and thread.native_id is not None:
+            found[thread.native_id] = ports[int(port)]
+    return found
 
 
 def machine_busy() -> tuple[float, float]:
@@ -507,7 +533,10 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
                 machine_before = machine_busy()
                 cpu_before = sum(RssSampler([w.pid for w in workers]).sample_cpu().values()), _own_cpu()
                 asked = api_calls(stack)
-                with RssSampler([w.pid for w in workers]) as rss, CpuTrace([w.pid for w in workers]) as trace:
+                with (
+                    RssSampler([w.pid for w in workers]) as rss,
+                    CpuTrace([w.pid for w in workers], server_threads(stack)) as trace,
+                ):
                     fired, markers = fire_batch(stack, count, "load")
                     runs = wait_all(stack, list(fired), 600)
                 machine_after = machine_busy()
@@ -568,20 +597,13 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
 
 
 def _starts_cost(trace: CpuTrace, first_fire: float, last_request: float) -> dict[str, float]:
-    """CPU seconds spent from the first fire to the last first request: by the machine, the workers' own
-    processes, this process (web and test servers), and everything else (the sandboxes, whose processes
-    end inside their own PID namespaces and so are not counted as the workers' children; Redis; the
-    kernel's own threads)."""
+    """CPU seconds spent from the first fire to the last first request, by whom (CpuTrace); "rest" is
+    the machine's less all the named ones: the sandboxes (whose processes end inside their own PID
+    namespaces and so are never counted as the workers' children), Redis, the kernel's own threads."""
     begin, end = trace.at(first_fire), trace.at(last_request)
-    machine, workers, servers = (e - b for b, e in zip(begin, end, strict=True))
-    return {
-        "window": last_request - first_fire,
-        "machine": machine,
-        "workers": workers,
-        "servers": servers,
-        "other": machine - workers - servers,
-        "cores": float(os.cpu_count() or 1),
-    }
+    spent = {k: end[k] - begin[k] for k in end}
+    spent["rest"] = spent["machine"] - sum(v for k, v in spent.items() if k != "machine")
+    return {**spent, "window": last_request - first_fire, "cores": float(os.cpu_count() or 1)}
 
 
 def _deliveries(stack: Stack, client: redis.Redis, count: int, settle_s: float) -> float:
@@ -631,14 +653,15 @@ def report(m: dict[str, Any]) -> None:
         f"the machine was {m['machine_busy']:.0%} busy during the burst"
     )
     s, count = m["starts"], m["count"]
-    per = {k: s[k] / count * 1000 for k in ("machine", "workers", "servers", "other")}
+    parts = ["worker loops", "worker threads", "web", "test GitHub", "test Anthropic", "bench", "rest"]
+    split = ", ".join(f"{k} {s[k] / count * 1000:.0f}" for k in parts if k in s)
     floor = s["machine"] / s["cores"]
+    ours = (s["machine"] - s.get("test GitHub", 0) - s.get("test Anthropic", 0) - s["bench"]) / s["cores"]
     print(
         f"  the starts, fire → last first request ({s['window']:.2f} s): the machine was "
-        f"{s['machine'] / (s['window'] * s['cores']):.0%} busy, {per['machine']:.0f} ms of CPU per start "
-        f"(workers {per['workers']:.0f}, web + test servers {per['servers']:.0f}, sandboxes and the rest "
-        f"{per['other']:.0f}); "
-        f"on {s['cores']:.0f} cores that CPU alone takes {floor:.2f} s = {floor / alone:.1f}× alone"
+        f"{s['machine'] / (s['window'] * s['cores']):.0%} busy, {s['machine'] / count * 1000:.0f} ms of CPU "
+        f"per start ({split}); on {s['cores']:.0f} cores that CPU takes {floor:.2f} s = {floor / alone:.1f}× "
+        f"alone, without the test servers' and the bench's own {ours:.2f} s = {ours / alone:.1f}×"
     )
     lags = m["lags"]
     if lags:
