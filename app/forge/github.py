@@ -9,6 +9,7 @@ token or the key.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -114,13 +115,23 @@ class GitHubForge:
         Calls for one repository while a lookup of it is under way share that lookup: a burst of runs
         of one routine asks GitHub once, not once per run. Nothing is kept once the lookup ends, so an
         answer is never older than the lookup it came from; a caller that gives up does not cancel the
-        lookup for the others."""
+        lookup for the others. A caller that joined a lookup which failed asks once more (with the
+        others that joined it), so one passing error does not fail every run of a burst."""
         key = (asyncio.get_running_loop(), repo)
         lookup = self._resolving.get(key)
         if lookup is None:
-            lookup = self._resolving[key] = asyncio.ensure_future(self._resolve(repo))
-            lookup.add_done_callback(lambda done: self._looked_up(key, done))
-        return await asyncio.shield(lookup)
+            return await asyncio.shield(self._look_up(key, repo))
+        try:
+            return await asyncio.shield(lookup)
+        except ForgeError:
+            return await asyncio.shield(self._resolving.get(key) or self._look_up(key, repo))
+
+    def _look_up(self, key: tuple[asyncio.AbstractEventLoop, str], repo: str) -> asyncio.Future[RepoInfo]:
+        """A lookup shared by whoever asks while it is under way; in a context of its own, so that what it
+        logs is not attributed to the run that happened to ask first."""
+        lookup = self._resolving[key] = key[0].create_task(self._resolve(repo), context=contextvars.Context())
+        lookup.add_done_callback(lambda done: self._looked_up(key, done))
+        return lookup
 
     def _looked_up(self, key: tuple[asyncio.AbstractEventLoop, str], done: asyncio.Future[RepoInfo]) -> None:
         if self._resolving.get(key) is done:
