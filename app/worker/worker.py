@@ -116,7 +116,15 @@ def create_worker(
         )
         services = ctx["services"] = await build(settings)
         if settings.anthropic_api_key:
-            await services.model()  # made now, in a thread, rather than on the loop during the first run
+            try:  # made now, in a thread, rather than on the loop during the first run
+                await services.model()
+            except Exception as exc:  # the worker still starts: each run will fail with what is wrong
+                log.warning(
+                    "could not make the model client (%s: %s); check ANTHROPIC_BASE_URL and the system's CA "
+                    "certificates (SSL_CERT_FILE); runs will fail until it can be made",
+                    type(exc).__name__,
+                    exc,
+                )
         services.metrics.beat_as(worker_id)  # /metrics counts the workers seen in the last minute
         ctx["ticker"], ctx["max_runs_per_day"] = ticker, ticker.max_runs_per_day
         ctx["worker_id"], ctx["leases"] = (

@@ -271,6 +271,22 @@ async def test_a_worker_with_a_model_key_makes_its_model_client_before_its_first
         await shutdown(ctx)
 
 
+async def test_a_worker_whose_model_client_cannot_be_made_still_starts_and_says_why(
+    tmp_path: Path, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = replace(settings_for(tmp_path, redis_url), anthropic_api_key="sk-ant-test-0123")
+    settings = replace(settings, anthropic_base_url="http://[::1")  # not a URL
+    worker = create_worker(settings, handle_signals=False)
+    ctx: dict[str, Any] = {}
+    assert worker.on_startup is not None
+    with caplog.at_level(logging.WARNING, logger="app.worker.worker"):
+        await worker.on_startup(ctx)
+    try:
+        assert "could not make the model client" in caplog.text and "ANTHROPIC_BASE_URL" in caplog.text
+    finally:
+        await shutdown(ctx)
+
+
 async def test_a_burst_of_jobs_over_two_workers_runs_each_once_and_never_more_than_max_jobs_at_once(
     tmp_path: Path, redis_url: str
 ) -> None:
