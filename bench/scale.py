@@ -276,18 +276,21 @@ class CpuTrace:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def read(self) -> tuple[float, dict[str, float]]:
+        when = time.time()
         loops = workers = 0.0
         for pid in self.pids:
             workers += _stat_cpu(f"/proc/{pid}/stat", children=True)
             loops += _stat_cpu(f"/proc/{pid}/task/{pid}/stat")
-        cpu = {"machine": machine_busy()[0], "worker loops": loops, "worker threads": workers - loops}
+        cpu = {"machine": machine_busy()[0], "worker loops": loops, "worker threads and children": workers - loops}
         cpu["stolen"] = machine_stolen()
         own = _own_cpu()
         for tid, name in self.servers.items():
             cpu[name] = _stat_cpu(f"/proc/self/task/{tid}/stat")
             own -= cpu[name]
         cpu["bench"] = own
-        return time.time(), cpu
+        times = os.times()  # this process's children that ended: the test GitHub's git processes
+        cpu["test GitHub"] = cpu.get("test GitHub", 0.0) + times.children_user + times.children_system
+        return when, cpu
 
     def at(self, when: float) -> dict[str, float]:
         """CPU seconds by whom at `when`, between the two samples around it."""
@@ -337,7 +340,7 @@ def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat; busy includes the time
     the hypervisor took (machine_stolen)."""
     with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
+        fields = [int(v) for v in f.readline().split()[1:9]]  # guest time is already in user and nice
     tick = os.sysconf("SC_CLK_TCK")
     idle = fields[3] + fields[4]
     return (sum(fields) - idle) / tick, sum(fields) / tick
@@ -612,7 +615,8 @@ def _starts_cost(trace: CpuTrace, first_fire: float, last_request: float) -> dic
     begin, end = trace.at(first_fire), trace.at(last_request)
     spent = {k: end[k] - begin[k] for k in end}
     spent["rest"] = spent["machine"] - sum(v for k, v in spent.items() if k != "machine")
-    return {**spent, "window": last_request - first_fire, "cores": float(os.cpu_count() or 1)}
+    spanned = trace.points[0][0] <= first_fire and trace.points[-1][0] >= last_request
+    return {**spent, "window": last_request - first_fire, "cores": float(os.cpu_count() or 1), "spanned": spanned}
 
 
 def _deliveries(stack: Stack, client: redis.Redis, count: int, settle_s: float) -> float:
@@ -658,20 +662,25 @@ def report(m: dict[str, Any]) -> None:
     print(
         f"  CPU per run: {m['cpu_machine']:.2f} s on the machine, of which workers {m['cpu_workers']:.2f} s, "
         f"web + test servers (this process) {m['cpu_servers']:.2f} s, and the rest "
-        f"{m['cpu_machine'] - m['cpu_workers'] - m['cpu_servers']:.2f} s (sandboxes, Redis, the kernel); "
+        f"{m['cpu_machine'] - m['cpu_workers'] - m['cpu_servers']:.2f} s (sandboxes, Redis, the test GitHub's "
+        "git processes, the kernel, stolen time); "
         f"the machine was {m['machine_busy']:.0%} busy during the burst"
     )
     s, count = m["starts"], m["count"]
-    parts = ["worker loops", "worker threads", "web", "test GitHub", "test Anthropic", "bench", "rest", "stolen"]
+    parts = ["worker loops", "worker threads and children", "web", "test GitHub", "test Anthropic", "bench", "rest"]
     split = ", ".join(f"{k} {s[k] / count * 1000:.0f}" for k in parts if k in s)
-    floor = s["machine"] / s["cores"]
-    ours = (s["machine"] - s.get("test GitHub", 0) - s.get("test Anthropic", 0) - s["bench"]) / s["cores"]
+    spent = s["machine"] - s["stolen"]
+    floor = spent / s["cores"]
+    ours = (spent - s.get("test GitHub", 0) - s.get("test Anthropic", 0) - s["bench"]) / s["cores"]
     print(
         f"  the starts, fire → last first request ({s['window']:.2f} s): the machine was "
-        f"{s['machine'] / (s['window'] * s['cores']):.0%} busy, {s['machine'] / count * 1000:.0f} ms of CPU "
-        f"per start ({split}); on {s['cores']:.0f} cores that CPU takes {floor:.2f} s = {floor / alone:.1f}× "
-        f"alone, without the test servers' and the bench's own {ours:.2f} s = {ours / alone:.1f}×"
+        f"{spent / (s['window'] * s['cores']):.0%} busy (and {s['stolen'] / s['window']:.0%} of a core stolen), "
+        f"{spent / count * 1000:.0f} ms of CPU per start ({split}); on {s['cores']:.0f} cores that CPU takes "
+        f"{floor:.2f} s = {floor / alone:.1f}× alone, without the test servers' and the bench's own "
+        f"{ours:.2f} s = {ours / alone:.1f}×"
     )
+    if not s["spanned"]:
+        print("  (the CPU samples did not span the whole window: the figures above are short)")
     lags = m["lags"]
     if lags:
         print(f"  event-loop lag: p99 {percentile(lags, 0.99) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms")
