@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,7 @@ class Services:
     _own_redactor: Redactor | None = None
     starts: Starts = field(default_factory=Starts)
     _model_made: asyncio.Lock = field(default_factory=asyncio.Lock)
+    make_model: Callable[..., AnthropicModel] = AnthropicModel  # what makes the model client (tests note it)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     def forge_for(self, repo: str) -> Forge:
@@ -102,7 +104,7 @@ class Services:
                 if self._model is None:
                     s = self.settings
                     client = await asyncio.to_thread(
-                        AnthropicModel,
+                        self.make_model,
                         api_key=s.require_anthropic(),
                         base_url=s.anthropic_base_url,
                         max_retries=s.model_max_retries,

@@ -7,8 +7,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from app.core.config import Settings
 from app.models.anthropic import AnthropicModel
 from app.services import build
@@ -33,26 +31,23 @@ async def test_each_run_redactor_knows_the_process_secrets_but_not_another_runs(
         await services.close()
 
 
-async def test_the_model_client_is_made_once_and_off_the_event_loop(
-    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_the_model_client_is_made_once_and_off_the_event_loop(tmp_path: Path, redis_url: str) -> None:
     """The SDK reads the trust store as its client is made (0.2 s of CPU): on the loop, every run would stop."""
     made_in: list[threading.Thread] = []
 
-    class Noted(AnthropicModel):
-        def __init__(self, **kwargs: Any) -> None:
-            made_in.append(threading.current_thread())
-            super().__init__(**kwargs)
+    def noted(**kwargs: Any) -> AnthropicModel:
+        made_in.append(threading.current_thread())
+        return AnthropicModel(**kwargs)
 
-    monkeypatch.setattr("app.services.AnthropicModel", Noted)
     (tmp_path / "routines").mkdir()
     settings = Settings(
         redis_url=redis_url, anthropic_api_key=PROCESS_KEY, routines_dir=tmp_path / "routines", data_dir=tmp_path
     )
     services = await build(settings)
+    services.make_model = noted
     try:
         clients = await asyncio.gather(*(services.model() for _ in range(3)))
-        assert all(c is clients[0] for c in clients) and isinstance(clients[0], Noted)
+        assert all(c is clients[0] for c in clients) and isinstance(clients[0], AnthropicModel)
         assert len(made_in) == 1 and made_in[0] is not threading.current_thread()
     finally:
         await services.close()

@@ -250,23 +250,20 @@ async def test_every_job_of_a_full_worker_can_wait_in_a_blocking_call_at_once(tm
 
 
 async def test_a_worker_with_a_model_key_makes_its_model_client_before_its_first_run(
-    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, redis_url: str
 ) -> None:
-    made: list[AnthropicModel] = []
-
-    class Noted(AnthropicModel):
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            made.append(self)
-
-    monkeypatch.setattr("app.services.AnthropicModel", Noted)
     settings = replace(settings_for(tmp_path, redis_url), anthropic_api_key="sk-ant-test-0123")
     worker = create_worker(settings, handle_signals=False)
     ctx: dict[str, Any] = {}
     assert worker.on_startup is not None
     await worker.on_startup(ctx)
+
+    def refuse(**kwargs: Any) -> AnthropicModel:
+        raise AssertionError("the model client was not made at startup")
+
     try:
-        assert len(made) == 1 and await ctx["services"].model() is made[0]
+        ctx["services"].make_model = refuse
+        assert isinstance(await ctx["services"].model(), AnthropicModel)
     finally:
         await shutdown(ctx)
 
