@@ -12,6 +12,7 @@ from typing import Any
 
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
+from redis.typing import EncodableT, FieldT
 
 from app.core.domain import JSON, Event, Run, RunState, can_transition
 from app.core.errors import InvalidTransition, RunNotFound, StoreError
@@ -53,12 +54,12 @@ class RedisStore:
                 pipe.zadd(self._key("runs", run.routine), {run.id: score})
                 pipe.zadd(self._key("runs-by-repo", run.repo), {run.id: score})
                 pipe.zadd(self._key("runs-by-trigger", run.trigger.kind), {run.id: score})
+                pipe.xadd(self._key("events", run.id), _fields(Event("run.state", {"state": run.state.value})))
                 ours = len(pipe)
                 record_created(pipe, self.prefix, run)
                 await execute_counted(pipe, ours)
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not record run {run.id}: Redis failed ({exc})") from None
-        await self.append_event(run.id, Event("run.state", {"state": run.state.value}))
 
     async def get_run(self, run_id: str) -> Run:
         try:
@@ -83,7 +84,8 @@ class RedisStore:
     async def _change(
         self, run_id: str, new: RunState | None, fields: dict[str, Any], *, drop_events: bool = False
     ) -> Run:
-        """Rewrite the run's record under WATCH: `fields`, and a move to `new` (checked); `drop_events` also
+        """Rewrite the run's record under WATCH: `fields`, and a move to `new` (checked) with its `run.state`
+        event, in one transaction (a reader never sees the state without its event); `drop_events` also
         deletes its event log in the same transaction and leaves `updated_at` as it was (archiving)."""
         key = self._key("run", run_id)
         try:
@@ -103,23 +105,24 @@ class RedisStore:
                             data["state"] = new.value
                         if not drop_events:
                             data["updated_at"] = time.time()
+                        run = Run.from_json(data)
                         pipe.multi()  # type: ignore[no-untyped-call]
                         pipe.set(key, json.dumps(data))
                         if drop_events:
                             pipe.delete(self._key("events", run_id))
                         if new is not None and new is not current:
+                            moved = {"state": new.value, **({"error": run.error} if run.error and new.terminal else {})}
+                            pipe.xadd(self._key("events", run_id), _fields(Event("run.state", moved)))
+                        ours = len(pipe)
+                        if new is not None and new is not current:
                             counted = bool(data.get(LIVE_COUNTED))
-                            record_moved(pipe, self.prefix, Run.from_json(data), current, data["updated_at"], counted)
-                        await execute_counted(pipe, 2 if drop_events else 1)
+                            record_moved(pipe, self.prefix, run, current, data["updated_at"], counted)
+                        await execute_counted(pipe, ours)
                         break
                     except WatchError:
                         continue
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not update run {run_id}: Redis failed ({exc})") from None
-        run = Run.from_json(data)
-        if new is not None and new is not current:
-            event = {"state": new.value, **({"error": run.error} if run.error and new.terminal else {})}
-            await self.append_event(run_id, Event("run.state", event))
         return run
 
     async def list_runs(
@@ -212,9 +215,8 @@ class RedisStore:
         await self._change(run_id, None, {"archived": path}, drop_events=True)
 
     async def append_event(self, run_id: str, event: Event) -> str:
-        fields = {"type": event.type, "ts": repr(event.ts), "data": json.dumps(event.data)}
         try:
-            event_id = await self.redis.xadd(self._key("events", run_id), fields)  # type: ignore[arg-type]
+            event_id = await self.redis.xadd(self._key("events", run_id), _fields(event))
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not append an event to run {run_id}: Redis failed ({exc})") from None
         return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
@@ -275,3 +277,8 @@ def _event(eid: bytes | str, fields: dict[bytes, bytes]) -> Event:
         ts=float(fields[b"ts"]),
         id=eid.decode() if isinstance(eid, bytes) else eid,
     )
+
+
+def _fields(event: Event) -> dict[FieldT, EncodableT]:
+    """The Stream entry of `event` (read back by `_event`)."""
+    return {"type": event.type, "ts": repr(event.ts), "data": json.dumps(event.data)}
