@@ -61,6 +61,13 @@ class Leases:
             await self.redis.sadd(self.live_key, run_id)  # type: ignore[misc]
         return bool(taken)
 
+    async def held_of(self, run_ids: list[str]) -> set[str]:
+        """Which of `run_ids` some worker holds the lease of now (one round trip)."""
+        if not run_ids:
+            return set()
+        held = await self.redis.mget([self.key(run_id) for run_id in run_ids])
+        return {run_id for run_id, holder in zip(run_ids, held, strict=True) if holder is not None}
+
     async def renew(self, run_id: str, holder: str) -> bool:
         """Extend the lease for another `lease_s`; False when `holder` no longer holds it."""
         return bool(await self.redis.eval(_RENEW, 1, self.key(run_id), holder, str(self._ms)))  # type: ignore[misc]

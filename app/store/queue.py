@@ -32,6 +32,12 @@ def run_job_id(run_id: str) -> str:
     return f"run:{run_id}"
 
 
+def run_of_job(job_id: str) -> str | None:
+    """The run a run's job (`run:<id>`, or `run:<id>:resume:<n>` from the reaper) is for; None for other jobs."""
+    kind, _, rest = job_id.partition(":")
+    return rest.partition(":")[0] or None if kind == "run" else None
+
+
 def connect(url: str) -> ArqRedis:
     """One client for the queue and the store. Connects lazily: a web process starts while Redis is down
     and answers 503 until it is back."""

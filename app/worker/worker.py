@@ -131,6 +131,7 @@ def create_worker(
             worker_id,
             Leases(services.store.redis, services.store.prefix, settings.lease_s),
         )
+        worker.leases = ctx["leases"]
         ctx["stop"] = stop = asyncio.Event()
         ctx["periodic"] = [asyncio.create_task(repeat(t, services, stop), name=f"periodic:{t.name}") for t in tasks]
         pump = DeliveryPump(services.pool, consumer=worker_id)
@@ -149,7 +150,7 @@ def create_worker(
             frozen = gc.get_freeze_count()
             log.info("worker ready: %d startup objects frozen; children waited for on %s", frozen, children)
 
-    return _Worker(
+    worker = _Worker(
         functions=[
             func(run_routine, name=queue.RUN_JOB, max_tries=1),
             func(fire_slot, name=FIRE_SLOT_JOB, max_tries=3, keep_result=SLOT_KEEP_S),
@@ -167,6 +168,7 @@ def create_worker(
         handle_signals=handle_signals,
         burst=burst,
     )
+    return worker
 
 
 def _pidfds_work() -> bool:
@@ -197,13 +199,35 @@ class _Worker(Worker):
     worker took, and arq's own count of running jobs (checked before each start) never stops a walk while
     the worker has room."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.leases: Leases | None = None
+        """Set at startup: a run whose lease is held runs somewhere, and its job is passed over."""
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
+        job_ids = await self._not_running(job_ids)
         walks = min(self.max_jobs - self.job_counter, len(job_ids))
         if walks <= 1:
             await super().start_jobs(job_ids)
             return
         start = super().start_jobs
         await asyncio.gather(*(start(job_ids[i::walks]) for i in range(walks)))
+
+    async def _not_running(self, job_ids: list[bytes]) -> list[bytes]:
+        """`job_ids` less the jobs of runs whose lease is held: a run's job stays in arq's queue until it
+        ends, and arq checks every queued id at every poll (three Redis round trips each) while the
+        worker has room, so each worker would check every running run's job over and over. One read of
+        the leases passes over them. A job claimed but whose run has not yet taken its lease is still
+        checked, by arq, as before; a lease that lapses (its worker died) no longer hides its job."""
+        runs = {job_id: queue.run_of_job(job_id.decode()) for job_id in job_ids}
+        asked = [run_id for run_id in runs.values() if run_id is not None]
+        if self.leases is None or not asked:
+            return job_ids
+        try:
+            held = await self.leases.held_of(asked)
+        except (RedisError, OSError):  # arq's own calls meet the same Redis and say what is wrong
+            return job_ids
+        return [job_id for job_id, run_id in runs.items() if run_id is None or run_id not in held]
 
 
 def thread_pool_size(max_jobs: int) -> int:

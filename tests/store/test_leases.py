@@ -25,6 +25,15 @@ async def test_one_holder_at_a_time_and_only_the_holder_renews_or_releases(aredi
     assert await aredis.get(leases.key("r1")) is None and not await aredis.sismember(leases.live_key, "r1")  # type: ignore[misc]
 
 
+async def test_held_of_names_the_runs_whose_lease_someone_holds(aredis: aioredis.Redis) -> None:
+    leases = Leases(aredis, "routines:", lease_s=60)
+    assert await leases.take("r1", "worker-a") and await leases.take("r3", "worker-b")
+    assert await leases.held_of(["r1", "r2", "r3"]) == {"r1", "r3"}
+    await leases.release("r1", "worker-a")
+    assert await leases.held_of(["r1", "r2", "r3"]) == {"r3"}
+    assert await leases.held_of([]) == set()
+
+
 async def test_a_held_lease_outlives_its_ttl_while_renewed(aredis: aioredis.Redis) -> None:
     ticks = Ticks()
     leases = Leases(aredis, "routines:", lease_s=60, sleep=ticks)

@@ -25,6 +25,7 @@ from app.core.config import Settings
 from app.models.anthropic import AnthropicModel
 from app.routines.catalog import ApiRoutines
 from app.store import queue
+from app.store.leases import Leases
 from app.store.routine_states import PAUSED, RoutineStates
 from app.store.runs import RedisStore
 from app.worker.ticks import ScheduleTicker
@@ -313,5 +314,33 @@ async def test_a_burst_of_jobs_over_two_workers_runs_each_once_and_never_more_th
             await until(lambda: sum(ran.values()) == 20, "every job to run")
         assert set(ran.values()) == {1} and len(ran) == 20
         assert max(most.values()) == 4
+    finally:
+        await pool.aclose()
+
+
+async def test_a_worker_passes_over_the_job_of_a_run_whose_lease_is_held_until_the_lease_goes(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A run's job stays queued while it runs; a worker with room does not start (or check) it again while
+    the run's lease is held, and does once the lease is gone (a worker that died lets it lapse)."""
+    settings = settings_for(tmp_path, redis_url)
+    ran: list[str] = []
+
+    async def job(ctx: dict[str, Any], name: str) -> None:
+        ran.append(name)
+
+    pool = queue.connect(redis_url)
+    try:
+        leases = Leases(pool, "routines:", lease_s=60)
+        assert await leases.take("r1", "worker-elsewhere")
+        await pool.enqueue_job("probe", "held", _job_id=queue.run_job_id("r1"))
+        await pool.enqueue_job("probe", "free", _job_id=queue.run_job_id("r2"))
+        async with workers(settings, tick_s=None, functions={"probe": func(job, name="probe")}):
+            await until(lambda: ran == ["free"], "the job whose run holds no lease to run")
+            for _ in range(5):  # polls that found the held run's job queued (5 ms apart)
+                await asyncio.sleep(0.01)
+            assert ran == ["free"]
+            await leases.release("r1", "worker-elsewhere")
+            await until(lambda: ran == ["free", "held"], "the job to run once its run's lease is gone")
     finally:
         await pool.aclose()
