@@ -27,7 +27,8 @@ gives each worker a thread pool of N (0: asyncio's default) instead of its own.
 
 Diagnostics: `BENCH_STALLS=0.1` samples the workers' event-loop thread whenever the loop is more than
 0.1 s late and prints where it was (`BENCH_STALLS=0`: always, a profile of the loop's thread);
-`BENCH_WORKER_LOG=/tmp/scale` keeps the workers' logs (`/tmp/scale.probe-N.log`).
+`BENCH_WORKER_LOG=/tmp/scale` keeps the workers' logs (`/tmp/scale.probe-N.log`);
+`BENCH_PYSPY=/tmp/spy` records the workers with py-spy for `BENCH_PYSPY_S` seconds (1) from the fire.
 """
 
 from __future__ import annotations
@@ -496,6 +497,23 @@ def thread_split(probes: list[dict[str, Any]], firsts: dict[str, float]) -> dict
     return out
 
 
+def profile_workers(workers: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
+    """With BENCH_PYSPY=<prefix>: py-spy records each worker's threads, with full stacks, for
+    BENCH_PYSPY_S whole seconds (default 1) from just before the fire (`<prefix>.worker-N.txt`, py-spy's raw
+    collapsed stacks; py-spy must be installed)."""
+    prefix = os.environ.get("BENCH_PYSPY")
+    if not prefix:
+        return []
+    seconds = os.environ.get("BENCH_PYSPY_S", "1")
+    spies = []
+    for i, w in enumerate(workers):
+        out = f"{prefix}.worker-{i}.txt"
+        argv = ["py-spy", "record", "--pid", str(w.pid), "--duration", seconds, "--rate", "1000", "--nonblocking"]
+        spies.append(subprocess.Popen([*argv, "--format", "raw", "-o", out], stdout=subprocess.DEVNULL))
+    time.sleep(0.3)  # py-spy attaches before the fire
+    return spies
+
+
 def start_worker(stack: Stack, env: dict[str, str], probe: Path, skip: bool) -> subprocess.Popen[bytes]:
     env = {**stack.process_env(), **env, "ROUTINES_POLL_DELAY_MS": "20"}
     argv = [sys.executable, __file__, "--worker", str(probe), *(["--skip-fresh-fetch"] if skip else [])]
@@ -548,7 +566,10 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
                     RssSampler([w.pid for w in workers]) as rss,
                     CpuTrace([w.pid for w in workers], server_threads(stack)) as trace,
                 ):
+                    spies = profile_workers(workers)
                     fired, markers = fire_batch(stack, count, "load")
+                    for spy in spies:
+                        spy.wait()
                     runs = wait_all(stack, list(fired), 600)
                 machine_after = machine_busy()
                 github_calls = (api_calls(stack) - asked) / count
