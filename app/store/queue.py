@@ -13,8 +13,15 @@ RUN_JOB = "run_routine"
 
 def dumps(data: Any) -> bytes:
     """arq pickles by default, letting whoever writes to Redis run code in the worker; we use JSON
-    (msgspec's encoder: a webhook queues a job per delivery, and the stdlib's costs ~9% of an ack)."""
-    return msgspec.json.encode(data)
+    (msgspec's encoder: a webhook queues a job per delivery, and the stdlib's costs ~9% of an ack).
+    A failed job's result is the exception it ended with: kept as its type and message."""
+    return msgspec.json.encode(data, enc_hook=_exception_text)
+
+
+def _exception_text(value: Any) -> str:
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    raise TypeError(f"a job cannot hold a {type(value).__name__}: only JSON values")
 
 
 def loads(raw: bytes) -> Any:
