@@ -34,7 +34,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
 
     from app.web import server as web_server
     from app.web.app import create_app
-    from app.worker.worker import close_worker, create_worker
+    from app.worker.worker import create_worker, stop_worker
 
     with redis_for(settings, say=print) as s:
 
@@ -54,9 +54,8 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([web_task, worker_task, stop_task], return_when=asyncio.FIRST_COMPLETED)
             server.should_exit = True
-            await close_worker(worker)
+            await stop_worker(worker, worker_task)
             await asyncio.gather(web_task, return_exceptions=True)
-            worker_task.cancel()
             stop_task.cancel()
 
         asyncio.run(both())

@@ -255,6 +255,18 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await services.close()
 
 
+async def stop_worker(worker: Worker, polling: asyncio.Task[None]) -> None:
+    """Stop `worker`, whose `main()` is the task `polling`: the polling first, then `close_worker`. A run
+    cancelled by the close goes back to the queue for another worker to resume; a worker still polling
+    would take it again at once, as a second try of a job allowed one, and fail it. What ended the
+    polling other than this stop is logged."""
+    polling.cancel()
+    (ended,) = await asyncio.gather(polling, return_exceptions=True)
+    if isinstance(ended, Exception):
+        log.error("the worker had stopped taking jobs: %s: %s", type(ended).__name__, ended)
+    await close_worker(worker)
+
+
 async def close_worker(worker: Worker) -> None:
     """Stop `worker`: arq's close (cancel the jobs, wait for them, on_shutdown), then our shutdown again.
 

@@ -29,7 +29,7 @@ from app.store.leases import Leases
 from app.store.routine_states import PAUSED, RoutineStates
 from app.store.runs import RedisStore
 from app.worker.ticks import ScheduleTicker
-from app.worker.worker import close_worker, create_worker, shutdown
+from app.worker.worker import close_worker, create_worker, shutdown, stop_worker
 from tests.support.clock import Clock
 
 HOURLY = '---\nname: hourly\nrepo: acme/api\non:\n  schedule:\n    - cron: "0 * * * *"\n---\nTidy up.\n'
@@ -342,5 +342,34 @@ async def test_a_worker_passes_over_the_job_of_a_run_whose_lease_is_held_until_t
             assert ran == ["free"]
             await leases.release("r1", "worker-elsewhere")
             await until(lambda: ran == ["free", "held"], "the job to run once its run's lease is gone")
+    finally:
+        await pool.aclose()
+
+
+async def test_stopping_a_worker_stops_its_polling_before_it_cancels_its_jobs(tmp_path: Path, redis_url: str) -> None:
+    """A job cancelled by the stop goes back to the queue; a worker still polling would take it again (`routines
+    dev` did, failing the run's one try)."""
+    settings = settings_for(tmp_path, redis_url)
+    started = asyncio.Event()
+    polling_when_cancelled: list[bool] = []
+    worker = create_worker(settings, handle_signals=False, tick_s=None)
+
+    async def job(ctx: dict[str, Any]) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            polling_when_cancelled.append(not polling.done())
+            raise
+
+    worker.functions["blocks"] = func(job, name="blocks")
+    pool = queue.connect(redis_url)
+    try:
+        await pool.enqueue_job("blocks", _job_id="blocks-1")
+        polling = asyncio.create_task(worker.main())
+        await asyncio.wait_for(started.wait(), 20)
+        await stop_worker(worker, polling)
+        assert polling_when_cancelled == [False]
+        assert await pool.zscore("arq:queue", "blocks-1") is not None  # queued again, for the next worker
     finally:
         await pool.aclose()
