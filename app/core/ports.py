@@ -324,7 +324,10 @@ class Checkout(Protocol):
 class Workspaces(Protocol):
     """Per-repository mirrors and fresh checkouts made from them."""
 
-    async def ensure(self, url: str, creds: Credentials | None) -> Path: ...
+    async def ensure(self, url: str, creds: Credentials | None, *, since: float | None = None) -> Path:
+        """The mirror of `url`, fetched by a fetch that began at or after `since` (when the run was fired;
+        default: this call)."""
+        ...
 
     async def checkout(self, mirror: Path, base: str, dest: Path) -> Checkout: ...
 

@@ -1,10 +1,10 @@
 """Bare mirrors of repositories, one per URL, cloned once and fetched before each run; safe to share
 between workers (a file lock per mirror).
 
-Fetches coalesce: a run that asks while another fetch of the same mirror is under way waits for
-the next one to start after its request, and every run waiting then is served by that one fetch
-(counted in the mirror's fetch log, so across processes too): N concurrent runs cost at most two
-fetches, not N in a row.
+Fetches coalesce: a run that asks while another fetch of the same mirror is under way is served by
+the first fetch that began after it was fired (or, without that time, after it asked), and every run
+waiting then is served by that one fetch (counted in the mirror's fetch log, so across processes
+too): a burst of runs fired together costs about one fetch, not one per run in a row.
 
 A mirror made over the network starts shallow, like `git clone --depth 1`: the remote's default
 branch at depth 1, so the first run checks out as soon as a shallow clone would. The rest (every
@@ -23,6 +23,7 @@ import logging
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,7 @@ class Mirrors:
         self._refreshing: dict[Path, asyncio.Task[None]] = {}
         self._histories: dict[Path, _History] = {}
         self._fetching: dict[Path, asyncio.Lock] = {}
-        self._finished: dict[Path, int] = {}  # the number of the last fetch of each mirror seen completed
+        self._finished: dict[Path, tuple[int, float]] = {}  # each mirror's last fetch seen completed, when it began
         self._keeping: dict[Path, str | None] = {}  # the mirrors whose spares a keeper keeps, to which base
         self._stopping = False
 
@@ -85,18 +86,20 @@ class Mirrors:
         digest = hashlib.sha256(clean.encode()).hexdigest()[:10]
         return self.root / "mirrors" / f"{slug or 'repo'}-{digest}.git"
 
-    async def ensure(self, url: str, creds: Credentials | None = None) -> Path:
+    async def ensure(self, url: str, creds: Credentials | None = None, *, since: float | None = None) -> Path:
         """The mirror of `url`: cloned the first time (shallow, completed in the background) and fetched
-        (heads and tags, pruned) afterwards; its spare work tree follows in the background."""
+        (heads and tags, pruned) afterwards by a fetch that began at or after `since` (wall-clock seconds:
+        when the run was fired) or, without it, after this call; its spare work tree follows in the
+        background."""
         if urlsplit(url).password:
             raise WorkspaceError(f"{display_url(url)} carries a password in the URL; pass it as Credentials instead")
         path = self.path_for(url)
         asked = _fetches(path)[0]
         async with self._fetching.setdefault(path, asyncio.Lock()):
-            # a fetch this process started after the request and finished while it waited serves it at
-            # once: a burst of runs on one worker then waits for one fetch, not for a thread each in turn
-            if self._finished.get(path, 0) <= asked:
-                self._finished[path] = await asyncio.to_thread(self._ensure, url, creds, asked=asked)
+            # a fetch this process began late enough and finished while it waited serves it at once: a
+            # burst of runs on one worker then waits for one fetch, not for a thread each in turn
+            if not _serves(self._finished.get(path), asked, since):
+                self._finished[path] = await asyncio.to_thread(self._ensure, url, creds, asked=asked, since=since)
         if (path / "shallow").exists() and self._pending_history(path) is None:
             start = asyncio.Event()
             task = self._spawn(self._complete(path, url, creds, start), "could not fetch the history of %s", url)
@@ -113,18 +116,26 @@ class Mirrors:
             self._spawn(self._keep(mirror, None), "could not refresh the spares of %s", str(mirror))
 
     def _ensure(
-        self, url: str, creds: Credentials | None, *, asked: int | None = None, unshallow: bool = False
-    ) -> int:
+        self,
+        url: str,
+        creds: Credentials | None,
+        *,
+        asked: int | None = None,
+        since: float | None = None,
+        unshallow: bool = False,
+    ) -> tuple[int, float]:
         """Clone or fetch the mirror of `url` under its lock; skipped when a fetch that started after the
-        caller read `asked` (the fetches started then) has completed meanwhile, in any process. Returns
-        the number of the last fetch completed."""
+        caller read `asked` (the fetches started then), or that began at or after `since`, has completed
+        meanwhile, in any process (`asked` None: never skipped). Returns the number of the last fetch
+        completed and when it began."""
         path = self.path_for(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         with locked(mirror_lock(path)):
-            started, finished = _fetches(path)
-            if asked is not None and finished > asked and (path / "HEAD").exists():
-                return finished
-            _record_fetches(path, started + 1, finished)
+            started, finished, began = _fetches(path)
+            if asked is not None and _serves((finished, began), asked, since) and (path / "HEAD").exists():
+                return finished, began
+            _record_fetches(path, started + 1, finished, began)
+            beginning = time.time()
             if not (path / "HEAD").exists():
                 self._clone(path, url, creds)
             else:
@@ -132,8 +143,8 @@ class Mirrors:
                 if repo.remotes["origin"].url != url:
                     repo.remotes.set_url("origin", url)
                 self._fetch(repo, url, creds, depth=UNSHALLOW if unshallow and (path / "shallow").exists() else 0)
-            _record_fetches(path, started + 1, started + 1)
-            return started + 1
+            _record_fetches(path, started + 1, started + 1, beginning)
+            return started + 1, beginning
 
     async def _complete(self, path: Path, url: str, creds: Credentials | None, start: asyncio.Event) -> None:
         """Fetch what the shallow clone left out (every branch and tag, the whole history) once `start`
@@ -266,17 +277,27 @@ class Mirrors:
             raise git_failure("fetch", url, exc) from None
 
 
-def _fetches(mirror: Path) -> tuple[int, int]:
-    """How many fetches of `mirror` have started, and the number of the last one that completed."""
+def _fetches(mirror: Path) -> tuple[int, int, float]:
+    """How many fetches of `mirror` have started, the number of the last one that completed, and when that
+    one began (0 when unknown: a log written before it was kept)."""
     try:
-        started, finished = fetch_log(mirror).read_text().split()
-        return int(started), int(finished)
-    except (OSError, ValueError):
-        return 0, 0
+        fields = fetch_log(mirror).read_text().split()
+        return int(fields[0]), int(fields[1]), float(fields[2]) if len(fields) > 2 else 0.0
+    except (OSError, ValueError, IndexError):
+        return 0, 0, 0.0
 
 
-def _record_fetches(mirror: Path, started: int, finished: int) -> None:
+def _record_fetches(mirror: Path, started: int, finished: int, began: float) -> None:
     """Replace the fetch log at once, so a reader without the lock never sees half of it."""
     staging = fetch_log(mirror).with_name(f".{fetch_log(mirror).name}.{secrets.token_hex(4)}")
-    staging.write_text(f"{started} {finished}\n")
+    staging.write_text(f"{started} {finished} {began!r}\n")
     staging.replace(fetch_log(mirror))
+
+
+def _serves(fetch: tuple[int, float] | None, asked: int, since: float | None) -> bool:
+    """Whether the completed fetch `(number, when it began)` serves a caller that read `asked` fetches started
+    when it asked, and needs one that began at or after `since` if that is given."""
+    if fetch is None or fetch[0] == 0:
+        return False
+    number, began = fetch
+    return number > asked or (since is not None and began > 0 and began >= since)

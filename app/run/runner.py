@@ -95,7 +95,8 @@ async def _workspace(ctx: RunContext, deps: RunnerDeps) -> None:
     base = await _pull_to_review(ctx, deps) if ctx.routine.outputs.get("review") else None
     follow_up_branch = ctx.run.trigger.data.get("branch") if ctx.run.trigger.data.get("follow_up") else None
     base = base or follow_up_branch or ctx.routine.base or ctx.repo.default_branch
-    mirror = await deps.code.workspaces.ensure(ctx.repo.clone_url, ctx.creds)
+    # any fetch begun since the run was fired serves it: a burst of runs fired together shares one
+    mirror = await deps.code.workspaces.ensure(ctx.repo.clone_url, ctx.creds, since=ctx.run.created_at)
     dest = deps.settings.work_dir / ctx.run.id / "repo"
     if ctx.history is not None:
         base = _recorded_base(ctx.history) or base

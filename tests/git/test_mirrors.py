@@ -4,6 +4,7 @@ one commit, and a first run clones shallow while the history follows in the back
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.git.checkouts import checkout
+from app.git.layout import fetch_log
 from app.git.mirrors import Mirrors
 from app.testing.git_http import run_http_backend
 from app.testing.serve import serve_in_thread
@@ -73,6 +75,45 @@ async def test_concurrent_runs_share_one_fetch(
 
     assert 1 <= server.fetches - before <= 2, "one fetch serves the runs that waited for it"
     assert {ws.base_commit for ws in workspaces} == {new_head}, "each run sees what was pushed before it asked"
+
+
+async def test_a_fetch_begun_after_runs_were_fired_serves_them_in_any_process_and_a_later_run_fetches_again(
+    served: tuple[CountingServer, str, Path], upstream: Path, tmp_path: Path
+) -> None:
+    """A burst's runs ask one after another (queued, then resolved); the first fetch that began after they were
+    fired serves every one of them, in this worker or another on the machine, and none of them waits for
+    one more. A run fired after that fetch began gets a fetch of its own."""
+    server, url, _ = served
+    mirrors = Mirrors(tmp_path / "cache", spares=False)
+    await mirrors.ensure(url)
+    head = commit_file(upstream, "burst.txt", "pushed before the burst was fired\n")
+    git("push", "-q", "served", "main", cwd=upstream)
+    fired = time.time()
+    before = server.fetches
+    runs = [mirrors, mirrors, Mirrors(tmp_path / "cache", spares=False)]
+    for n, run in enumerate(runs):
+        mirror = await run.ensure(url, since=fired)
+        assert (await checkout(mirror, "main", tmp_path / "runs" / str(n))).base_commit == head
+    assert server.fetches - before == 1, "one fetch, begun after the fire, served the three runs"
+
+    later = commit_file(upstream, "later.txt", "pushed after that fetch\n")
+    git("push", "-q", "served", "main", cwd=upstream)
+    mirror = await runs[2].ensure(url, since=time.time())
+    assert server.fetches - before == 2
+    assert (await checkout(mirror, "main", tmp_path / "runs" / "later")).base_commit == later
+
+
+async def test_a_fetch_log_without_times_serves_no_run_by_its_fire_time(
+    served: tuple[CountingServer, str, Path], tmp_path: Path
+) -> None:
+    """A mirror's fetch log written before fetches kept when they began: a run fired at any time fetches."""
+    server, url, _ = served
+    mirrors = Mirrors(tmp_path / "cache", spares=False)
+    mirror = await mirrors.ensure(url)
+    fetch_log(mirror).write_text("1 1\n")
+    before = server.fetches
+    await Mirrors(tmp_path / "cache", spares=False).ensure(url, since=0.0)
+    assert server.fetches - before == 1
 
 
 async def test_a_fetch_asked_for_after_a_push_is_never_skipped(

@@ -103,10 +103,10 @@ class HeldWorkspaces:
     reached: asyncio.Event
     go: asyncio.Event
 
-    async def ensure(self, url: str, creds: Credentials | None) -> Path:
+    async def ensure(self, url: str, creds: Credentials | None, *, since: float | None = None) -> Path:
         self.reached.set()
         await self.go.wait()
-        return await self.workspaces.ensure(url, creds)
+        return await self.workspaces.ensure(url, creds, since=since)
 
     async def checkout(self, mirror: Path, base: str, dest: Path) -> Checkout:
         return await self.workspaces.checkout(mirror, base, dest)
