@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -128,10 +129,10 @@ def worker_main(probe_file: Path, skip_fresh_fetch: bool) -> None:
             super().__init__(root)
             self.fetched: set[str] = set()
 
-        async def ensure(self, url: str, creds: Credentials | None = None) -> Path:
+        async def ensure(self, url: str, creds: Credentials | None = None, *, since: float | None = None) -> Path:
             if url in self.fetched:
                 return self.path_for(url)
-            path = await super().ensure(url, creds)
+            path = await super().ensure(url, creds, since=since)
             self.fetched.add(url)
             return path
 
@@ -372,6 +373,15 @@ def api_calls(stack: Stack) -> int:
     return sum(1 for r in list(stack.github.requests) if ".git/" not in r.path)
 
 
+def mirror_fetches(data_dir: Path) -> int:
+    """Fetches the workers' mirrors have started (each mirror counts its own: app.git.layout.fetch_log)."""
+    counted = 0
+    for log in (data_dir / "mirrors").glob("*.fetches"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            counted += int(log.read_text().split()[0])
+    return counted
+
+
 def first_request_times(stack: Stack, markers: dict[str, str]) -> dict[str, float]:
     """run id → when the model received that run's first request (found by the marker in its first message)."""
     seen: dict[str, float] = {}
@@ -561,7 +571,7 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
                 before = redis_bytes(client)
                 machine_before = machine_busy()
                 cpu_before = sum(RssSampler([w.pid for w in workers]).sample_cpu().values()), _own_cpu()
-                asked = api_calls(stack)
+                asked, fetched = api_calls(stack), mirror_fetches(stack.settings.data_dir)
                 with (
                     RssSampler([w.pid for w in workers]) as rss,
                     CpuTrace([w.pid for w in workers], server_threads(stack)) as trace,
@@ -573,6 +583,7 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
                     runs = wait_all(stack, list(fired), 600)
                 machine_after = machine_busy()
                 github_calls = (api_calls(stack) - asked) / count
+                fetches = mirror_fetches(stack.settings.data_dir) - fetched
                 cpu_after = sum(RssSampler([w.pid for w in workers]).sample_cpu().values()), _own_cpu()
                 failed = _check(runs)
                 after = redis_bytes(client)
@@ -623,6 +634,7 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
         "machine_busy": (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1]),
         "starts": starts,
         "github_calls": github_calls,
+        "fetches": fetches,
         "redis_per_delivery": handled,
         "redis_per_held_delivery": held,
     }
@@ -712,7 +724,8 @@ def report(m: dict[str, Any]) -> None:
         f"with its sandboxes {max(m['rss_tree'].values()) / mib:.0f} MiB; "
         f"per concurrent run {statistics.mean(growth) / mib:.1f} MiB"
     )
-    print(f"  GitHub API calls per run: {m['github_calls']:.1f} (lookups, tokens, the pull request)")
+    print(f"  GitHub API calls per run: {m['github_calls']:.1f} (lookups, tokens, the pull request)", end="")
+    print(f"; mirror fetches for the whole burst: {m['fetches']}")
     per_run, per_delivery = m["redis_per_run"] / 1024, m["redis_per_delivery"] / 1024
     held = m["redis_per_held_delivery"] / 1024
     print(f"  Redis: {per_run:.1f} KiB per run; per delivery {held:.1f} KiB held, {per_delivery:.1f} KiB once handled")
