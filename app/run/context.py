@@ -141,6 +141,8 @@ class RunContext:
     denied: list[JSON] = field(default_factory=list)
     pull: PullInfo | None = None
     links: list[tuple[str, str]] = field(default_factory=list)
+    fresh_after: float = 0.0
+    """The repository is fetched after this (wall-clock seconds): the later of the fire and the job's enqueue."""
     history: list[Event] | None = None
     """The event log before this attempt, when the run is being resumed after its worker died."""
     skipped: list[JSON] = field(default_factory=list)

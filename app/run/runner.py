@@ -31,8 +31,12 @@ SANDBOX_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
 MAX_CHECKPOINT_PATCH_CHARS = 8 * 1024 * 1024  # the event log is no place for a gigabyte of diff
 
 
-async def execute(run_id: str, deps: RunnerDeps) -> Run:
+async def execute(run_id: str, deps: RunnerDeps, *, startable_at: float | None = None) -> Run:
     """Carry one queued run to a terminal state; never raises for a failure of the run itself.
+
+    `startable_at` (wall-clock seconds) is when the run could start: when its job was enqueued, which for a
+    run that waited for its concurrency group is when the group passed to it. Its repository is fetched
+    after that and after the fire, whichever is later, so it sees what the run before it pushed.
 
     A run found in a live state lost its worker: it is resumed from its event log (see app.run.resume):
     the phases run again, the workspace is restored from the last checkpoint, and the conversation
@@ -43,6 +47,7 @@ async def execute(run_id: str, deps: RunnerDeps) -> Run:
         return run
     events = RunEvents(deps.store, run_id, deps.reporting.redactor(), RunMeter(deps.metrics, run))
     ctx = RunContext(run=run, routine=deps.routine(run.routine), events=events)
+    ctx.fresh_after = max(run.created_at, startable_at or 0.0)
     start = events.start = deps.starts.begin()  # over once the model answers its first request (app.run.starts)
     answering = MODEL_ANSWERING.set(start.done)
     try:
@@ -95,8 +100,8 @@ async def _workspace(ctx: RunContext, deps: RunnerDeps) -> None:
     base = await _pull_to_review(ctx, deps) if ctx.routine.outputs.get("review") else None
     follow_up_branch = ctx.run.trigger.data.get("branch") if ctx.run.trigger.data.get("follow_up") else None
     base = base or follow_up_branch or ctx.routine.base or ctx.repo.default_branch
-    # any fetch begun since the run was fired serves it: a burst of runs fired together shares one
-    mirror = await deps.code.workspaces.ensure(ctx.repo.clone_url, ctx.creds, since=ctx.run.created_at)
+    # any fetch begun since the run could start serves it: a burst of runs fired together shares one
+    mirror = await deps.code.workspaces.ensure(ctx.repo.clone_url, ctx.creds, since=ctx.fresh_after)
     dest = deps.settings.work_dir / ctx.run.id / "repo"
     if ctx.history is not None:
         base = _recorded_base(ctx.history) or base

@@ -87,8 +87,9 @@ async def _run_routine(ctx: dict[str, Any], run_id: str) -> str:
         if not held:
             log.info("run %s is held by another worker; this job (%s) does nothing", run_id, ctx.get("job_id"))
             return "held elsewhere"
+        enqueued = ctx.get("enqueue_time")  # arq's: when this job was enqueued (a group waiter's: its turn)
         try:
-            result = await _execute(services, run_id)
+            result = await _execute(services, run_id, enqueued.timestamp() if isinstance(enqueued, datetime) else None)
         except asyncio.CancelledError:
             log.warning("run %s: this worker is stopping; another worker resumes the run", run_id)
             raise  # not over: it keeps its concurrency group and stays live for the reaper
@@ -106,9 +107,9 @@ async def _release_group(services: Services, run_id: str) -> None:
         log.exception("could not release the concurrency group of run %s", run_id)
 
 
-async def _execute(services: Services, run_id: str) -> str:
+async def _execute(services: Services, run_id: str, startable_at: float | None) -> str:
     try:
-        run = await execute(run_id, await services.runner_deps())
+        run = await execute(run_id, await services.runner_deps(), startable_at=startable_at)
         return run.state.value
     except Exception as exc:
         log.exception("run %s crashed", run_id)

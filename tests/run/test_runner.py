@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pygit2
 import pytest
 
+from app.core.domain import RunState
+from app.run.runner import execute
+from app.services import build
 from app.testing.anthropic_server import Script, Turn, bash, edit_str_replace, edit_view, text
 from app.testing.stack import Stack, running_stack
+from tests.support.stacks import api_routines
 
 CALC = "def add(a, b):\n    return a - b\n"
 TEST = 'from calc import add\n\nassert add(2, 3) == 5, "add(2, 3) should be 5"\nprint("all tests pass")\n'
@@ -150,3 +155,53 @@ def test_fire_refuses_bad_tokens_and_unknown_routines(stack: Stack) -> None:
     assert bad.status_code == 400 and "not JSON" in bad.json()["error"]
     assert stack.get("/api/runs/does-not-exist").status_code == 404
     assert stack.get("/api/runs").json() == {"runs": []}
+
+
+async def test_a_run_that_could_start_only_later_sees_what_was_pushed_before_its_turn(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A run that waited (for its concurrency group: its job is enqueued when its turn comes) is fetched after
+    its turn, not only after its fire: it sees what the run before it pushed, even when the mirror was
+    fetched in between, after the fire."""
+    with api_routines(tmp_path, redis_url, ["after"]) as stack:
+        stack.anthropic.add_script(Script(match="[script:after]", turns=[Turn([text("Nothing to change.")])]))
+        run_id = stack.fire("after").json()["run_id"]
+        services = await build(stack.settings)
+        try:
+            deps = await services.runner_deps()
+            forge = deps.code.forge_for("acme/app")
+            repo = await forge.resolve("acme/app")
+            creds = await forge.credentials(repo, {"contents": "read"})
+            await deps.code.workspaces.ensure(repo.clone_url, creds)  # the run before it fetched, after the fire
+            pushed = stack.github.commit_files("acme/app", "main", {"later.txt": "pushed by the run before\n"})
+            run = await execute(run_id, deps, startable_at=time.time())
+            assert run.state is RunState.NO_CHANGES, run.error
+            ready = [e.data for e in await services.store.events(run_id) if e.type == "workspace.ready"]
+            assert [data["commit"] for data in ready] == [pushed]
+        finally:
+            await services.close()
+
+
+async def test_a_run_fired_before_a_fetch_began_is_served_by_it_without_a_fetch_of_its_own(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The runs of a burst share the first fetch that began after they were fired."""
+    with api_routines(tmp_path, redis_url, ["burst"]) as stack:
+        stack.anthropic.add_script(Script(match="[script:burst]", turns=[Turn([text("Nothing to change.")])]))
+        services = await build(stack.settings)
+        try:
+            deps, mirrors = await services.runner_deps(), services.mirrors
+            forge = deps.code.forge_for("acme/app")
+            repo = await forge.resolve("acme/app")
+            creds = await forge.credentials(repo, {"contents": "read"})
+            primed = await mirrors.ensure(repo.clone_url, creds)  # a mirror with its whole history, first
+            await mirrors.checkout(primed, "main", tmp_path / "primed")
+            await mirrors.settle()
+            run_id = stack.fire("burst").json()["run_id"]
+            await mirrors.ensure(repo.clone_url, creds)  # another run of the burst fetched, after the fire
+            listings = len([r for r in stack.github.requests if r.path.endswith("/info/refs")])
+            run = await execute(run_id, deps)
+            assert run.state is RunState.NO_CHANGES, run.error
+            assert len([r for r in stack.github.requests if r.path.endswith("/info/refs")]) == listings
+        finally:
+            await services.close()
