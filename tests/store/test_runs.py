@@ -32,31 +32,35 @@ async def test_run_round_trip_and_state_machine(aredis: aioredis.Redis) -> None:
     assert states == ["queued", "preparing", "running", "finishing", "no_changes"]
 
 
-async def test_a_run_and_each_move_are_written_with_their_state_event_in_one_transaction(
-    aredis: aioredis.Redis, redis_url: str
-) -> None:
+async def test_a_run_and_each_move_are_written_with_their_state_event_in_one_transaction(redis_url: str) -> None:
     """Whoever reads the record in a state finds its `run.state` event in the log (and a crash between the
-    two cannot leave one without the other): the event is in the MULTI/EXEC that writes the record."""
-    store = RedisStore(aredis)
-    run = make_run()
+    two cannot leave one without the other): the event is in the MULTI/EXEC that writes the record. MONITOR
+    sees every client of the server: only the store's own connection is read."""
+    client = aioredis.Redis.from_url(redis_url, max_connections=1)  # every command of the store on one connection
     watcher = aioredis.Redis.from_url(redis_url)
+    store = RedisStore(client)
+    run = make_run()
     try:
+        own = str((await client.client_info())["addr"]).rsplit(":", 1)[1]
         async with watcher.monitor() as monitor:
             seen: list[str] = []
 
             async def until_exec_count(n: int) -> None:
-                while sum(c == "EXEC" for c in seen) < n:
-                    seen.append(str((await monitor.next_command())["command"]).split(" ")[0].upper())
+                while seen.count("EXEC") < n:
+                    command = await monitor.next_command()
+                    if str(command["client_port"]) == own:
+                        seen.append(str(command["command"]).split(" ")[0].upper())
 
             await store.create_run(run)
             await store.transition(run.id, RunState.PREPARING)
             await asyncio.wait_for(until_exec_count(2), 10)
+        assert [e.data["state"] for e in await store.events(run.id)] == ["queued", "preparing"]
     finally:
         await watcher.aclose()
+        await client.aclose()
     for begin in (i for i, c in enumerate(seen) if c == "MULTI"):
         end = seen.index("EXEC", begin)
         assert "SET" in seen[begin:end] and "XADD" in seen[begin:end], seen
-    assert [e.data["state"] for e in await store.events(run.id)] == ["queued", "preparing"]
 
 
 async def test_missing_run_says_so(aredis: aioredis.Redis) -> None:
