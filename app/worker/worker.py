@@ -49,6 +49,7 @@ DEFAULT_TICK_S = 5.0
 THREADS_PER_JOB = 2
 SPARE_THREADS = 4
 DESCRIBE_S = 300.0
+STARTING_S = 5.0
 RETENTION_S = 600.0
 
 
@@ -268,11 +269,16 @@ async def stop_worker(worker: Worker, polling: asyncio.Task[None]) -> None:
 
 
 async def close_worker(worker: Worker) -> None:
-    """Stop `worker`: arq's close (cancel the jobs, wait for them, on_shutdown), then our shutdown again.
+    """Stop `worker`, whose polling has stopped: its claimed jobs start (for up to `STARTING_S`), then
+    arq's close (cancel the jobs, wait for them, on_shutdown), then our shutdown again.
 
-    arq's close gathers the jobs it cancelled before it calls on_shutdown; a job cancelled while it
-    writes its result (arq shields that write) ends cancelled, the gather raises CancelledError, and
-    on_shutdown is skipped. That error is the job's, not ours, so it is not passed on."""
+    A job arq cancels after claiming it but before its function began keeps arq's in-progress mark with
+    nothing running it, until the mark expires (the job's timeout: hours); one cancelled in its function
+    is handed on (a run stays live for the reaper, other jobs are tried again). arq's close gathers the
+    jobs it cancelled before it calls on_shutdown; a job cancelled while it writes its result (arq shields
+    that write) ends cancelled, the gather raises CancelledError, and on_shutdown is skipped. That error
+    is the job's, not ours, so it is not passed on."""
+    await _claimed_jobs_started(worker)
     try:
         await worker.close()
     except asyncio.CancelledError:
@@ -282,6 +288,17 @@ async def close_worker(worker: Worker) -> None:
         log.warning("a job was stopped while it wrote its result; arq will not have run the worker's shutdown")
     finally:
         await shutdown(worker.ctx)
+
+
+async def _claimed_jobs_started(worker: Worker, timeout_s: float = STARTING_S) -> None:
+    """Wait until every job `worker` claimed runs its function or is over (arq's `tasks`, by job id, and
+    `job_tasks`, the functions it started), for `timeout_s` at most."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while any(not task.done() and job_id not in worker.job_tasks for job_id, task in worker.tasks.items()):
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("jobs this worker took did not start within %g s of its stop; they wait for arq", timeout_s)
+            return
+        await asyncio.sleep(0.01)
 
 
 async def _recover_deliveries(services: Services) -> object:
