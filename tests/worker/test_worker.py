@@ -20,6 +20,7 @@ import pytest
 from arq import Worker
 from arq.worker import Function, func
 from redis import asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.core.config import Settings
 from app.core.domain import Run, Trigger, new_run_id
@@ -440,3 +441,30 @@ class Refreshing:
     async def refresh_routines(self) -> None:
         self.refreshing.set()
         await asyncio.Event().wait()
+
+
+class FailingLeases(Leases):
+    """Leases whose read for a poll meets a Redis that fails."""
+
+    async def held_of(self, run_ids: list[str]) -> set[str]:
+        raise RedisConnectionError("Redis went away")
+
+
+async def test_a_worker_whose_read_of_the_leases_fails_still_takes_jobs_as_arq_would(
+    tmp_path: Path, redis_url: str
+) -> None:
+    settings = settings_for(tmp_path, redis_url)
+    ran: list[str] = []
+
+    async def job(ctx: dict[str, Any], name: str) -> None:
+        ran.append(name)
+
+    pool = queue.connect(redis_url)
+    try:
+        async with workers(settings, tick_s=None, functions={"probe": func(job, name="probe")}) as (worker,):
+            await until(lambda: getattr(worker, "leases", None) is not None, "the worker to start")
+            worker.leases = FailingLeases(pool, "routines:", lease_s=60)  # type: ignore[attr-defined]
+            await pool.enqueue_job("probe", "free", _job_id=queue.run_job_id("r1"))
+            await until(lambda: ran == ["free"], "the job to run")
+    finally:
+        await pool.aclose()
