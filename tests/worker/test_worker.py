@@ -468,3 +468,28 @@ async def test_a_worker_whose_read_of_the_leases_fails_still_takes_jobs_as_arq_w
             await until(lambda: ran == ["free"], "the job to run")
     finally:
         await pool.aclose()
+
+
+async def test_the_run_of_a_job_that_has_not_started_when_the_stop_gives_up_waiting_is_marked_live(
+    tmp_path: Path, redis_url: str
+) -> None:
+    settings = settings_for(tmp_path, redis_url)
+    claimed = asyncio.Event()
+
+    async def never_starts(ctx: dict[str, Any]) -> None:  # arq's hook, between the claim and the function
+        claimed.set()
+        await asyncio.Event().wait()
+
+    worker = create_worker(settings, handle_signals=False, tick_s=None)
+    worker.on_job_start = never_starts
+    pool = queue.connect(redis_url)
+    try:
+        await pool.enqueue_job(queue.RUN_JOB, "r9", _job_id=queue.run_job_id("r9"))
+        polling = asyncio.create_task(worker.main())
+        await asyncio.wait_for(claimed.wait(), 20)
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+        await close_worker(worker, starting_s=0.2)
+        assert await pool.sismember("routines:live", "r9")  # type: ignore[misc]
+    finally:
+        await pool.aclose()
