@@ -55,18 +55,11 @@ class Leases:
         return f"{self.prefix}live"
 
     async def take(self, run_id: str, holder: str) -> bool:
-        """Take the run's lease (False: another worker holds it) and mark the run live, in one transaction:
-        a worker stopped in between cannot leave a lease on a run the reaper does not look at. (A run
-        whose lease another worker holds is live already.)"""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.key(run_id), holder, nx=True, px=self._ms)
-            pipe.sadd(self.live_key, run_id)
-            taken, _ = await pipe.execute()
+        """Take the run's lease (False: another worker holds it) and mark the run live."""
+        taken = await self.redis.set(self.key(run_id), holder, nx=True, px=self._ms)
+        if taken:
+            await self.redis.sadd(self.live_key, run_id)  # type: ignore[misc]
         return bool(taken)
-
-    async def stay_live(self, run_id: str) -> None:
-        """Mark the run live without a lease: the reaper resumes it on another worker at its next pass."""
-        await self.redis.sadd(self.live_key, run_id)  # type: ignore[misc]
 
     async def held_of(self, run_ids: list[str]) -> set[str]:
         """Which of `run_ids` some worker holds the lease of now (one round trip)."""

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from arq.connections import ArqRedis
-from redis.exceptions import RedisError
 
 from app.core.domain import JSON, Event, Routine, RunState, Trigger, new_run_id
 from app.core.errors import ForgeError, RoutineNotFound, RoutinesError
@@ -77,16 +76,7 @@ async def run_routine(ctx: dict[str, Any], run_id: str) -> str:
     concurrency group passes to the next waiting run. Everything logged meanwhile is logged for the run
     (`run_id` in JSON log lines)."""
     with run_scope(run_id):
-        try:
-            return await _run_routine(ctx, run_id)
-        except asyncio.CancelledError:
-            # the worker is stopping, maybe before the run took its lease: it stays live for the reaper,
-            # which resumes it elsewhere (arq would try this job again, but a run's job allows one try)
-            try:
-                await ctx["leases"].stay_live(run_id)
-            except (RedisError, OSError) as exc:
-                log.error("run %s: could not mark it live for the reaper (%s); fire the routine again", run_id, exc)
-            raise
+        return await _run_routine(ctx, run_id)
 
 
 async def _run_routine(ctx: dict[str, Any], run_id: str) -> str:

@@ -49,7 +49,6 @@ DEFAULT_TICK_S = 5.0
 THREADS_PER_JOB = 2
 SPARE_THREADS = 4
 DESCRIBE_S = 300.0
-STARTING_S = 5.0
 RETENTION_S = 600.0
 
 
@@ -268,19 +267,13 @@ async def stop_worker(worker: Worker, polling: asyncio.Task[None]) -> None:
     await close_worker(worker)
 
 
-async def close_worker(worker: Worker, starting_s: float = STARTING_S) -> None:
-    """Stop `worker`, whose polling has stopped: its claimed jobs start (for up to `starting_s`; the runs
-    of those that did not are marked live for the reaper), then
-    arq's close (cancel the jobs, wait for them, on_shutdown), then our shutdown again.
+async def close_worker(worker: Worker) -> None:
+    """Stop `worker`: arq's close (cancel the jobs, wait for them, on_shutdown), then our shutdown again.
 
-    A job arq cancels after claiming it but before its function began keeps arq's in-progress mark with
-    nothing running it, until the mark expires (the job's timeout: hours); one cancelled in its function
-    is handed on (a run stays live for the reaper, other jobs are tried again). arq's close gathers the
-    jobs it cancelled before it calls on_shutdown; a job cancelled while it writes its result (arq shields
-    that write) ends cancelled, the gather raises CancelledError, and on_shutdown is skipped. That error
-    is the job's, not ours, so it is not passed on."""
+    arq's close gathers the jobs it cancelled before it calls on_shutdown; a job cancelled while it
+    writes its result (arq shields that write) ends cancelled, the gather raises CancelledError, and
+    on_shutdown is skipped. That error is the job's, not ours, so it is not passed on."""
     try:
-        await _claimed_jobs_started(worker, starting_s)
         await worker.close()
     except asyncio.CancelledError:
         task = asyncio.current_task()
@@ -289,32 +282,6 @@ async def close_worker(worker: Worker, starting_s: float = STARTING_S) -> None:
         log.warning("a job was stopped while it wrote its result; arq will not have run the worker's shutdown")
     finally:
         await shutdown(worker.ctx)
-
-
-async def _claimed_jobs_started(worker: Worker, timeout_s: float) -> None:
-    """Wait until every job `worker` claimed runs its function or is over (arq's `tasks`, by job id, and
-    `job_tasks`, the functions it started), for `timeout_s` at most."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while unstarted := [j for j, task in worker.tasks.items() if not task.done() and j not in worker.job_tasks]:
-        if asyncio.get_running_loop().time() > deadline:
-            await _hand_on(worker, unstarted, timeout_s)
-            return
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0)  # each function's task takes its first step before it can be cancelled
-
-
-async def _hand_on(worker: Worker, unstarted: list[str], timeout_s: float) -> None:
-    """Jobs that did not start in time: the runs among them are marked live, for the reaper to resume."""
-    leases: Leases | None = worker.ctx.get("leases")
-    runs = [run_id for run_id in map(queue.run_of_job, unstarted) if run_id is not None]
-    log.warning("%d jobs this worker took did not start within %g s of its stop", len(unstarted), timeout_s)
-    if leases is None:
-        return
-    for run_id in runs:
-        try:
-            await leases.stay_live(run_id)
-        except (RedisError, OSError) as exc:
-            log.error("run %s: could not mark it live for the reaper (%s); fire the routine again", run_id, exc)
 
 
 async def _recover_deliveries(services: Services) -> object:

@@ -23,14 +23,12 @@ from redis import asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.core.config import Settings
-from app.core.domain import Run, Trigger, new_run_id
 from app.models.anthropic import AnthropicModel
 from app.routines.catalog import ApiRoutines
 from app.store import queue
 from app.store.leases import Leases
 from app.store.routine_states import PAUSED, RoutineStates
 from app.store.runs import RedisStore
-from app.worker.jobs import run_routine
 from app.worker.ticks import ScheduleTicker
 from app.worker.worker import close_worker, create_worker, shutdown, stop_worker
 from tests.support.clock import Clock
@@ -378,71 +376,6 @@ async def test_stopping_a_worker_stops_its_polling_before_it_cancels_its_jobs(tm
         await pool.aclose()
 
 
-async def test_a_job_claimed_just_before_a_stop_starts_before_it_is_cancelled(tmp_path: Path, redis_url: str) -> None:
-    """arq claims a job (its in-progress mark), then starts it; cancelled in between, the job would keep the
-    mark with nothing running it, for hours. The stop lets it start, then cancels it: it goes back to the
-    queue for the next worker."""
-    settings = settings_for(tmp_path, redis_url)
-    claimed, go = asyncio.Event(), asyncio.Event()
-    began: list[str] = []
-
-    async def before_start(ctx: dict[str, Any]) -> None:  # arq's hook, between the claim and the function
-        claimed.set()
-        await go.wait()
-
-    async def job(ctx: dict[str, Any]) -> None:
-        began.append(ctx["job_id"])
-        await asyncio.Event().wait()
-
-    worker = create_worker(settings, handle_signals=False, tick_s=None)
-    worker.functions["blocks"] = func(job, name="blocks")
-    worker.on_job_start = before_start
-    pool = queue.connect(redis_url)
-    try:
-        await pool.enqueue_job("blocks", _job_id="blocks-1")
-        polling = asyncio.create_task(worker.main())
-        await asyncio.wait_for(claimed.wait(), 20)
-        stopping = asyncio.create_task(stop_worker(worker, polling))
-        await until(lambda: polling.done(), "the polling to stop")
-        go.set()
-        await asyncio.wait_for(stopping, 20)
-        assert began == ["blocks-1"]
-        assert not await pool.exists("arq:in-progress:blocks-1")
-        assert await pool.zscore("arq:queue", "blocks-1") is not None
-    finally:
-        await pool.aclose()
-
-
-async def test_a_run_whose_job_is_stopped_before_it_holds_its_lease_stays_live_for_the_reaper(redis_url: str) -> None:
-    """A run's job allows one try: arq would fail the job when it tried it again. The reaper resumes the
-    run as a job of its own, if the run is live."""
-    store = RedisStore(aioredis.Redis.from_url(redis_url))
-    run = Run(id=new_run_id(), routine="hourly", repo="acme/api", trigger=Trigger("api"))
-    await store.create_run(run)
-    ctx: dict[str, Any] = {"services": Refreshing(), "leases": Leases(store.redis, "routines:", lease_s=60)}
-    job = asyncio.create_task(run_routine(ctx, run.id))
-    try:
-        await asyncio.wait_for(ctx["services"].refreshing.wait(), 20)
-        job.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await job
-        assert await store.redis.sismember("routines:live", run.id)  # type: ignore[misc]
-        assert not await store.redis.exists("routines:lease:" + run.id)
-    finally:
-        await store.redis.aclose()
-
-
-class Refreshing:
-    """Services whose refresh of the routines (the first thing a run's job does) never ends."""
-
-    def __init__(self) -> None:
-        self.refreshing = asyncio.Event()
-
-    async def refresh_routines(self) -> None:
-        self.refreshing.set()
-        await asyncio.Event().wait()
-
-
 class FailingLeases(Leases):
     """Leases whose read for a poll meets a Redis that fails."""
 
@@ -466,30 +399,5 @@ async def test_a_worker_whose_read_of_the_leases_fails_still_takes_jobs_as_arq_w
             worker.leases = FailingLeases(pool, "routines:", lease_s=60)  # type: ignore[attr-defined]
             await pool.enqueue_job("probe", "free", _job_id=queue.run_job_id("r1"))
             await until(lambda: ran == ["free"], "the job to run")
-    finally:
-        await pool.aclose()
-
-
-async def test_the_run_of_a_job_that_has_not_started_when_the_stop_gives_up_waiting_is_marked_live(
-    tmp_path: Path, redis_url: str
-) -> None:
-    settings = settings_for(tmp_path, redis_url)
-    claimed = asyncio.Event()
-
-    async def never_starts(ctx: dict[str, Any]) -> None:  # arq's hook, between the claim and the function
-        claimed.set()
-        await asyncio.Event().wait()
-
-    worker = create_worker(settings, handle_signals=False, tick_s=None)
-    worker.on_job_start = never_starts
-    pool = queue.connect(redis_url)
-    try:
-        await pool.enqueue_job(queue.RUN_JOB, "r9", _job_id=queue.run_job_id("r9"))
-        polling = asyncio.create_task(worker.main())
-        await asyncio.wait_for(claimed.wait(), 20)
-        polling.cancel()
-        await asyncio.gather(polling, return_exceptions=True)
-        await close_worker(worker, starting_s=0.2)
-        assert await pool.sismember("routines:live", "r9")  # type: ignore[misc]
     finally:
         await pool.aclose()
