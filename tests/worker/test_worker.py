@@ -319,24 +319,30 @@ async def test_a_burst_of_jobs_over_two_workers_runs_each_once_and_never_more_th
         await pool.aclose()
 
 
+def probe_job() -> tuple[list[str], Function]:
+    """The job `probe(name)`, and the names it was run with, in order."""
+    ran: list[str] = []
+
+    async def job(ctx: dict[str, Any], name: str) -> None:
+        ran.append(name)
+
+    return ran, func(job, name="probe")
+
+
 async def test_a_worker_passes_over_the_job_of_a_run_whose_lease_is_held_until_the_lease_goes(
     tmp_path: Path, redis_url: str
 ) -> None:
     """A run's job stays queued while it runs; a worker with room does not start (or check) it again while
     the run's lease is held, and does once the lease is gone (a worker that died lets it lapse)."""
     settings = settings_for(tmp_path, redis_url)
-    ran: list[str] = []
-
-    async def job(ctx: dict[str, Any], name: str) -> None:
-        ran.append(name)
-
+    ran, probe = probe_job()
     pool = queue.connect(redis_url)
     try:
         leases = Leases(pool, "routines:", lease_s=60)
         assert await leases.take("r1", "worker-elsewhere")
         await pool.enqueue_job("probe", "held", _job_id=queue.run_job_id("r1"))
         await pool.enqueue_job("probe", "free", _job_id=queue.run_job_id("r2"))
-        async with workers(settings, tick_s=None, functions={"probe": func(job, name="probe")}):
+        async with workers(settings, tick_s=None, functions={"probe": probe}):
             await until(lambda: ran == ["free"], "the job whose run holds no lease to run")
             for _ in range(5):  # polls that found the held run's job queued (5 ms apart)
                 await asyncio.sleep(0.01)
@@ -387,14 +393,10 @@ async def test_a_worker_whose_read_of_the_leases_fails_still_takes_jobs_as_arq_w
     tmp_path: Path, redis_url: str
 ) -> None:
     settings = settings_for(tmp_path, redis_url)
-    ran: list[str] = []
-
-    async def job(ctx: dict[str, Any], name: str) -> None:
-        ran.append(name)
-
+    ran, probe = probe_job()
     pool = queue.connect(redis_url)
     try:
-        async with workers(settings, tick_s=None, functions={"probe": func(job, name="probe")}) as (worker,):
+        async with workers(settings, tick_s=None, functions={"probe": probe}) as (worker,):
             await until(lambda: getattr(worker, "leases", None) is not None, "the worker to start")
             worker.leases = FailingLeases(pool, "routines:", lease_s=60)  # type: ignore[attr-defined]
             await pool.enqueue_job("probe", "free", _job_id=queue.run_job_id("r1"))
