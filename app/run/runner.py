@@ -46,8 +46,8 @@ async def execute(run_id: str, deps: RunnerDeps, *, startable_at: float | None =
     if run.state.terminal:
         return run
     events = RunEvents(deps.store, run_id, deps.reporting.redactor(), RunMeter(deps.metrics, run))
-    ctx = RunContext(run=run, routine=deps.routine(run.routine), events=events)
-    ctx.fresh_after = max(run.created_at, startable_at or 0.0)
+    fresh_after = max(run.created_at, startable_at or 0.0)
+    ctx = RunContext(run=run, routine=deps.routine(run.routine), events=events, fresh_after=fresh_after)
     start = events.start = deps.starts.begin()  # over once the model answers its first request (app.run.starts)
     answering = MODEL_ANSWERING.set(start.done)
     try:

@@ -158,7 +158,7 @@ async def _resume_or_fail(
             await store.transition(run_id, RunState.FAILED, error=message)
         await leases.redis.srem(leases.live_key, run_id)  # type: ignore[misc]
         return None
-    job_id = f"{queue.run_job_id(run_id)}:resume:{attempt}"
+    job_id = queue.resume_job_id(run_id, attempt)
     await pool.enqueue_job(queue.RUN_JOB, run_id, _job_id=job_id)
     log.warning("run %s lost its worker; resuming it as job %s", run_id, job_id)
     return job_id

@@ -39,6 +39,11 @@ def run_job_id(run_id: str) -> str:
     return f"run:{run_id}"
 
 
+def resume_job_id(run_id: str, attempt: int) -> str:
+    """The job the reaper enqueues to resume a run whose worker was lost (its `attempt`th resume)."""
+    return f"{run_job_id(run_id)}:resume:{attempt}"
+
+
 def run_of_job(job_id: str) -> str | None:
     """The run a run's job (`run:<id>`, or `run:<id>:resume:<n>` from the reaper) is for; None for other jobs."""
     kind, _, rest = job_id.partition(":")

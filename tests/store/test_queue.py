@@ -10,7 +10,7 @@ from app.store import queue
 
 def test_the_run_of_a_run_job_and_of_its_resumes_and_none_for_other_jobs() -> None:
     assert queue.run_of_job(queue.run_job_id("0193abc")) == "0193abc"
-    assert queue.run_of_job(f"{queue.run_job_id('0193abc')}:resume:2") == "0193abc"
+    assert queue.run_of_job(queue.resume_job_id("0193abc", 2)) == "0193abc"
     assert queue.run_of_job("delivery:6a1f") is None
     assert queue.run_of_job("hourly:1735689600000") is None
     assert queue.run_of_job("run:") is None
