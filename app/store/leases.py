@@ -2,10 +2,12 @@
 
 The worker executing a run holds `<prefix>lease:<run_id>` = its worker id, with a TTL of `lease_s`,
 renewed every `lease_s / 3` by a background task and deleted at the end (both compare-and-set in
-Lua, so a worker never renews or drops a lease another worker took). While held, the run id is in
-the set `<prefix>live`. The reaper, run by every worker, re-enqueues each live run whose lease has
-expired as the job `run:<id>:resume:<n>` (arq refuses to start a job id whose killed predecessor
-still has its in-progress key), at most `max_resumes` times; then the run fails with a reason.
+Lua, so a worker never renews or drops a lease another worker took). Taking the lease puts the run
+id in the set `<prefix>live`, in the same transaction; a stopping worker also puts there the runs of
+every job it had taken, started or not (`hand_back`). The reaper, run by every worker, re-enqueues
+each live run that is not over and whose lease nobody holds as the job `run:<id>:resume:<n>` (arq
+refuses to start a job id whose killed predecessor still has its in-progress key), at most
+`max_resumes` times; then the run fails with a reason.
 """
 
 from __future__ import annotations
@@ -55,11 +57,23 @@ class Leases:
         return f"{self.prefix}live"
 
     async def take(self, run_id: str, holder: str) -> bool:
-        """Take the run's lease (False: another worker holds it) and mark the run live."""
-        taken = await self.redis.set(self.key(run_id), holder, nx=True, px=self._ms)
-        if taken:
-            await self.redis.sadd(self.live_key, run_id)  # type: ignore[misc]
+        """Take the run's lease (False: another worker holds it) and mark the run live, in one
+        transaction: a worker killed in between cannot hold a lease on a run the reaper does not see. When
+        the lease is held elsewhere the run is live already, and the mark changes nothing."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.key(run_id), holder, nx=True, px=self._ms)
+            pipe.sadd(self.live_key, run_id)
+            taken, _ = await pipe.execute()
         return bool(taken)
+
+    async def hand_back(self, run_ids: list[str]) -> None:
+        """Mark runs live without taking their leases: at its next pass the reaper resumes each that is
+        not over and whose lease nobody holds (and forgets those that are over). A stopping worker hands
+        back the runs of the jobs it took: one it stopped before the run took its lease would otherwise
+        wait until its job's in-progress mark lapsed (the job's timeout), or never run again (arq fails
+        a cancelled job's second try when, as a run's, it allows one)."""
+        if run_ids:
+            await self.redis.sadd(self.live_key, *run_ids)  # type: ignore[misc]
 
     async def held_of(self, run_ids: list[str]) -> set[str]:
         """Which of `run_ids` some worker holds the lease of now (one round trip)."""

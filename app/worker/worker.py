@@ -132,6 +132,7 @@ def create_worker(
             Leases(services.store.redis, services.store.prefix, settings.lease_s),
         )
         worker.leases = ctx["leases"]
+        ctx["claimed"] = worker.tasks  # the jobs arq took, by id: their runs are handed back at shutdown
         ctx["stop"] = stop = asyncio.Event()
         ctx["periodic"] = [asyncio.create_task(repeat(t, services, stop), name=f"periodic:{t.name}") for t in tasks]
         pump = DeliveryPump(services.pool, consumer=worker_id)
@@ -241,18 +242,42 @@ def thread_pool_size(max_jobs: int) -> int:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    """Stop the worker's own tasks and close its Services; a second call does nothing."""
+    """Stop the worker's own tasks, hand back the runs of the jobs it took, and close its Services; a
+    second call does nothing."""
     running: list[asyncio.Task[None]] = ctx.pop("periodic", [])
     if "stop" in ctx:
         ctx["stop"].set()
     for task in running:
         task.cancel()
     await asyncio.gather(*running, return_exceptions=True)
+    claimed: dict[str, asyncio.Task[Any]] = ctx.pop("claimed", {})
     services: Services | None = ctx.pop("services", None)
     if services is not None:
+        if "leases" in ctx:
+            await hand_back(ctx["leases"], claimed)
         with contextlib.suppress(RedisError, OSError):
             await services.store.redis.hdel(services.store.prefix + WORKER_INFO_KEY, str(ctx.get("worker_id")))  # type: ignore[misc]
         await services.close()
+
+
+async def hand_back(leases: Leases, claimed: dict[str, asyncio.Task[Any]]) -> list[str]:
+    """Once the jobs this worker took are over, mark their runs live for the reaper, which resumes on
+    another worker each run that is not over and whose lease nobody holds. By then the stop cancelled
+    them all; a run stopped before it took its lease (arq's close cancels a job it took but has not yet
+    started; the run's own code may be cancelled before it reaches the lease) is otherwise stranded.
+    Returns the runs handed back."""
+    await asyncio.gather(*claimed.values(), return_exceptions=True)
+    runs = sorted({run_id for job_id in claimed if (run_id := queue.run_of_job(job_id)) is not None})
+    try:
+        await leases.hand_back(runs)
+    except (RedisError, OSError) as exc:
+        log.error(
+            "could not hand back runs %s for the reaper: Redis failed (%s); each resumes once its job's "
+            "in-progress mark lapses (ROUTINES_JOB_TIMEOUT_S)",
+            ", ".join(runs),
+            exc,
+        )
+    return runs
 
 
 async def stop_worker(worker: Worker, polling: asyncio.Task[None]) -> None:
@@ -270,16 +295,17 @@ async def stop_worker(worker: Worker, polling: asyncio.Task[None]) -> None:
 async def close_worker(worker: Worker) -> None:
     """Stop `worker`: arq's close (cancel the jobs, wait for them, on_shutdown), then our shutdown again.
 
-    arq's close gathers the jobs it cancelled before it calls on_shutdown; a job cancelled while it
-    writes its result (arq shields that write) ends cancelled, the gather raises CancelledError, and
-    on_shutdown is skipped. That error is the job's, not ours, so it is not passed on."""
+    arq's close gathers the jobs it cancelled before it calls on_shutdown; a job cancelled before it
+    started, or while it writes its result (arq shields that write), ends cancelled, the gather raises
+    CancelledError, and on_shutdown is skipped. That error is the job's, not ours, so it is not passed
+    on; our shutdown waits for the other jobs before it hands back their runs."""
     try:
         await worker.close()
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
-        log.warning("a job was stopped while it wrote its result; arq will not have run the worker's shutdown")
+        log.info("a job was stopped before it started or while it wrote its result; the worker's shutdown runs now")
     finally:
         await shutdown(worker.ctx)
 

@@ -23,10 +23,11 @@ from redis import asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.core.config import Settings
+from app.core.domain import Run, Trigger, new_run_id
 from app.models.anthropic import AnthropicModel
 from app.routines.catalog import ApiRoutines
 from app.store import queue
-from app.store.leases import Leases
+from app.store.leases import Leases, reap
 from app.store.routine_states import PAUSED, RoutineStates
 from app.store.runs import RedisStore
 from app.worker.ticks import ScheduleTicker
@@ -401,5 +402,46 @@ async def test_a_worker_whose_read_of_the_leases_fails_still_takes_jobs_as_arq_w
             worker.leases = FailingLeases(pool, "routines:", lease_s=60)  # type: ignore[attr-defined]
             await pool.enqueue_job("probe", "free", _job_id=queue.run_job_id("r1"))
             await until(lambda: ran == ["free"], "the job to run")
+    finally:
+        await pool.aclose()
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["job taken, not started", "run's code before its lease"])
+async def test_a_run_a_stopping_worker_stopped_before_its_lease_is_resumed_by_the_reaper(
+    tmp_path: Path, redis_url: str, started: bool
+) -> None:
+    """arq's close cancels a job it has taken (its in-progress mark set) but not yet started: the run's code
+    never runs, and the mark would keep the job from any worker for the job's timeout (3 h by default). Or
+    the run's code is cancelled before it takes its lease: arq puts the job back, but fails it as a second
+    try of a job that allows one. Either way the stopping worker hands the run back, and the reaper, seeing
+    it live without a lease, resumes it."""
+    settings = settings_for(tmp_path, redis_url)
+    entered = asyncio.Event()
+
+    async def before_the_lease(ctx: dict[str, Any]) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    worker = create_worker(settings, handle_signals=False, tick_s=None)
+    worker.functions["job"] = func(before_the_lease, name="job")
+    pool = queue.connect(redis_url)
+    store = RedisStore(pool)
+    run = Run(id=new_run_id(), routine="hourly", repo="acme/api", trigger=Trigger("api", actor="test"))
+    try:
+        polling = asyncio.create_task(worker.main())
+        await until(lambda: getattr(worker, "leases", None) is not None, "the worker to start")
+        polling.cancel()  # as stop_worker does first: from here on the worker takes only what it is given
+        await asyncio.gather(polling, return_exceptions=True)
+        await store.create_run(run)
+        job_id = queue.run_job_id(run.id)
+        await pool.enqueue_job("job", _job_id=job_id)
+        await worker.start_jobs([job_id.encode()])  # taken: its in-progress mark is set, its task not yet run
+        assert job_id in worker.tasks and await pool.exists(f"arq:in-progress:{job_id}")
+        if started:
+            await asyncio.wait_for(entered.wait(), 10)
+        await close_worker(worker)  # cancels the job: before its first step, or in the run's code
+        assert entered.is_set() is started
+        leases = Leases(pool, "routines:", lease_s=60)
+        assert await reap(store, pool, leases, max_resumes=3) == [queue.resume_job_id(run.id, 1)]
     finally:
         await pool.aclose()
