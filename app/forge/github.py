@@ -71,7 +71,7 @@ class GitHubForge:
         self._clock = clock
         self._jwt: tuple[str, int] | None = None  # (token, when it was signed)
         self._read_tokens: dict[tuple[int, str], tuple[str, float]] = {}  # (installation, repo) → (token, expiry)
-        self._resolving: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[RepoInfo]] = {}  # under way
+        self._resolving: dict[str, asyncio.Task[RepoInfo]] = {}  # lookups under way, by repository in lower case
         self._transport = _SharedTransport()
         self._github: GitHub[UnauthAuthStrategy] = GitHub(
             base_url=self.api_url + "/",
@@ -113,27 +113,40 @@ class GitHubForge:
         """The repository `owner/name` as the App's installation sees it.
 
         Calls for one repository while a lookup of it is under way share that lookup: a burst of runs
-        of one routine asks GitHub once, not once per run. Nothing is kept once the lookup ends, so an
-        answer is never older than the lookup it came from; a caller that gives up does not cancel the
-        lookup for the others. A caller that joined a lookup which failed asks once more (with the
-        others that joined it), so one passing error does not fail every run of a burst."""
-        key = (asyncio.get_running_loop(), repo)
-        lookup = self._resolving.get(key)
-        if lookup is None:
-            return await asyncio.shield(self._look_up(key, repo))
+        of one routine asks GitHub once, not once per run. Names are compared as GitHub compares them,
+        without case. Nothing is kept once the lookup ends, so an answer is never older than the lookup
+        it came from; a caller that gives up does not cancel the lookup for the others. A caller that
+        joined a lookup which failed, or was stopped under it (its event loop closing), asks once more
+        (with the others that joined it), so one passing error does not fail every run of a burst."""
+        joined = self._joinable(repo)
+        lookup = joined or self._look_up(repo)
         try:
             return await asyncio.shield(lookup)
         except ForgeError:
-            return await asyncio.shield(self._resolving.get(key) or self._look_up(key, repo))
+            if joined is None:
+                raise
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not lookup.cancelled() or (current is not None and current.cancelling()):
+                raise  # this caller was cancelled, not the lookup
+        return await asyncio.shield(self._joinable(repo) or self._look_up(repo))
 
-    def _look_up(self, key: tuple[asyncio.AbstractEventLoop, str], repo: str) -> asyncio.Future[RepoInfo]:
+    def _joinable(self, repo: str) -> asyncio.Task[RepoInfo] | None:
+        """The lookup of `repo` under way on this event loop, if any (one on another loop is not awaitable here)."""
+        lookup = self._resolving.get(repo.lower())
+        return lookup if lookup is not None and lookup.get_loop() is asyncio.get_running_loop() else None
+
+    def _look_up(self, repo: str) -> asyncio.Task[RepoInfo]:
         """A lookup shared by whoever asks while it is under way; in a context of its own, so that what it
         logs is not attributed to the run that happened to ask first."""
-        lookup = self._resolving[key] = key[0].create_task(self._resolve(repo), context=contextvars.Context())
+        key = repo.lower()
+        lookup = self._resolving[key] = asyncio.get_running_loop().create_task(
+            self._resolve(repo), context=contextvars.Context()
+        )
         lookup.add_done_callback(lambda done: self._looked_up(key, done))
         return lookup
 
-    def _looked_up(self, key: tuple[asyncio.AbstractEventLoop, str], done: asyncio.Future[RepoInfo]) -> None:
+    def _looked_up(self, key: str, done: asyncio.Task[RepoInfo]) -> None:
         if self._resolving.get(key) is done:
             del self._resolving[key]
         if not done.cancelled():

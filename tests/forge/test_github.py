@@ -253,6 +253,27 @@ async def test_a_caller_that_gives_up_leaves_the_shared_lookup_to_the_others(hub
     assert info.full_name == "acme/api" and lookups(hub, "acme/api") == 1
 
 
+async def test_names_that_differ_only_in_case_share_one_lookup(hub: Hub) -> None:
+    async with hub.forge() as forge:
+        found = await asyncio.gather(forge.resolve("acme/api"), forge.resolve("Acme/API"))
+    assert [info.full_name for info in found] == ["acme/api", "acme/api"]
+    assert sum(1 for r in hub.state.requests if r.path.lower() == "/repos/acme/api/installation") == 1
+
+
+async def test_callers_of_a_lookup_that_was_stopped_under_them_ask_again(hub: Hub) -> None:
+    """The shared lookup is a task of its own; stopped while its callers are not (their event loop closing
+    it first, say), they ask once more rather than end cancelled themselves."""
+    async with hub.forge() as forge:
+        callers = [asyncio.create_task(forge.resolve("acme/api")) for _ in range(2)]
+        await asyncio.sleep(0)  # both wait on the one lookup
+        (lookup,) = [
+            t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "GitHubForge._resolve"
+        ]
+        lookup.cancel()
+        found = await asyncio.gather(*callers)
+    assert [info.full_name for info in found] == ["acme/api", "acme/api"]
+
+
 @pytest.fixture
 async def closing_server() -> AsyncIterator[tuple[str, list[str]]]:
     """Answers the first request of each connection (kept alive), then closes the connection when the next
