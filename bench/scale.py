@@ -28,7 +28,10 @@ gives each worker a thread pool of N (0: asyncio's default) instead of its own.
 Diagnostics: `BENCH_STALLS=0.1` samples the workers' event-loop thread whenever the loop is more than
 0.1 s late and prints where it was (`BENCH_STALLS=0`: always, a profile of the loop's thread);
 `BENCH_WORKER_LOG=/tmp/scale` keeps the workers' logs (`/tmp/scale.probe-N.log`);
-`BENCH_PYSPY=/tmp/spy` records the workers with py-spy for `BENCH_PYSPY_S` seconds (1) from the fire.
+`BENCH_PYSPY=/tmp/spy` records the workers with py-spy for `BENCH_PYSPY_S` seconds (1) from the fire;
+`BENCH_MARKS=1` prints the starts' window (first fire, last first request) on CLOCK_MONOTONIC, as
+`MARKS <from> <to>`, for a whole-machine profile: `perf record -k CLOCK_MONOTONIC -a -g -- python
+bench/scale.py --runs 40`, then `perf report --time <from>,<to> --sort comm` shows who took the cores.
 """
 
 from __future__ import annotations
@@ -590,6 +593,9 @@ def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
                 firsts = first_request_times(stack, markers)
                 latencies = [firsts[r] - fired[r] for r in fired if r in firsts]
                 starts = _starts_cost(trace, min(fired.values()), max(firsts.values()))
+                if os.environ.get("BENCH_MARKS"):  # the window on CLOCK_MONOTONIC, as `perf -k CLOCK_MONOTONIC` stamps
+                    off = time.time() - time.monotonic()
+                    print(f"MARKS {min(fired.values()) - off:.3f} {max(firsts.values()) - off:.3f}", flush=True)
                 finished = max(float(r["updated_at"]) for r in runs.values())
                 per_run = {r: phases(stack, runs[r], fired[r], firsts.get(r)) for r in runs}
                 for run_id, started in job_starts(args.redis, list(runs)).items():
