@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import httpx
 import jwt
@@ -36,6 +36,7 @@ READ_TOKEN_RENEW_S = 600  # a kept metadata-read token is minted again this long
 # a request GitHub never answered because it closed the kept-alive connection is sent again when that is
 # harmless: methods that are idempotent, and minting a token (a second one unused just expires)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+T = TypeVar("T")
 
 
 class GitHubForge:
@@ -71,7 +72,8 @@ class GitHubForge:
         self._clock = clock
         self._jwt: tuple[str, int] | None = None  # (token, when it was signed)
         self._read_tokens: dict[tuple[int, str], tuple[str, float]] = {}  # (installation, repo) → (token, expiry)
-        self._resolving: dict[str, asyncio.Task[RepoInfo]] = {}  # lookups under way, by repository in lower case
+        self._lookups: _Shared[RepoInfo] = _Shared()  # by repository, in lower case
+        self._mints: _Shared[tuple[str, float]] = _Shared()  # by installation, repository and permissions
         self._transport = _SharedTransport()
         self._github: GitHub[UnauthAuthStrategy] = GitHub(
             base_url=self.api_url + "/",
@@ -112,45 +114,10 @@ class GitHubForge:
     async def resolve(self, repo: str) -> RepoInfo:
         """The repository `owner/name` as the App's installation sees it.
 
-        Calls for one repository while a lookup of it is under way share that lookup: a burst of runs
-        of one routine asks GitHub once, not once per run. Names are compared as GitHub compares them,
-        without case. Nothing is kept once the lookup ends, so an answer is never older than the lookup
-        it came from; a caller that gives up does not cancel the lookup for the others. A caller that
-        joined a lookup which failed, or was stopped under it (its event loop closing), asks once more
-        (with the others that joined it), so one passing error does not fail every run of a burst."""
-        joined = self._joinable(repo)
-        lookup = joined or self._look_up(repo)
-        try:
-            return await asyncio.shield(lookup)
-        except ForgeError:
-            if joined is None:
-                raise
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if not lookup.cancelled() or (current is not None and current.cancelling()):
-                raise  # this caller was cancelled, not the lookup
-        return await asyncio.shield(self._joinable(repo) or self._look_up(repo))
-
-    def _joinable(self, repo: str) -> asyncio.Task[RepoInfo] | None:
-        """The lookup of `repo` under way on this event loop, if any (one on another loop is not awaitable here)."""
-        lookup = self._resolving.get(repo.lower())
-        return lookup if lookup is not None and lookup.get_loop() is asyncio.get_running_loop() else None
-
-    def _look_up(self, repo: str) -> asyncio.Task[RepoInfo]:
-        """A lookup shared by whoever asks while it is under way; in a context of its own, so that what it
-        logs is not attributed to the run that happened to ask first."""
-        key = repo.lower()
-        lookup = self._resolving[key] = asyncio.get_running_loop().create_task(
-            self._resolve(repo), context=contextvars.Context()
-        )
-        lookup.add_done_callback(lambda done: self._looked_up(key, done))
-        return lookup
-
-    def _looked_up(self, key: str, done: asyncio.Task[RepoInfo]) -> None:
-        if self._resolving.get(key) is done:
-            del self._resolving[key]
-        if not done.cancelled():
-            done.exception()  # retrieved: callers that gave up leave no "never retrieved" warning
+        Calls for one repository while a lookup of it is under way share that lookup (`_Shared`): a
+        burst of runs of one routine asks GitHub once, not once per run. Names are compared as GitHub
+        compares them, without case."""
+        return await self._lookups.get(repo.lower(), lambda: self._resolve(repo))
 
     async def _resolve(self, repo: str) -> RepoInfo:
         owner, name = split_repo(repo)
@@ -247,7 +214,15 @@ class GitHubForge:
         return {"Authorization": f"Bearer {self.app_jwt()}"}
 
     async def _mint(self, installation_id: int, full_name: str, permissions: dict[str, str]) -> tuple[str, float]:
-        """A new token for `full_name` alone with `permissions`, and when it expires (seconds since the epoch)."""
+        """A new token for `full_name` alone with `permissions`, and when it expires (seconds since the epoch).
+
+        Calls for the same repository and permissions while such a token is being made share it
+        (`_Shared`): the runs of a burst of one routine get one token between them, as scoped as each
+        would have had, instead of one REST call each. A token is never kept for a later call here."""
+        key = f"{installation_id}:{full_name.lower()}:{sorted(permissions.items())}"
+        return await self._mints.get(key, lambda: self._mint_now(installation_id, full_name, permissions))
+
+    async def _mint_now(self, installation_id: int, full_name: str, permissions: dict[str, str]) -> tuple[str, float]:
         _owner, name = split_repo(full_name)
         minted = await self._call(
             "create an installation token",
@@ -287,6 +262,49 @@ class GitHubForge:
                 f"unexpected ({type(exc).__name__}); check GITHUB_API_URL and the network"
             )
         raise ForgeError(redact(message)) from None
+
+
+class _Shared(Generic[T]):
+    """Calls under way, by key, shared by whoever asks for the same key meanwhile.
+
+    Each call runs as a task of its own, in a context of its own (what it logs is not attributed to the
+    caller that happened to ask first), and is joined only by callers on its own event loop. Nothing is
+    kept once it ends, so an answer is never older than the call it came from, and a caller that gives
+    up does not cancel it for the others. A caller that joined a call which failed with ForgeError, or
+    which was stopped under it (its event loop closing), asks once more (with the others that joined
+    it), so one passing error does not fail every run of a burst."""
+
+    def __init__(self) -> None:
+        self._under_way: dict[str, asyncio.Task[T]] = {}
+
+    async def get(self, key: str, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        joined = self._joinable(key)
+        task = joined or self._start(key, call)
+        try:
+            return await asyncio.shield(task)
+        except ForgeError:
+            if joined is None:
+                raise
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not task.cancelled() or (current is not None and current.cancelling()):
+                raise  # this caller was cancelled, not the call
+        return await asyncio.shield(self._joinable(key) or self._start(key, call))
+
+    def _joinable(self, key: str) -> asyncio.Task[T] | None:
+        task = self._under_way.get(key)
+        return task if task is not None and task.get_loop() is asyncio.get_running_loop() else None
+
+    def _start(self, key: str, call: Callable[[], Coroutine[Any, Any, T]]) -> asyncio.Task[T]:
+        task = self._under_way[key] = asyncio.get_running_loop().create_task(call(), context=contextvars.Context())
+        task.add_done_callback(lambda done: self._ended(key, done))
+        return task
+
+    def _ended(self, key: str, done: asyncio.Task[T]) -> None:
+        if self._under_way.get(key) is done:
+            del self._under_way[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: callers that gave up leave no "never retrieved" warning
 
 
 class _SharedTransport(httpx.AsyncBaseTransport):

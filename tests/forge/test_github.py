@@ -274,6 +274,26 @@ async def test_callers_of_a_lookup_that_was_stopped_under_them_ask_again(hub: Hu
     assert [info.full_name for info in found] == ["acme/api", "acme/api"]
 
 
+def mints(hub: Hub) -> int:
+    """How often GitHub was asked for an installation token."""
+    return sum(1 for r in hub.state.requests if r.method == "POST" and r.path.endswith("/access_tokens"))
+
+
+async def test_tokens_asked_for_together_with_the_same_scope_are_one_token_and_none_is_kept(hub: Hub) -> None:
+    async with hub.forge() as forge:
+        info = await forge.resolve("acme/api")
+        before = mints(hub)
+        write = {"contents": "write"}
+        *same, narrower = await asyncio.gather(
+            *(forge.credentials(info, dict(write)) for _ in range(5)), forge.credentials(info, {"contents": "read"})
+        )
+        assert mints(hub) - before == 2  # one for the five that asked for the same scope, one for the other
+        assert len({c.password for c in same}) == 1 and narrower.password != same[0].password
+        assert hub.state.tokens[narrower.password].permissions["contents"] == "read"
+        later = await forge.credentials(info, write)
+        assert mints(hub) - before == 3 and later.password != same[0].password, "a token is never kept"
+
+
 @pytest.fixture
 async def closing_server() -> AsyncIterator[tuple[str, list[str]]]:
     """Answers the first request of each connection (kept alive), then closes the connection when the next
