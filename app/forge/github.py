@@ -126,11 +126,11 @@ class GitHubForge:
             "find the App installation", repo, rest.apps.async_get_repo_installation(owner, name, headers=self._app())
         )
         self._granted[installation.id] = {k: v for k, v in installation.permissions.model_dump().items() if v}
-        key = (installation.id, repo)
+        key = (installation.id, repo.lower())
         kept = self._read_tokens.get(key)
         fresh = kept is None or self._clock() >= kept[1] - READ_TOKEN_RENEW_S
-        if kept is None or fresh:
-            kept = self._read_tokens[key] = await self._mint(installation.id, repo, {"metadata": "read"})
+        if kept is None or fresh:  # not shared with runs (`_mint`): this one is kept, theirs never are
+            kept = self._read_tokens[key] = await self._mint_now(installation.id, repo, {"metadata": "read"})
         try:
             found = await self._call(
                 "read the repository", repo, rest.repos.async_get(owner, name, headers=_token(kept[0]))
@@ -293,7 +293,9 @@ class _Shared(Generic[T]):
 
     def _joinable(self, key: str) -> asyncio.Task[T] | None:
         task = self._under_way.get(key)
-        return task if task is not None and task.get_loop() is asyncio.get_running_loop() else None
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            return None
+        return task
 
     def _start(self, key: str, call: Callable[[], Coroutine[Any, Any, T]]) -> asyncio.Task[T]:
         task = self._under_way[key] = asyncio.get_running_loop().create_task(call(), context=contextvars.Context())

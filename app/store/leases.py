@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
+from arq.jobs import Job, JobStatus
 from redis import asyncio as aioredis
 
 from app.core.domain import Event, RunState
@@ -148,6 +149,8 @@ async def reap(store: RedisStore, pool: ArqRedis, leases: Leases, *, max_resumes
         if run.state.terminal:
             await leases.redis.srem(leases.live_key, run_id)  # type: ignore[misc]
             continue
+        if await _resume_waits(pool, leases, run_id):
+            continue
         claim = f"{leases.prefix}reaping:{run_id}"
         if not await leases.redis.set(claim, "1", nx=True, px=max(3000, int(leases.lease_s * 3000))):
             continue
@@ -155,6 +158,18 @@ async def reap(store: RedisStore, pool: ArqRedis, leases: Leases, *, max_resumes
         if job_id is not None:
             enqueued.append(job_id)
     return enqueued
+
+
+async def _resume_waits(pool: ArqRedis, leases: Leases, run_id: str) -> bool:
+    """Whether the run's last resume job still waits in the queue for a worker: it takes the lease when it
+    starts, so another resume would only queue behind it and spend an attempt (while workers are busy, a
+    backlog outlasts the reaper's claim). A resume job taken but not started is not waiting: a worker
+    stopped before it started it hands its run back, and that job's in-progress mark outlasts the stop."""
+    attempt = await leases.redis.get(f"{leases.prefix}resumes:{run_id}")
+    if attempt is None:
+        return False
+    status = await Job(queue.resume_job_id(run_id, int(attempt)), pool).status()
+    return status in (JobStatus.queued, JobStatus.deferred)
 
 
 async def _resume_or_fail(

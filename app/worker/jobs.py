@@ -75,8 +75,18 @@ async def run_routine(ctx: dict[str, Any], run_id: str) -> str:
     """The job boundary: whatever happens, the run ends in a terminal state with a reason, and its
     concurrency group passes to the next waiting run. Everything logged meanwhile is logged for the run
     (`run_id` in JSON log lines)."""
+    unfinished: set[str] = ctx.get("unfinished", set())  # the worker's: handed back at shutdown (worker.hand_back)
+    unfinished.add(run_id)
     with run_scope(run_id):
-        return await _run_routine(ctx, run_id)
+        try:
+            result = await _run_routine(ctx, run_id)
+        except asyncio.CancelledError:
+            raise  # the worker is stopping: the run is not over
+        except BaseException:
+            unfinished.discard(run_id)
+            raise
+    unfinished.discard(run_id)
+    return result
 
 
 async def _run_routine(ctx: dict[str, Any], run_id: str) -> str:

@@ -133,6 +133,7 @@ def create_worker(
         )
         worker.leases = ctx["leases"]
         ctx["claimed"] = worker.tasks  # the jobs arq took, by id: their runs are handed back at shutdown
+        ctx["unfinished"] = set()  # the runs whose code is under way (jobs.run_routine); arq copies ctx per job
         ctx["stop"] = stop = asyncio.Event()
         ctx["periodic"] = [asyncio.create_task(repeat(t, services, stop), name=f"periodic:{t.name}") for t in tasks]
         pump = DeliveryPump(services.pool, consumer=worker_id)
@@ -254,26 +255,28 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     services: Services | None = ctx.pop("services", None)
     if services is not None:
         if "leases" in ctx:
-            await hand_back(ctx["leases"], claimed)
+            await hand_back(ctx["leases"], claimed, ctx.get("unfinished", set()))
         with contextlib.suppress(RedisError, OSError):
             await services.store.redis.hdel(services.store.prefix + WORKER_INFO_KEY, str(ctx.get("worker_id")))  # type: ignore[misc]
         await services.close()
 
 
-async def hand_back(leases: Leases, claimed: dict[str, asyncio.Task[Any]]) -> list[str]:
-    """Once the jobs this worker took are over, mark their runs live for the reaper, which resumes on
-    another worker each run that is not over and whose lease nobody holds. By then the stop cancelled
-    them all; a run stopped before it took its lease (arq's close cancels a job it took but has not yet
-    started; the run's own code may be cancelled before it reaches the lease) is otherwise stranded.
-    Returns the runs handed back."""
+async def hand_back(leases: Leases, claimed: dict[str, asyncio.Task[Any]], unfinished: set[str]) -> list[str]:
+    """Once the jobs this worker took are over, mark live for the reaper the runs that did not get to
+    their end: those whose job arq's close cancelled before it started (or before it called the run's
+    code), and those whose code was cancelled (`unfinished`, kept by `jobs.run_routine`), perhaps before
+    it took the lease. The reaper resumes on another worker each that is not over and whose lease nobody
+    holds; without this, such a run stays queued while its job's in-progress mark lasts (the job's
+    timeout), or for good when arq fails the job as a second try. Returns the runs handed back."""
     await asyncio.gather(*claimed.values(), return_exceptions=True)
-    runs = sorted({run_id for job_id in claimed if (run_id := queue.run_of_job(job_id)) is not None})
+    stopped = {queue.run_of_job(job_id) for job_id, task in claimed.items() if task.cancelled()}
+    runs = sorted({run_id for run_id in stopped | unfinished if run_id is not None})
     try:
         await leases.hand_back(runs)
     except (RedisError, OSError) as exc:
         log.error(
-            "could not hand back runs %s for the reaper: Redis failed (%s); each resumes once its job's "
-            "in-progress mark lapses (ROUTINES_JOB_TIMEOUT_S)",
+            "could not hand back runs %s for the reaper: Redis failed (%s); those that do not finish may stay "
+            "queued: cancel them and fire their routines again",
             ", ".join(runs),
             exc,
         )

@@ -64,7 +64,8 @@ async def test_reaper_resumes_a_run_whose_lease_expired_then_gives_up(redis_url:
         assert await reap(store, pool, leases, max_resumes=1) == [f"run:{run.id}:resume:1"]
         assert await reap(store, pool, leases, max_resumes=1) == [], "one reaper per lease period"
         assert await _job_ids(pool) == {f"run:{run.id}:resume:1"}
-        await pool.delete(f"routines:reaping:{run.id}")
+        await pool.zrem("arq:queue", f"run:{run.id}:resume:1")  # the resume job ran, and its worker died too
+        await pool.delete(f"arq:job:run:{run.id}:resume:1", f"routines:reaping:{run.id}")
         assert await reap(store, pool, leases, max_resumes=1) == []
         failed = await store.get_run(run.id)
         assert failed.state is RunState.FAILED and "resumed 1 times" in (failed.error or "")
@@ -92,3 +93,27 @@ async def test_a_cancelled_holder_drops_the_lease_but_leaves_the_run_live(aredis
     await asyncio.gather(task, return_exceptions=True)
     assert await aredis.get(leases.key("r1")) is None, "another worker may take it at once"
     assert await aredis.sismember(leases.live_key, "r1"), "the reaper still sees the run"  # type: ignore[misc]
+
+
+async def test_reaper_does_not_resume_again_while_the_last_resume_waits_in_the_queue(redis_url: str) -> None:
+    """With every worker busy, a resume job can wait longer than the reaper's claim lasts: resuming the run
+    again each time would only queue more jobs behind it, spend its resumes and fail a run that never ran."""
+    pool = queue.connect(redis_url)
+    store = RedisStore(pool)
+    leases = Leases(pool, "routines:", lease_s=0.3)
+    run = Run(id=new_run_id(), routine="nightly", repo="acme/calc", trigger=Trigger("api", actor="test"))
+    await store.create_run(run)
+    try:
+        await leases.hand_back([run.id])
+        first = queue.resume_job_id(run.id, 1)
+        assert await reap(store, pool, leases, max_resumes=1) == [first]
+        for _ in range(3):  # reaper passes after each claim lapsed, the resume job still queued
+            await pool.delete(f"routines:reaping:{run.id}")
+            assert await reap(store, pool, leases, max_resumes=1) == []
+        assert await _job_ids(pool) == {first} and (await store.get_run(run.id)).state is RunState.QUEUED
+        await pool.zrem("arq:queue", first)  # the resume job ran, and its worker died in turn
+        await pool.delete(f"arq:job:{first}", f"routines:reaping:{run.id}")
+        assert await reap(store, pool, leases, max_resumes=1) == []
+        assert (await store.get_run(run.id)).state is RunState.FAILED, "its one resume was spent: it fails"
+    finally:
+        await pool.aclose()

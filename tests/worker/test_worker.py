@@ -31,7 +31,7 @@ from app.store.leases import Leases, reap
 from app.store.routine_states import PAUSED, RoutineStates
 from app.store.runs import RedisStore
 from app.worker.ticks import ScheduleTicker
-from app.worker.worker import close_worker, create_worker, shutdown, stop_worker
+from app.worker.worker import close_worker, create_worker, hand_back, shutdown, stop_worker
 from tests.support.clock import Clock
 
 HOURLY = '---\nname: hourly\nrepo: acme/api\non:\n  schedule:\n    - cron: "0 * * * *"\n---\nTidy up.\n'
@@ -418,12 +418,11 @@ async def test_a_run_a_stopping_worker_stopped_before_its_lease_is_resumed_by_th
     settings = settings_for(tmp_path, redis_url)
     entered = asyncio.Event()
 
-    async def before_the_lease(ctx: dict[str, Any]) -> None:
+    async def before_the_lease() -> None:  # the run's first step, before its lease: here it never ends
         entered.set()
         await asyncio.Event().wait()
 
     worker = create_worker(settings, handle_signals=False, tick_s=None)
-    worker.functions["job"] = func(before_the_lease, name="job")
     pool = queue.connect(redis_url)
     store = RedisStore(pool)
     run = Run(id=new_run_id(), routine="hourly", repo="acme/api", trigger=Trigger("api", actor="test"))
@@ -432,16 +431,35 @@ async def test_a_run_a_stopping_worker_stopped_before_its_lease_is_resumed_by_th
         await until(lambda: getattr(worker, "leases", None) is not None, "the worker to start")
         polling.cancel()  # as stop_worker does first: from here on the worker takes only what it is given
         await asyncio.gather(polling, return_exceptions=True)
+        worker.ctx["services"].refresh_routines = before_the_lease
         await store.create_run(run)
+        assert await queue.enqueue_run(pool, run.id)
         job_id = queue.run_job_id(run.id)
-        await pool.enqueue_job("job", _job_id=job_id)
         await worker.start_jobs([job_id.encode()])  # taken: its in-progress mark is set, its task not yet run
-        assert job_id in worker.tasks and await pool.exists(f"arq:in-progress:{job_id}")
+        assert job_id in worker.tasks  # (no await until the close: the task must not take a step)
         if started:
             await asyncio.wait_for(entered.wait(), 10)
         await close_worker(worker)  # cancels the job: before its first step, or in the run's code
         assert entered.is_set() is started
+        if not started:  # the mark outlives the stop: without the hand-back, no worker would take the job
+            assert await pool.exists(f"arq:in-progress:{job_id}")
         leases = Leases(pool, "routines:", lease_s=60)
         assert await reap(store, pool, leases, max_resumes=3) == [queue.resume_job_id(run.id, 1)]
     finally:
         await pool.aclose()
+
+
+async def test_only_the_runs_that_did_not_get_to_their_end_are_handed_back(aredis: aioredis.Redis) -> None:
+    """A job that ended (its run over, or held elsewhere) may still be among the jobs a worker took: its run is
+    not handed back, since its concurrency group may have passed on already."""
+
+    async def ended() -> None:
+        return None
+
+    over, stopped = asyncio.create_task(ended()), asyncio.create_task(ended())
+    stopped.cancel()
+    await asyncio.gather(over, stopped, return_exceptions=True)
+    claimed = {"run:over": over, "run:stopped": stopped, "delivery:d1": stopped}
+    leases = Leases(aredis, "routines:", lease_s=60)
+    assert await hand_back(leases, claimed, {"cut-short"}) == ["cut-short", "stopped"]
+    assert await aredis.smembers(leases.live_key) == {b"cut-short", b"stopped"}  # type: ignore[misc]
