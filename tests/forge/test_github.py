@@ -283,9 +283,12 @@ async def test_tokens_asked_for_together_with_the_same_scope_are_one_token_and_n
     async with hub.forge() as forge:
         info = await forge.resolve("acme/api")
         before = mints(hub)
-        write = {"contents": "write"}
+        write = {"contents": "write", "pull_requests": "write"}
+        reordered = {"pull_requests": "write", "contents": "write"}  # the same scope, written another way
         *same, narrower = await asyncio.gather(
-            *(forge.credentials(info, dict(write)) for _ in range(5)), forge.credentials(info, {"contents": "read"})
+            *(forge.credentials(info, dict(write)) for _ in range(4)),
+            forge.credentials(info, reordered),
+            forge.credentials(info, {"contents": "read"}),
         )
         assert mints(hub) - before == 2  # one for the five that asked for the same scope, one for the other
         assert len({c.password for c in same}) == 1 and narrower.password != same[0].password
