@@ -3,11 +3,12 @@
 The worker executing a run holds `<prefix>lease:<run_id>` = its worker id, with a TTL of `lease_s`,
 renewed every `lease_s / 3` by a background task and deleted at the end (both compare-and-set in
 Lua, so a worker never renews or drops a lease another worker took). Taking the lease puts the run
-id in the set `<prefix>live`, in the same transaction; a stopping worker also puts there the runs of
-every job it had taken, started or not (`hand_back`). The reaper, run by every worker, re-enqueues
-each live run that is not over and whose lease nobody holds as the job `run:<id>:resume:<n>` (arq
-refuses to start a job id whose killed predecessor still has its in-progress key), at most
-`max_resumes` times; then the run fails with a reason.
+id in the set `<prefix>live`, in the same transaction; a stopping worker also puts there the runs it
+cut short, whether or not they had taken their lease (`hand_back`). The reaper, run by every worker,
+re-enqueues each live run that is not over, whose lease nobody holds and whose last resume job is not
+still waiting in the queue, as the job `run:<id>:resume:<n>` (arq refuses to start a job id whose
+killed predecessor still has its in-progress key), at most `max_resumes` times; then the run fails
+with a reason.
 """
 
 from __future__ import annotations
@@ -70,9 +71,9 @@ class Leases:
     async def hand_back(self, run_ids: list[str]) -> None:
         """Mark runs live without taking their leases: at its next pass the reaper resumes each that is
         not over and whose lease nobody holds (and forgets those that are over). A stopping worker hands
-        back the runs of the jobs it took: one it stopped before the run took its lease would otherwise
-        wait until its job's in-progress mark lapsed (the job's timeout), or never run again (arq fails
-        a cancelled job's second try when, as a run's, it allows one)."""
+        back the runs it cut short (app.worker.worker.hand_back): one stopped before it took its lease
+        would otherwise wait until its job's in-progress mark lapsed (the job's timeout), or never run
+        again (arq fails a cancelled job's second try when, as a run's, it allows one)."""
         if run_ids:
             await self.redis.sadd(self.live_key, *run_ids)  # type: ignore[misc]
 
