@@ -9,14 +9,22 @@ re-enqueues each live run that is not over, whose lease nobody holds and whose l
 still waiting in the queue, as the job `run:<id>:resume:<n>` (arq refuses to start a job id whose
 killed predecessor still has its in-progress key), at most `max_resumes` times; then the run fails
 with a reason.
+
+A run whose job a worker took (arq's in-progress mark) but which never took its lease, because that
+worker was killed in between, is in no live set. `hand_back_orphans`, run by every worker every
+`lease_s`, finds such jobs at the head of arq's queue: taken, their run not over and its lease free,
+seen so twice at least `2 * lease_s` apart (a live worker takes the lease within milliseconds). It
+marks their runs live, and the reaper resumes them as above.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -24,7 +32,7 @@ from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
 from redis import asyncio as aioredis
 
-from app.core.domain import Event, RunState
+from app.core.domain import Event, Run, RunState
 from app.core.errors import InvalidTransition, RunNotFound
 from app.store import queue
 from app.store.runs import RedisStore
@@ -35,6 +43,10 @@ _RENEW = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end"
 )
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
+
+
+ORPHAN_SCAN = 2_000  # jobs read from the head of arq's queue per sweep: taken jobs sit there, oldest first
+_STATUS_BATCH = 50  # job statuses asked for at once (one connection each)
 
 
 def new_worker_id() -> str:
@@ -192,3 +204,61 @@ async def _resume_or_fail(
     await pool.enqueue_job(queue.RUN_JOB, run_id, _job_id=job_id)
     log.warning("run %s lost its worker; resuming it as job %s", run_id, job_id)
     return job_id
+
+
+async def hand_back_orphans(
+    store: RedisStore,
+    pool: ArqRedis,
+    leases: Leases,
+    *,
+    clock: Callable[[], float] = time.time,
+    scan: int = ORPHAN_SCAN,
+) -> list[str]:
+    """Mark live the runs whose job a worker took but which never took their lease; returns those runs.
+
+    arq marks a job in progress as it takes it, and keeps the mark for the job's timeout plus 10 s. A
+    worker killed before its run took the lease leaves the run queued, in no live set, behind that mark:
+    while it lasts no worker starts the job, and once it lapses arq fails the job as a second try. A run
+    job of the first `scan` in arq's queue (taken jobs are among the oldest) that is in progress while
+    its run is not over and nobody holds its lease is noted with the time it was first seen so (a key
+    under `<prefix>orphan:` that lapses on its own); seen so again `2 * lease_s` later, its worker is
+    gone, and its run is handed to the reaper (`Leases.hand_back`). A live worker that took a job takes
+    the lease within milliseconds; one that took longer only costs the run one of its resumes, and the
+    lease still lets one job execute it at a time. Safe on many workers at once."""
+    grace = 2 * leases.lease_s
+    jobs = {}
+    for raw in await pool.zrange(pool.default_queue_name, 0, scan - 1):
+        job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+        run_id = queue.run_of_job(job_id)
+        if run_id is not None:
+            jobs[job_id] = run_id
+    if not jobs:
+        return []
+    held = await leases.held_of(sorted(set(jobs.values())))
+    waiting = [job_id for job_id, run_id in jobs.items() if run_id not in held]
+    statuses: list[JobStatus] = []
+    for i in range(0, len(waiting), _STATUS_BATCH):
+        statuses += await asyncio.gather(*(Job(job_id, pool).status() for job_id in waiting[i : i + _STATUS_BATCH]))
+    taken = [job_id for job_id, status in zip(waiting, statuses, strict=True) if status is JobStatus.in_progress]
+    if not taken:
+        return []
+    records = await pool.mget([store.key("run", jobs[job_id]) for job_id in taken])
+    now, found = clock(), {}
+    for job_id, raw in zip(taken, records, strict=True):
+        if raw is None or Run.from_json(json.loads(raw)).state.terminal:
+            continue
+        marker = f"{leases.prefix}orphan:{job_id}"
+        async with pool.pipeline(transaction=False) as pipe:
+            pipe.set(marker, repr(now), nx=True, px=max(1, int(grace * 4000)))
+            pipe.get(marker)
+            _, first = await pipe.execute()
+        if first is not None and now - float(first) >= grace:
+            found[jobs[job_id]] = marker
+    if not found:
+        return []
+    runs = sorted(found)
+    await leases.hand_back(runs)
+    await pool.delete(*found.values())
+    for run_id in runs:
+        log.warning("run %s: the worker that took its job stopped before the run began; handed to the reaper", run_id)
+    return runs

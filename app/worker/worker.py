@@ -35,7 +35,7 @@ from app.models.anthropic import AnthropicModel
 from app.services import Services, build
 from app.store import queue
 from app.store.archive import RunArchive, archive_old_runs
-from app.store.leases import Leases, new_worker_id, reap
+from app.store.leases import Leases, hand_back_orphans, new_worker_id, reap
 from app.store.metrics import WORKER_INFO_KEY
 from app.triggers.dispatch import restart_stalled_groups
 from app.triggers.intake import DELIVERY_JOB, DeliveryPump
@@ -85,6 +85,10 @@ def create_worker(
             log.warning("run %s held its concurrency group but had no job (a worker died); enqueued", run_id)
         return [*resumed, *stalled]
 
+    async def orphans(services: Services) -> object:
+        leases = Leases(services.store.redis, services.store.prefix, settings.lease_s)
+        return await hand_back_orphans(services.store, services.pool, leases)
+
     started = time.time()
 
     async def describe(services: Services) -> object:
@@ -105,6 +109,7 @@ def create_worker(
         Periodic("schedule", every_s, ticker.tick),
         sweep,
         Periodic("reaper", settings.reaper_s, reaper),
+        Periodic("orphans", settings.lease_s, orphans),
         Periodic("describe", DESCRIBE_S, describe),
         Periodic("retention", RETENTION_S, retention),
         *periodic,

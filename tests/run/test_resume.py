@@ -20,6 +20,7 @@ from app.run.resume import INTERRUPTED, rebuild
 from app.testing.anthropic_server import Script, Turn, bash, edit_create, edit_str_replace, text, tool_use
 from app.testing.stack import Stack, WorkerThread, running_stack
 from tests.run.test_runner import CALC, TEST, routine_file
+from tests.support.takers import killed_after_taking
 
 LEASE_S = 1.5
 
@@ -145,6 +146,20 @@ def test_a_worker_stopped_with_sigterm_hands_its_run_to_another_worker(stack: St
     events = stack.events(run_id)
     assert [e["data"]["from_turn"] for e in events if e["type"] == "run.resumed"] == [5]
     assert [e["data"]["turn"] for e in events if e["type"] == "model.turn"] == list(range(1, 11))
+
+
+def test_a_worker_killed_before_its_run_took_the_lease_leaves_the_run_to_another_worker(stack: Stack) -> None:
+    """Killed in the milliseconds between arq taking the job and the run taking its lease: the run was never
+    live, and its job stays marked in progress for hours. The other worker's sweep finds the job taken
+    and the run's lease free, twice two leases apart, and hands the run to its reaper."""
+    stack.anthropic.add_script(ten_turns("[script:drill]"))
+    run_id = stack.fire("drill").json()["run_id"]
+    assert killed_after_taking(stack.settings.redis_url or "") == [run_id]
+    run = finish_elsewhere(stack, run_id)
+
+    assert run["state"] == "succeeded", run["error"]
+    states = [e["data"]["state"] for e in stack.events(run_id) if e["type"] == "run.state"]
+    assert states == ["queued", "preparing", "running", "finishing", "succeeded"]
 
 
 def _is(body: dict[str, Any], script: Script) -> bool:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 
 from arq.connections import ArqRedis
+from arq.jobs import Job, JobStatus
 from redis import asyncio as aioredis
 
 from app.core.domain import Run, RunState, Trigger, new_run_id
 from app.store import queue
-from app.store.leases import Leases, reap
+from app.store.leases import Leases, hand_back_orphans, reap
 from app.store.runs import RedisStore
-from tests.support.clock import Ticks
+from tests.support.clock import Clock, Ticks
+from tests.support.takers import killed_after_taking
 
 
 async def test_one_holder_at_a_time_and_only_the_holder_renews_or_releases(aredis: aioredis.Redis) -> None:
@@ -117,3 +119,60 @@ async def test_reaper_does_not_resume_again_while_the_last_resume_waits_in_the_q
         assert (await store.get_run(run.id)).state is RunState.FAILED, "its one resume was spent: it fails"
     finally:
         await pool.aclose()
+
+
+async def test_a_run_whose_worker_was_killed_between_its_job_and_its_lease_is_resumed(redis_url: str) -> None:
+    """A worker SIGKILLed after arq took the run's job (in-progress mark set, try counted) but before the run
+    took its lease: no live set holds the run, and arq would fail the job as a second try once its mark
+    lapses, hours later. The sweep notes it, hands it to the reaper when seen so again, and it is resumed."""
+    pool = queue.connect(redis_url)
+    store = RedisStore(pool)
+    leases = Leases(pool, "routines:", lease_s=0.3)
+    clock = Clock(1000.0)
+    run = _run()
+    await store.create_run(run)
+    try:
+        assert await queue.enqueue_run(pool, run.id)
+        assert await asyncio.to_thread(killed_after_taking, redis_url) == [run.id]
+        job = Job(queue.run_job_id(run.id), pool)
+        assert await job.status() is JobStatus.in_progress
+        assert await hand_back_orphans(store, pool, leases, clock=clock) == [], "first seen: perhaps a live worker"
+        assert await reap(store, pool, leases, max_resumes=1) == []
+        clock.advance(0.5)
+        assert await hand_back_orphans(store, pool, leases, clock=clock) == [], "not yet 2 leases later"
+        clock.advance(0.1)
+        assert await hand_back_orphans(store, pool, leases, clock=clock) == [run.id]
+        assert await reap(store, pool, leases, max_resumes=1) == [queue.resume_job_id(run.id, 1)]
+        assert await hand_back_orphans(store, pool, leases, clock=clock) == [], "noted afresh, handed back once"
+        assert await job.status() is JobStatus.in_progress, "the killed job is left to arq"
+    finally:
+        await pool.aclose()
+
+
+async def test_the_sweep_passes_over_queued_jobs_held_runs_and_runs_that_are_over(redis_url: str) -> None:
+    pool = queue.connect(redis_url)
+    store = RedisStore(pool)
+    leases = Leases(pool, "routines:", lease_s=0.3)
+    clock = Clock(1000.0)
+    held, over, orphan, waiting = (_run() for _ in range(4))
+    try:
+        for run in (held, over, orphan):
+            await store.create_run(run)
+            assert await queue.enqueue_run(pool, run.id)
+        taken = set(await asyncio.to_thread(killed_after_taking, redis_url, 3))
+        assert taken == {held.id, over.id, orphan.id}
+        await store.create_run(waiting)
+        assert await queue.enqueue_run(pool, waiting.id)  # queued after the kill: no worker took it yet
+        assert await leases.take(held.id, "worker-b")  # another worker resumed this one already
+        await store.transition(over.id, RunState.CANCELLED)
+        assert await hand_back_orphans(store, pool, leases, clock=clock) == []
+        clock.advance(0.6)
+        assert await hand_back_orphans(store, pool, leases, clock=clock) == [orphan.id]
+        assert await Job(queue.run_job_id(waiting.id), pool).status() is JobStatus.queued
+        assert set(map(bytes.decode, await pool.smembers(leases.live_key))) == {held.id, orphan.id}  # type: ignore[misc]
+    finally:
+        await pool.aclose()
+
+
+def _run() -> Run:
+    return Run(id=new_run_id(), routine="nightly", repo="acme/calc", trigger=Trigger("api", actor="test"))
