@@ -11,10 +11,10 @@ killed predecessor still has its in-progress key), at most `max_resumes` times; 
 with a reason.
 
 A run whose job a worker took (arq's in-progress mark) but which never took its lease, because that
-worker was killed in between, is in no live set. `hand_back_orphans`, run by every worker every
-`lease_s`, finds such jobs at the head of arq's queue: taken, their run not over and its lease free,
-seen so twice at least `2 * lease_s` apart (a live worker takes the lease within milliseconds). It
-marks their runs live, and the reaper resumes them as above.
+worker was killed in between, is in no live set. `hand_back_orphans`, run about every `lease_s` by
+one worker at a time, finds such jobs at the head of arq's queue: taken, their run not live, not over
+and its lease free, seen so in sweeps at least `2 * lease_s` apart (a live worker takes the lease
+within milliseconds). It marks their runs live, and the reaper resumes them as above.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -46,7 +45,7 @@ _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL
 
 
 ORPHAN_SCAN = 2_000  # jobs read from the head of arq's queue per sweep: taken jobs sit there, oldest first
-_STATUS_BATCH = 50  # job statuses asked for at once (one connection each)
+_STATUS_BATCH = 50  # job statuses asked for at once (each a transaction of its own)
 
 
 def new_worker_id() -> str:
@@ -211,22 +210,24 @@ async def hand_back_orphans(
     pool: ArqRedis,
     leases: Leases,
     *,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] | None = None,
     scan: int = ORPHAN_SCAN,
 ) -> list[str]:
     """Mark live the runs whose job a worker took but which never took their lease; returns those runs.
 
     arq marks a job in progress as it takes it, and keeps the mark for the job's timeout plus 10 s. A
     worker killed before its run took the lease leaves the run queued, in no live set, behind that mark:
-    while it lasts no worker starts the job, and once it lapses arq fails the job as a second try. A run
-    job of the first `scan` in arq's queue (taken jobs are among the oldest) that is in progress while
-    its run is not over and nobody holds its lease is noted with the time it was first seen so (a key
-    under `<prefix>orphan:` that lapses on its own); seen so again `2 * lease_s` later, its worker is
+    while it lasts no worker starts the job, and once it lapses arq fails the job as a second try (or
+    runs it, if the kill came before arq counted the try). A run job among the first `scan` of arq's
+    queue (a worker takes only jobs near its head) that is in progress while its run is not live, not
+    over and nobody holds its lease is noted with the time it was first seen so, by `clock` (default:
+    the Redis server's, one clock for every worker), under `<prefix>orphan:<job id>`; the note is
+    dropped when the job is seen held, live or over. Seen so again `2 * lease_s` later, its worker is
     gone, and its run is handed to the reaper (`Leases.hand_back`). A live worker that took a job takes
     the lease within milliseconds; one that took longer only costs the run one of its resumes, and the
     lease still lets one job execute it at a time. Safe on many workers at once."""
     grace = 2 * leases.lease_s
-    jobs = {}
+    jobs: dict[str, str] = {}
     for raw in await pool.zrange(pool.default_queue_name, 0, scan - 1):
         job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
         run_id = queue.run_of_job(job_id)
@@ -234,31 +235,58 @@ async def hand_back_orphans(
             jobs[job_id] = run_id
     if not jobs:
         return []
-    held = await leases.held_of(sorted(set(jobs.values())))
-    waiting = [job_id for job_id, run_id in jobs.items() if run_id not in held]
+    runs = sorted(set(jobs.values()))
+    held = await leases.held_of(runs)
+    live = {run_id for run_id, member in zip(runs, await pool.smismember(leases.live_key, runs), strict=True) if member}  # type: ignore[misc]
+    waiting = [job_id for job_id, run_id in jobs.items() if run_id not in held and run_id not in live]
     statuses: list[JobStatus] = []
     for i in range(0, len(waiting), _STATUS_BATCH):
         statuses += await asyncio.gather(*(Job(job_id, pool).status() for job_id in waiting[i : i + _STATUS_BATCH]))
     taken = [job_id for job_id, status in zip(waiting, statuses, strict=True) if status is JobStatus.in_progress]
-    if not taken:
+    records = await pool.mget([store.key("run", jobs[job_id]) for job_id in taken]) if taken else []
+    suspects = [job_id for job_id, raw in zip(taken, records, strict=True) if _not_over(jobs[job_id], raw)]
+    cleared = [_orphan_key(leases, job_id) for job_id in jobs.keys() - set(suspects)]
+    if cleared:  # a note holds only while every sweep sees the job so
+        await pool.delete(*cleared)
+    if not suspects:
         return []
-    records = await pool.mget([store.key("run", jobs[job_id]) for job_id in taken])
-    now, found = clock(), {}
-    for job_id, raw in zip(taken, records, strict=True):
-        if raw is None or Run.from_json(json.loads(raw)).state.terminal:
-            continue
-        marker = f"{leases.prefix}orphan:{job_id}"
-        async with pool.pipeline(transaction=False) as pipe:
-            pipe.set(marker, repr(now), nx=True, px=max(1, int(grace * 4000)))
-            pipe.get(marker)
-            _, first = await pipe.execute()
-        if first is not None and now - float(first) >= grace:
-            found[jobs[job_id]] = marker
-    if not found:
+    now = clock() if clock is not None else await _server_time(pool)
+    async with pool.pipeline(transaction=False) as pipe:
+        for job_id in suspects:
+            pipe.set(_orphan_key(leases, job_id), repr(now), nx=True, px=max(1, int(grace * 4000)))
+            pipe.get(_orphan_key(leases, job_id))
+        noted = (await pipe.execute())[1::2]
+    orphans = [job_id for job_id, first in zip(suspects, noted, strict=True) if first and now - float(first) >= grace]
+    if not orphans:
         return []
-    runs = sorted(found)
-    await leases.hand_back(runs)
-    await pool.delete(*found.values())
-    for run_id in runs:
+    found = sorted({jobs[job_id] for job_id in orphans})
+    await leases.hand_back(found)
+    await pool.delete(*(_orphan_key(leases, job_id) for job_id in orphans))
+    for run_id in found:
         log.warning("run %s: the worker that took its job stopped before the run began; handed to the reaper", run_id)
-    return runs
+    return found
+
+
+def _orphan_key(leases: Leases, job_id: str) -> str:
+    return f"{leases.prefix}orphan:{job_id}"
+
+
+def _not_over(run_id: str, raw: bytes | None) -> bool:
+    """Whether the stored run `raw` exists and is not over (an unreadable one is logged and passed over)."""
+    if raw is None:
+        return False
+    try:
+        return not Run.from_json(json.loads(raw)).state.terminal
+    except (ValueError, KeyError, TypeError) as exc:
+        log.error(
+            "run %s: its record cannot be read (%s: %s); the orphan sweep passes over it",
+            run_id,
+            type(exc).__name__,
+            exc,
+        )
+        return False
+
+
+async def _server_time(pool: ArqRedis) -> float:
+    seconds, microseconds = await pool.time()
+    return float(seconds) + float(microseconds) / 1_000_000

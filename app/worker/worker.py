@@ -86,6 +86,10 @@ def create_worker(
         return [*resumed, *stalled]
 
     async def orphans(services: Services) -> object:
+        """One worker at a time sweeps, about every lease: its cost grows with the queue, not the workers."""
+        claim = services.store.prefix + "orphan-sweep"
+        if not await services.store.redis.set(claim, worker_id, nx=True, px=max(1, int(settings.lease_s * 1000))):
+            return []
         leases = Leases(services.store.redis, services.store.prefix, settings.lease_s)
         return await hand_back_orphans(services.store, services.pool, leases)
 

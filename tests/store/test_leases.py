@@ -149,18 +149,21 @@ async def test_a_run_whose_worker_was_killed_between_its_job_and_its_lease_is_re
         await pool.aclose()
 
 
-async def test_the_sweep_passes_over_queued_jobs_held_runs_and_runs_that_are_over(redis_url: str) -> None:
+async def test_the_sweep_passes_over_queued_jobs_and_held_live_or_ended_runs(redis_url: str) -> None:
     pool = queue.connect(redis_url)
     store = RedisStore(pool)
     leases = Leases(pool, "routines:", lease_s=0.3)
     clock = Clock(1000.0)
-    held, over, orphan, waiting = (_run() for _ in range(4))
+    held, over, orphan, resumed, waiting = (_run() for _ in range(5))
     try:
-        for run in (held, over, orphan):
+        for run in (held, over, orphan, resumed):
             await store.create_run(run)
+        for run in (held, over, orphan):
             assert await queue.enqueue_run(pool, run.id)
-        taken = set(await asyncio.to_thread(killed_after_taking, redis_url, 3))
-        assert taken == {held.id, over.id, orphan.id}
+        await leases.hand_back([resumed.id])  # live: its resume job is the reaper's to watch
+        await pool.enqueue_job(queue.RUN_JOB, resumed.id, _job_id=queue.resume_job_id(resumed.id, 1))
+        taken = set(await asyncio.to_thread(killed_after_taking, redis_url, 4))
+        assert taken == {held.id, over.id, orphan.id, resumed.id}
         await store.create_run(waiting)
         assert await queue.enqueue_run(pool, waiting.id)  # queued after the kill: no worker took it yet
         assert await leases.take(held.id, "worker-b")  # another worker resumed this one already
@@ -169,7 +172,48 @@ async def test_the_sweep_passes_over_queued_jobs_held_runs_and_runs_that_are_ove
         clock.advance(0.6)
         assert await hand_back_orphans(store, pool, leases, clock=clock) == [orphan.id]
         assert await Job(queue.run_job_id(waiting.id), pool).status() is JobStatus.queued
-        assert set(map(bytes.decode, await pool.smembers(leases.live_key))) == {held.id, orphan.id}  # type: ignore[misc]
+        assert set(map(bytes.decode, await pool.smembers(leases.live_key))) == {held.id, orphan.id, resumed.id}  # type: ignore[misc]
+    finally:
+        await pool.aclose()
+
+
+async def test_a_sighting_is_forgotten_once_the_run_is_seen_with_its_lease(redis_url: str) -> None:
+    """A slow live worker takes the lease after the first sighting: the note goes, and only two sightings in
+    a row without the lease hand a run back."""
+    pool = queue.connect(redis_url)
+    store = RedisStore(pool)
+    leases = Leases(pool, "routines:", lease_s=0.3)
+    clock = Clock(1000.0)
+    run = _run()
+    await store.create_run(run)
+    try:
+        assert await queue.enqueue_run(pool, run.id)
+        assert await asyncio.to_thread(killed_after_taking, redis_url) == [run.id]
+        assert await hand_back_orphans(store, pool, leases, clock=clock) == []
+        assert await leases.take(run.id, "worker-b")
+        clock.advance(0.6)
+        assert await hand_back_orphans(store, pool, leases, clock=clock) == []
+        await leases.release(run.id, "worker-b")  # lease and live mark gone, the run not over: an orphan again
+        assert await hand_back_orphans(store, pool, leases, clock=clock) == [], "seen afresh"
+        clock.advance(0.6)
+        assert await hand_back_orphans(store, pool, leases, clock=clock) == [run.id]
+    finally:
+        await pool.aclose()
+
+
+async def test_the_sweep_reads_the_time_from_redis_by_default(redis_url: str) -> None:
+    pool = queue.connect(redis_url)
+    store = RedisStore(pool)
+    leases = Leases(pool, "routines:", lease_s=60)
+    run = _run()
+    await store.create_run(run)
+    try:
+        assert await queue.enqueue_run(pool, run.id)
+        assert await asyncio.to_thread(killed_after_taking, redis_url) == [run.id]
+        assert await hand_back_orphans(store, pool, leases) == []
+        seconds, _ = await pool.time()
+        noted = await pool.get(f"routines:orphan:{queue.run_job_id(run.id)}")
+        assert noted is not None and abs(float(noted) - seconds) < 5
     finally:
         await pool.aclose()
 

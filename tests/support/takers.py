@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import subprocess
@@ -36,18 +37,20 @@ def killed_after_taking(redis_url: str, count: int = 1, timeout_s: float = 30) -
     """Start an arq worker (arq alone) whose run job prints its run's id and waits; SIGKILL it once it has
     taken `count` run jobs. Returns their runs: each job is left as a killed worker leaves it, marked in
     progress by arq, its try counted, and its run without a lease."""
-    process = subprocess.Popen([sys.executable, "-c", _TAKER, redis_url], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", _TAKER, redis_url], stdout=subprocess.PIPE, bufsize=0)
     try:
         assert process.stdout is not None
+        out = process.stdout.fileno()
         deadline = time.monotonic() + timeout_s
-        taken: list[str] = []
-        while len(taken) < count:
-            ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            line = process.stdout.readline() if ready else ""
-            if not line:
-                raise TimeoutError(f"the taker took {len(taken)} of {count} run jobs (exit code {process.poll()})")
-            taken.append(line.strip())
-        return taken
+        printed = b""
+        while printed.count(b"\n") < count:
+            ready, _, _ = select.select([out], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(out, 4096) if ready else b""
+            if not chunk:
+                taken = printed.count(b"\n")
+                raise TimeoutError(f"the taker took {taken} of {count} run jobs (exit code {process.poll()})")
+            printed += chunk
+        return printed.decode().split()
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
