@@ -7,8 +7,8 @@ id in the set `<prefix>live`, in the same transaction; a stopping worker also pu
 cut short, whether or not they had taken their lease (`hand_back`). The reaper, run by every worker,
 re-enqueues each live run that is not over, whose lease nobody holds and whose last resume job is not
 still waiting in the queue, as the job `run:<id>:resume:<n>` (arq refuses to start a job id whose
-killed predecessor still has its in-progress key), at most `max_resumes` times; then the run fails
-with a reason.
+killed predecessor still has its in-progress key), at most `max_resumes` times (counting the resumes
+of runs that had started); then the run fails with a reason.
 
 A run whose job a worker took (arq's in-progress mark) but which never took its lease, because that
 worker was killed in between, is in no live set. `hand_back_orphans`, run about every `lease_s` by
@@ -44,6 +44,7 @@ _RENEW = (
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
 
 
+RESUMES_KEEP_S = 7 * 86400  # how long a run's resume counts are kept
 ORPHAN_SCAN = 2_000  # jobs read from the head of arq's queue per sweep: taken jobs sit there, oldest first
 _STATUS_BATCH = 50  # job statuses asked for at once (each a transaction of its own)
 
@@ -166,7 +167,9 @@ async def reap(store: RedisStore, pool: ArqRedis, leases: Leases, *, max_resumes
         claim = f"{leases.prefix}reaping:{run_id}"
         if not await leases.redis.set(claim, "1", nx=True, px=max(3000, int(leases.lease_s * 3000))):
             continue
-        job_id = await _resume_or_fail(store, pool, leases, run_id, max_resumes)
+        job_id = await _resume_or_fail(
+            store, pool, leases, run_id, max_resumes, started=run.state is not RunState.QUEUED
+        )
         if job_id is not None:
             enqueued.append(job_id)
     return enqueued
@@ -185,13 +188,26 @@ async def _resume_waits(pool: ArqRedis, leases: Leases, run_id: str) -> bool:
 
 
 async def _resume_or_fail(
-    store: RedisStore, pool: ArqRedis, leases: Leases, run_id: str, max_resumes: int
+    store: RedisStore, pool: ArqRedis, leases: Leases, run_id: str, max_resumes: int, *, started: bool
 ) -> str | None:
-    attempt = int(await leases.redis.incr(f"{leases.prefix}resumes:{run_id}"))
-    await leases.redis.expire(f"{leases.prefix}resumes:{run_id}", 7 * 86400)
-    if attempt > max_resumes:
+    """Enqueue the run's next resume job, or fail the run once it was resumed `max_resumes` times. Only
+    resumes of a run that had started count (`started`: it left `queued`): a run still queued never ran
+    anything that could have stopped its worker, so a worker killed or stopped before it began the run
+    does not spend the run's resumes (the job ids still count every resume)."""
+    spent_key = f"{leases.prefix}resumes-spent:{run_id}"
+    async with leases.redis.pipeline(transaction=True) as pipe:
+        pipe.incr(f"{leases.prefix}resumes:{run_id}")
+        pipe.expire(f"{leases.prefix}resumes:{run_id}", RESUMES_KEEP_S)
+        if started:
+            pipe.incr(spent_key)
+            pipe.expire(spent_key, RESUMES_KEEP_S)
+        else:
+            pipe.get(spent_key)
+        results = await pipe.execute()
+    attempt, spent = int(results[0]), int(results[2] or 0)
+    if spent > max_resumes:
         message = (
-            f"the worker running this run stopped {attempt} times (killed or lost); it was resumed "
+            f"the worker running this run stopped {spent} times (killed or lost); it was resumed "
             f"{max_resumes} times and is given up — look at the workers' logs, then fire the routine again"
         )
         await store.append_event(run_id, Event("run.error", {"error": message}))

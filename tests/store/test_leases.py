@@ -76,6 +76,12 @@ async def test_reaper_resumes_a_run_whose_lease_expired_then_gives_up(redis_url:
         await pool.aclose()
 
 
+async def _lost(pool: ArqRedis, run_id: str, job_id: str) -> None:
+    """The job ran and its worker died (arq dropped it), and the reaper's claim on the run lapsed."""
+    await pool.zrem("arq:queue", job_id)
+    await pool.delete(f"arq:job:{job_id}", f"routines:reaping:{run_id}")
+
+
 async def _job_ids(pool: ArqRedis) -> set[str]:
     return {str(job.job_id) for job in await pool.queued_jobs()}
 
@@ -113,10 +119,31 @@ async def test_reaper_does_not_resume_again_while_the_last_resume_waits_in_the_q
             await pool.delete(f"routines:reaping:{run.id}")
             assert await reap(store, pool, leases, max_resumes=1) == []
         assert await _job_ids(pool) == {first} and (await store.get_run(run.id)).state is RunState.QUEUED
-        await pool.zrem("arq:queue", first)  # the resume job ran, and its worker died in turn
-        await pool.delete(f"arq:job:{first}", f"routines:reaping:{run.id}")
+    finally:
+        await pool.aclose()
+
+
+async def test_only_the_resumes_of_a_run_that_began_count_toward_the_limit(redis_url: str) -> None:
+    """A worker killed or stopped before it began a run (the run still queued) is not the run's doing: the
+    resume spends nothing. Once a run began, each resume counts, and past `max_resumes` the run fails."""
+    pool = queue.connect(redis_url)
+    store = RedisStore(pool)
+    leases = Leases(pool, "routines:", lease_s=0.3)
+    run = _run()
+    await store.create_run(run)
+    try:
+        await leases.hand_back([run.id])  # its worker stopped before it began the run
+        jobs = [queue.resume_job_id(run.id, n) for n in (1, 2, 3)]
+        assert await reap(store, pool, leases, max_resumes=1) == [jobs[0]]
+        await _lost(pool, run.id, jobs[0])  # that job's worker was killed before it began the run too
+        assert await reap(store, pool, leases, max_resumes=1) == [jobs[1]], "a run that never began spent nothing"
+        await store.transition(run.id, RunState.PREPARING)  # this one began it, and its worker died in turn
+        await _lost(pool, run.id, jobs[1])
+        assert await reap(store, pool, leases, max_resumes=1) == [jobs[2]], "its one resume"
+        await _lost(pool, run.id, jobs[2])
         assert await reap(store, pool, leases, max_resumes=1) == []
-        assert (await store.get_run(run.id)).state is RunState.FAILED, "its one resume was spent: it fails"
+        failed = await store.get_run(run.id)
+        assert failed.state is RunState.FAILED and "stopped 2 times" in (failed.error or ""), failed.error
     finally:
         await pool.aclose()
 
