@@ -240,8 +240,9 @@ async def hand_back_orphans(
     the Redis server's, one clock for every worker), under `<prefix>orphan:<job id>`; the note is
     dropped when the job is seen held, live or over. Seen so again `2 * lease_s` later, its worker is
     gone, and its run is handed to the reaper (`Leases.hand_back`). A live worker that took a job takes
-    the lease within milliseconds; one that took longer only costs the run one of its resumes, and the
-    lease still lets one job execute it at a time. Safe on many workers at once."""
+    the lease within milliseconds; one that took longer only costs the run a second job (its resumes
+    count only once it began), and the lease still lets one job execute it at a time. Safe on many
+    workers at once."""
     grace = 2 * leases.lease_s
     jobs: dict[str, str] = {}
     for raw in await pool.zrange(pool.default_queue_name, 0, scan - 1):
