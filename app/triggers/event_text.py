@@ -9,6 +9,7 @@ The runner fences the whole text once more as `trigger.text`.
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 from typing import Any
@@ -48,7 +49,7 @@ def field(label: str, value: Any, author: str | None = None) -> str:
     if len(text) > MAX_FIELD_CHARS:
         text = text[:MAX_FIELD_CHARS] + "\n[... cut ...]"
     text = _FIELD_END.sub("&lt;/field", text)
-    by = f' author="{clean(author)[:100]}"' if author else ""
+    by = f' author="{html.escape(clean(author).replace(chr(10), " ")[:100], quote=True)}"' if author else ""
     return f'<field name="{label}"{by} trust="untrusted">\n{text}\n</field>'
 
 
