@@ -197,8 +197,8 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
         async def main() -> str:
             services = await build(s)
             try:
-                services.catalog.get(args.name)
-                return await services.store.new_routine_token(args.name)
+                routine = services.catalog.get(args.name)
+                return await services.store.new_routine_token(args.name, routine.repos)
             finally:
                 await services.close()
 

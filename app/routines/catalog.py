@@ -113,6 +113,7 @@ class ApiRoutines:
 
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
+        self.prefix = prefix
         self.key = prefix + "routines:api"
         self.version_key = self.key + ":version"
         self._seen: bytes | None = None
@@ -131,13 +132,19 @@ class ApiRoutines:
         return await self._change(lambda pipe: pipe.hset(self.key, name, text))
 
     async def delete(self, name: str) -> bool:
-        """Remove routine `name`; False when the API has no such routine."""
-        return await self._change(lambda pipe: pipe.hdel(self.key, name))
+        """Remove routine `name` and its API token (app.store.runs), so a routine made again under that name
+        does not answer the old one's token; False when the API has no such routine."""
+
+        def write(pipe: Pipeline) -> None:
+            pipe.hdel(self.key, name)
+            pipe.delete(f"{self.prefix}token:{name}")
+
+        return await self._change(write)
 
     async def _change(self, write: Callable[[Pipeline], object]) -> bool:
         """`write` and a version bump in one transaction; whether `write` changed a field."""
         async with self.redis.pipeline(transaction=True) as pipe:
             write(pipe)
             pipe.incr(self.version_key)
-            changed, _ = await pipe.execute()
+            changed, *_ = await pipe.execute()
         return bool(changed)

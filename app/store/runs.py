@@ -7,7 +7,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis import asyncio as aioredis
@@ -255,19 +255,30 @@ class RedisStore:
             raw, _ = await pipe.execute()
         return [m.decode() for m in raw]
 
-    async def new_routine_token(self, routine: str) -> str:
-        """Create (or rotate) the routine's API token; only its hash is kept."""
+    async def new_routine_token(self, routine: str, repos: Sequence[str]) -> str:
+        """Create (or rotate) the routine's API token, bound to the repositories the routine names now
+        (`repos`); only its hash is kept. Deleting the routine drops it (app.routines.catalog)."""
         token = f"rt_{secrets.token_urlsafe(32)}"
-        await self.redis.set(self._key("token", routine), _digest(token))
+        await self.redis.set(self._key("token", routine), f"{_digest(token)} {_scope(repos)}")
         return token
 
-    async def check_routine_token(self, routine: str, token: str) -> bool:
+    async def check_routine_token(self, routine: str, token: str, repos: Sequence[str]) -> bool:
+        """Whether `token` is the routine's and was made while it named `repos`: a routine made again under
+        the same name, or changed to other repositories, needs a new token (`routines token NAME`)."""
         stored = await self.redis.get(self._key("token", routine))
-        return stored is not None and hmac.compare_digest(stored.decode(), _digest(token))
+        if stored is None:
+            return False
+        digest, _, scope = stored.decode().partition(" ")
+        return hmac.compare_digest(digest, _digest(token)) and hmac.compare_digest(scope, _scope(repos))
 
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _scope(repos: Sequence[str]) -> str:
+    """What a routine token is bound to besides the routine's name: its repositories, in any order or case."""
+    return hashlib.sha256("\n".join(sorted({repo.lower() for repo in repos})).encode()).hexdigest()
 
 
 def _event(eid: bytes | str, fields: dict[bytes, bytes]) -> Event:

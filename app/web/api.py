@@ -90,7 +90,7 @@ async def fire_routine(request: Request) -> Response:
         routine = services.catalog.get(name)
     except RoutineNotFound as exc:
         return error(404, str(exc)) if is_admin(services, token) else error(401, "invalid token")
-    if not (is_admin(services, token) or await services.store.check_routine_token(name, token)):
+    if not (is_admin(services, token) or await services.store.check_routine_token(name, token, routine.repos)):
         return error(401, f"invalid token for routine {name!r}; create one with `routines token {name}`")
     if not routine.on.api:
         return error(422, f"routine {name!r} has no api trigger; add `api: true` under `on:` in {routine.source}")

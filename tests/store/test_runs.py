@@ -108,12 +108,15 @@ async def test_list_runs_newest_first_filtered_and_paginated(aredis: aioredis.Re
 
 async def test_routine_tokens_rotate_and_are_stored_hashed(aredis: aioredis.Redis) -> None:
     store = RedisStore(aredis)
-    first = await store.new_routine_token("fix")
-    assert await store.check_routine_token("fix", first)
-    second = await store.new_routine_token("fix")
-    assert not await store.check_routine_token("fix", first)
-    assert await store.check_routine_token("fix", second)
-    assert not await store.check_routine_token("other", second)
+    repos = ("acme/app",)
+    first = await store.new_routine_token("fix", repos)
+    assert await store.check_routine_token("fix", first, repos)
+    second = await store.new_routine_token("fix", repos)
+    assert not await store.check_routine_token("fix", first, repos)
+    assert await store.check_routine_token("fix", second, repos)
+    assert not await store.check_routine_token("other", second, repos)
+    assert await store.check_routine_token("fix", second, ("Acme/App",))
+    assert not await store.check_routine_token("fix", second, ("acme/app", "acme/other"))
     raw = await aredis.get("routines:token:fix")
     assert raw is not None and second.encode() not in raw
 

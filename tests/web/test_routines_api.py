@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from redis import asyncio as aioredis
 
 from app.core.config import Settings
 from app.core.domain import Run, RunState, Trigger
 from app.core.errors import Refused
 from app.routines.catalog import ApiRoutines, RoutineCatalog
+from app.store.runs import RedisStore
 from app.testing.serve import serve_in_thread
 from app.web import routines_api
 from app.web.app import create_app
@@ -89,6 +92,38 @@ def test_a_routine_created_through_the_api_is_listed_fired_changed_and_deleted(w
     assert web.delete("/api/routines/nightly").json() == {"name": "nightly", "deleted": True}
     assert web.post("/api/routines/nightly/fire", json={}).status_code == 404
     assert web.delete("/api/routines/nightly").status_code == 404
+
+
+def test_a_routine_token_ends_with_its_routine_and_with_its_repositories(web: httpx.Client, redis_url: str) -> None:
+    """A fire token names a routine: the same name made again after a delete, or changed to other
+    repositories, is not the routine the token was given for."""
+
+    def token(repos: tuple[str, ...]) -> str:
+        async def mint() -> str:
+            client = aioredis.Redis.from_url(redis_url)
+            try:
+                return await RedisStore(client).new_routine_token("nightly", repos)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(mint())
+
+    def fire(with_token: str) -> int:
+        return web.post(
+            "/api/routines/nightly/fire", json={}, headers={"authorization": f"Bearer {with_token}"}
+        ).status_code
+
+    assert web.put("/api/routines/nightly", content=NIGHTLY).status_code == 201
+    old = token(("acme/api",))
+    assert fire(old) == 202
+    assert web.delete("/api/routines/nightly").status_code == 200
+    assert web.put("/api/routines/nightly", content=NIGHTLY).status_code == 201
+    assert fire(old) == 401, "deleting the routine dropped its token"
+    again = token(("ACME/api",))
+    assert fire(again) == 202, "the repositories are compared without case"
+    moved = NIGHTLY.replace("repo: acme/api", "repo: [acme/api, acme/secret]")
+    assert web.put("/api/routines/nightly", content=moved).status_code == 200
+    assert fire(again) == 401, "a routine changed to other repositories needs a new token"
 
 
 @pytest.mark.parametrize(

@@ -134,10 +134,10 @@ async def rotate_token(request: Request) -> Response:
     name = request.path_params["name"]
     await services.refresh_routines()
     try:
-        services.catalog.get(name)
+        routine = services.catalog.get(name)
     except RoutineNotFound as exc:
         return back("/routines", error=str(exc))
-    token = await services.store.new_routine_token(name)
+    token = await services.store.new_routine_token(name, routine.repos)
     return await routine_page(request, new_token=token)  # shown once, on this answer only
 
 
