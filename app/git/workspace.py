@@ -32,7 +32,13 @@ from app.git.snapshots import import_tree
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_TIMEOUT_S = 300.0
+# libgit2 keeps ~100 bytes per line of both sides while it builds a patch (100 MiB of newlines took
+# 9 GB), so a patch is only built from changed files this small together: their bytes are summed from
+# object headers first (nothing read), then their lines counted (one blob in memory at a time).
+MAX_DIFF_INPUT_BYTES = 64 * 1024 * 1024
+MAX_DIFF_INPUT_LINES = 1_000_000
 _GITLINK = 0o160000
+_BLOB_MODES = (pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE, pygit2.enums.FileMode.LINK)
 
 
 class Workspace:
@@ -96,19 +102,26 @@ class Workspace:
         self._tree = staged.tree
         return staged
 
-    def _base_diff(self) -> pygit2.Diff:
-        repo = self._repo()
+    def _base_diff(self, repo: pygit2.Repository) -> pygit2.Diff:
         base = repo[self.base_commit].peel(pygit2.Tree)
         return base.diff_to_tree(repo[self.tree].peel(pygit2.Tree))
 
     def changed_files(self) -> list[str]:
         """Paths added, modified or deleted from the base commit to the current tree."""
-        diff = self._base_diff()
+        diff = self._base_diff(self._repo())
         return sorted({path for delta in diff.deltas for path in (delta.old_file.path, delta.new_file.path)})
 
     def diff(self) -> str:
-        """The unified patch from the base commit to the current tree."""
-        return self._base_diff().patch or ""
+        """The unified patch from the base commit to the current tree. WorkspaceError, and no patch built,
+        when the changed files (old and new sides together) hold over MAX_DIFF_INPUT_BYTES or
+        MAX_DIFF_INPUT_LINES."""
+        try:
+            repo = self._repo()
+            diff = self._base_diff(repo)
+            _check_diff_inputs(repo, diff)
+            return diff.patch or ""
+        except (OSError, KeyError, pygit2.GitError) as exc:
+            raise WorkspaceError(f"could not diff {self.path} from its base commit: {exc}") from None
 
     async def commit(self, message: str, author_name: str, author_email: str) -> str | None:
         """Commit the current tree on top of the last commit (the base at first); None if nothing changed."""
@@ -275,6 +288,26 @@ def _push_local(repo: pygit2.Repository, target: Path, branch: str, head: pygit2
     if not force and old is not None and old.target != head and not dest.descendant_of(head, old.target):
         raise _moved(branch, str(target))
     dest.references.create(ref, head, force=True)
+
+
+def _check_diff_inputs(repo: pygit2.Repository, diff: pygit2.Diff) -> None:
+    """WorkspaceError unless the blobs `diff` compares hold at most MAX_DIFF_INPUT_BYTES, then at most
+    MAX_DIFF_INPUT_LINES, together; sizes come from object headers, so an oversized blob is never read."""
+    blobs = [side.id for delta in diff.deltas for side in (delta.old_file, delta.new_file) if side.mode in _BLOB_MODES]
+    size = 0
+    for oid in blobs:
+        size += repo.odb.read_header(oid)[1]
+        if size > MAX_DIFF_INPUT_BYTES:
+            raise WorkspaceError(
+                f"the changed files hold over {MAX_DIFF_INPUT_BYTES // 1024**2} MiB (old and new sides "
+                "together); no patch is built from that much"
+            )
+    lines = sum(repo[oid].peel(pygit2.Blob).data.count(b"\n") + 1 for oid in blobs)
+    if lines > MAX_DIFF_INPUT_LINES:
+        raise WorkspaceError(
+            f"the changed files hold {lines:,} lines (old and new sides together); no patch is built from "
+            f"over {MAX_DIFF_INPUT_LINES:,}"
+        )
 
 
 def _copy_objects(

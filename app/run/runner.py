@@ -13,7 +13,7 @@ from app.agent.tools.connectors import open_connectors
 from app.agent.tools.memory import Memory
 from app.agent.tools.toolbox import Toolbox
 from app.core.domain import JSON, Event, Routine, Run, RunState
-from app.core.errors import ConfigError, RoutinesError
+from app.core.errors import ConfigError, RoutinesError, WorkspaceError
 from app.core.ports import MODEL_ANSWERING, Boundary, Hands
 from app.run import environment
 from app.run.context import RunContext, RunEvents, RunnerDeps
@@ -153,9 +153,14 @@ async def _checkpoint(ctx: RunContext, hands: Hands, turn: int) -> None:
     if staged.skipped:
         await ctx.events.emit("workspace.skipped", {"turn": turn, "files": staged.skipped[:50]})
     if sha is not None:
-        patch: str | None = await asyncio.to_thread(ctx.checkout.diff)
-        size = len(patch or "")
-        if size > MAX_CHECKPOINT_PATCH_CHARS:
+        patch: str | None = None
+        size: int | None = None  # None: the changed files were too large to build a patch from at all
+        try:
+            patch = await asyncio.to_thread(ctx.checkout.diff)
+            size = len(patch)
+        except WorkspaceError as exc:
+            log.info("run %s: the patch of turn %d is left out: %s", ctx.run.id, turn, exc)
+        if size is not None and size > MAX_CHECKPOINT_PATCH_CHARS:
             patch = None  # another machine resumes from the base; this one still has the commit
         data: JSON = {"turn": turn, "commit": sha, "patch": patch, "patch_chars": size}
         await ctx.events.emit("workspace.checkpoint", data)
