@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from app.core.domain import JSON, Routine, Trigger
 
 INSTRUCTION_FILES = ("CLAUDE.md", "AGENTS.md")
+MAX_INSTRUCTION_FILE_BYTES = 1024 * 1024  # a bigger one is left out; what is read is cut to the budget
+ReadFile = Callable[[str, int], bytes | None]
+"""A regular file of the commit a run starts from, if at most that many bytes (app.core.ports.Checkout.base_file)."""
 _FENCE_END = re.compile(r"</\s*untrusted-data", re.IGNORECASE)
 _NOISE_KEYS = frozenset({"installation", "_links", "node_id", "gravatar_id", "performed_via_github_app"})
 
@@ -65,12 +69,14 @@ def build_system(
     *,
     workspace: Path,
     root: str | None = None,
+    read_file: ReadFile | None = None,
     max_instructions_chars: int = 20_000,
 ) -> list[JSON]:
     """The `system` blocks for a run of `routine` in `workspace` (seen by the model at `root`).
 
-    The repository's CLAUDE.md / AGENTS.md, when present inside the workspace, are added capped
-    to `max_instructions_chars` in total. The last block carries a cache breakpoint.
+    The repository's CLAUDE.md / AGENTS.md, read with `read_file` (the base commit's, from git objects:
+    the host never reads the work tree, which the sandbox's processes can change under it), are added
+    capped to `max_instructions_chars` in total. The last block carries a cache breakpoint.
     """
     rules = _RULES.format(
         name=routine.name,
@@ -87,7 +93,7 @@ def build_system(
         {"type": "text", "text": rules},
         {"type": "text", "text": f"{task}\n{routine.prompt.strip()}"},
     ]
-    instructions = repository_instructions(workspace, max_instructions_chars)
+    instructions = repository_instructions(read_file, max_instructions_chars) if read_file is not None else ""
     if instructions:
         blocks.append({"type": "text", "text": instructions})
     blocks[-1]["cache_control"] = {"type": "ephemeral"}
@@ -118,21 +124,16 @@ def fence_inline(text: str) -> str:
     return _FENCE_END.sub("&lt;/untrusted-data", text.replace("\n", " "))[:200]
 
 
-def repository_instructions(workspace: Path, max_chars: int) -> str:
-    """The repository's agent instructions, labelled; "" when there are none.
-
-    Only regular files that resolve inside the workspace are read, so a symlinked CLAUDE.md
-    cannot pull in a file from the worker.
-    """
-    real = workspace.resolve()
+def repository_instructions(read_file: ReadFile, max_chars: int) -> str:
+    """The repository's agent instructions, labelled; "" when there are none. `read_file(path, max_bytes)`
+    gives a regular file of the commit the run starts from (None: none, not a regular file, or larger),
+    so a symlinked CLAUDE.md reads nothing."""
     sections: list[str] = []
     budget = max_chars
     for name in INSTRUCTION_FILES:
-        path = (real / name).resolve()
-        if budget <= 0 or not path.is_relative_to(real) or not path.is_file():
+        raw = read_file(name, MAX_INSTRUCTION_FILE_BYTES) if budget > 0 else None
+        if raw is None:
             continue
-        with path.open("rb") as f:
-            raw = f.read(budget * 4 + 4)
         text = raw.decode(errors="replace")
         if len(text) > budget:
             text = text[:budget] + "\n[... cut ...]"

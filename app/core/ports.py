@@ -331,6 +331,11 @@ class Workspaces(Protocol):
 
     async def checkout(self, mirror: Path, base: str, dest: Path) -> Checkout: ...
 
+    async def fetch_pull(self, mirror: Path, url: str, creds: Credentials | None, number: int) -> str:
+        """Bring pull request `number`'s head (GitHub's `refs/pull/<n>/head`, a fork's commits too) into
+        `mirror`; its commit id."""
+        ...
+
     def discard(self, dest: Path) -> None:
         """Remove what a dead worker left of a checkout at `dest` on this machine."""
         ...
@@ -374,6 +379,8 @@ class PullInfo:
     base_ref: str
     base_sha: str
     files: tuple[PullFile, ...] = ()
+    from_fork: bool = False
+    """The head is in another repository (or one since deleted): its files are a stranger's."""
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,8 @@ class GitHubOutputs:
             base_ref=str(pull["base"]["ref"]),
             base_sha=str(pull["base"]["sha"]),
             files=tuple(files),
+            from_fork=str((pull["head"].get("repo") or {}).get("full_name") or "").lower()
+            != str(pull["base"]["repo"]["full_name"]).lower(),
         )
 
     async def post_review(

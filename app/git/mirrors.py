@@ -186,6 +186,21 @@ class Mirrors:
         target = next((head.symref_target for head in heads if head.name == "HEAD"), None)
         return target if target and target.startswith("refs/heads/") else None
 
+    async def fetch_pull(self, mirror: Path, url: str, creds: Credentials | None, number: int) -> str:
+        """Fetch pull request `number`'s head into `mirror` as `refs/routines/pull/<n>` and return its commit.
+
+        GitHub keeps every pull request's head under `refs/pull/<n>/head` of the base repository, a fork's
+        too, so a review checks out the commit it reviews, never a branch of the base repository that
+        happens to share the head's name."""
+        return await asyncio.to_thread(self._fetch_pull, mirror, url, creds, number)
+
+    def _fetch_pull(self, mirror: Path, url: str, creds: Credentials | None, number: int) -> str:
+        ref = f"refs/routines/pull/{int(number)}"
+        with locked(mirror_lock(mirror)):
+            repo = pygit2.Repository(str(mirror))
+            self._fetch(repo, url, creds, refspecs=[f"+refs/pull/{int(number)}/head:{ref}"])
+            return str(repo.references[ref].peel(pygit2.Commit).id)
+
     async def checkout(self, mirror: Path, base: str, dest: Path) -> Workspace:
         """Like the module's `checkout`, served from the mirror's spare work tree when there is one (once
         a refresh of it that this process started is over)."""

@@ -102,6 +102,10 @@ async def _workspace(ctx: RunContext, deps: RunnerDeps) -> None:
     base = base or follow_up_branch or ctx.routine.base or ctx.repo.default_branch
     # any fetch begun since the run could start serves it: a burst of runs fired together shares one
     mirror = await deps.code.workspaces.ensure(ctx.repo.clone_url, ctx.creds, since=ctx.fresh_after)
+    if ctx.pull is not None:  # the head under review, by commit: a fork's branch is not in the mirror
+        fetched = await deps.code.workspaces.fetch_pull(mirror, ctx.repo.clone_url, ctx.creds, ctx.pull.number)
+        if fetched != ctx.pull.head_sha:
+            log.info("run %s: pull request #%s moved to %s; reviewing %s", ctx.run.id, ctx.pull.number, fetched, base)
     dest = deps.settings.work_dir / ctx.run.id / "repo"
     if ctx.history is not None:
         base = _recorded_base(ctx.history) or base
@@ -184,7 +188,8 @@ async def _final_snapshot(ctx: RunContext, hands: Hands) -> None:
 
 
 async def _pull_to_review(ctx: RunContext, deps: RunnerDeps) -> str:
-    """For a review routine: the pull request that fired the run; its head is what gets checked out."""
+    """For a review routine: the pull request that fired the run; its head commit (not its branch, which
+    may be a fork's) is what gets checked out."""
     data, run = ctx.run.trigger.data, ctx.run
     number = data.get("number")
     if not data.get("is_pull_request") or not isinstance(number, int) or isinstance(number, bool):
@@ -200,7 +205,7 @@ async def _pull_to_review(ctx: RunContext, deps: RunnerDeps) -> str:
         "run.pull_request",
         {"number": number, "url": ctx.pull.url, "head": ctx.pull.head_ref, "base": ctx.pull.base_ref},
     )
-    return ctx.pull.head_ref
+    return ctx.pull.head_sha
 
 
 async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
@@ -260,7 +265,9 @@ async def _conversation(ctx: RunContext, deps: RunnerDeps, run_dir: Path, hands:
             connectors=connectors,
         )
         agent = Agent(deps.model, toolbox, ctx.events, _budget(routine, deps), hooks=_hooks(ctx, deps, hands))
-        system = build_system(routine, workspace=hands.workdir)
+        fork = ctx.pull is not None and ctx.pull.from_fork  # a fork's instructions are a stranger's: not followed
+        read_file = ctx.checkout.base_file if ctx.checkout is not None and not fork else None
+        system = build_system(routine, workspace=hands.workdir, read_file=read_file)
         first = build_first_message(ctx.run.trigger)
         if ctx.pull is not None:
             first += "\n\n" + fence(review_context(ctx.pull), "pull_request")

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from app.testing.github_diff import FileDiff, pull_diff
-from app.testing.github_repos import branch_sha, commits_between
+from app.testing.github_repos import branch_sha, commits_between, set_pull_ref
 from app.testing.github_shapes import comment_json, iso, pull_json, reaction_json, review_json
 from app.testing.github_state import ApiError, GitHubState, Repo
 
@@ -115,12 +115,15 @@ class PullsApi:
         return HTMLResponse(body)
 
     def _current(self, repo: Repo, number: int) -> JSON:
-        """The pull request with `head.sha` following its branch, as pushes move it on GitHub."""
+        """The pull request with `head.sha` following its branch, as pushes move it on GitHub (a fork's
+        branch lives in the fork: its head stays where the test put it)."""
         pull = self._pull(repo, number)
-        sha = branch_sha(repo.path, pull["head"]["ref"]) if pull["state"] == "open" else None
+        own = pull["head"]["repo"]["full_name"] == repo.full_name
+        sha = branch_sha(repo.path, pull["head"]["ref"]) if pull["state"] == "open" and own else None
         if sha is not None and sha != pull["head"]["sha"]:
             pull["head"]["sha"] = sha
             pull["commits"] = commits_between(repo.path, pull["base"]["sha"], sha)
+            set_pull_ref(repo.path, number, sha)
         return pull
 
     def _diff(self, repo: Repo, pull: JSON) -> list[FileDiff]:
@@ -174,6 +177,7 @@ class PullsApi:
         }
         pull = pull_json(self.state, repo, number, fields)
         self.state.pull_requests.setdefault(repo.full_name, []).append(pull)
+        set_pull_ref(repo.path, number, head_sha)
         return JSONResponse(pull, status_code=201)
 
     async def create_comment(self, request: Request) -> Response:

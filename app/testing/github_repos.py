@@ -44,6 +44,11 @@ def branch_sha(path: Path, branch: str) -> str | None:
     return None if ref is None else str(ref.peel(pygit2.Commit).id)
 
 
+def set_pull_ref(path: Path, number: int, sha: str) -> None:
+    """Point `refs/pull/<number>/head` at `sha`, as GitHub keeps it for every pull request (a fork's too)."""
+    pygit2.Repository(str(path)).references.create(f"refs/pull/{number}/head", sha, force=True)
+
+
 def commits_between(path: Path, base_sha: str, head_sha: str) -> int:
     """How many commits `head` has that `base` has not (GitHub's "ahead by")."""
     ahead, _behind = pygit2.Repository(str(path)).ahead_behind(head_sha, base_sha)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from app.agent.prompts import build_first_message, build_system
@@ -18,10 +19,14 @@ def routine() -> Routine:
     )
 
 
+def files(found: dict[str, bytes]) -> Callable[[str, int], bytes | None]:
+    """A base commit's regular files, as `Checkout.base_file` reads them (None: absent or larger)."""
+    return lambda path, max_bytes: found[path] if path in found and len(found[path]) <= max_bytes else None
+
+
 def test_system_states_the_rules_the_routine_and_the_repo_instructions(tmp_path: Path) -> None:
-    (tmp_path / "CLAUDE.md").write_text("Run `make test` before finishing.\n")
-    (tmp_path / "AGENTS.md").write_text("x" * 500)
-    system = build_system(routine(), workspace=tmp_path, root="/repo", max_instructions_chars=200)
+    read = files({"CLAUDE.md": b"Run `make test` before finishing.\n", "AGENTS.md": b"x" * 500})
+    system = build_system(routine(), workspace=tmp_path, root="/repo", read_file=read, max_instructions_chars=200)
 
     rules, task, repo = (block["text"] for block in system)
     assert "No human is watching" in rules and "/repo" in rules
@@ -33,15 +38,20 @@ def test_system_states_the_rules_the_routine_and_the_repo_instructions(tmp_path:
     assert all("cache_control" not in block for block in system[:-1])
 
 
-def test_instructions_symlinked_outside_the_workspace_are_not_read(tmp_path: Path) -> None:
+def test_the_work_tree_is_never_read_for_instructions(tmp_path: Path) -> None:
+    """The sandbox's processes can change the work tree under the host (a symlink swapped in after a
+    check): only the base commit's files, from git objects, are read."""
     secret = tmp_path / "worker-secret"
     secret.write_text("TOKEN=ghs_secret")
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "CLAUDE.md").symlink_to(secret)
-    system = build_system(routine(), workspace=repo)
-    assert len(system) == 2
-    assert "ghs_secret" not in str(system)
+    (repo / "AGENTS.md").write_text("Written by the agent.")
+    assert len(build_system(routine(), workspace=repo)) == 2
+    system = build_system(routine(), workspace=repo, read_file=files({"AGENTS.md": b"From the commit."}))
+    assert "From the commit." in str(system)
+    assert "ghs_secret" not in str(system) and "Written by the agent" not in str(system)
+    assert len(build_system(routine(), workspace=repo, read_file=files({"CLAUDE.md": b"y" * (2 << 20)}))) == 2
 
 
 def test_trigger_input_is_fenced_as_untrusted_data() -> None:

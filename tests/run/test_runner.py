@@ -111,6 +111,15 @@ def test_no_change_means_no_changes_and_nothing_opened(stack: Stack) -> None:
     assert [r for r in repo.references if r.startswith("refs/heads/routines/")] == []
 
 
+def test_the_repositorys_instructions_come_from_its_commit(stack: Stack) -> None:
+    stack.github.commit_files("acme/calc", "main", {"CLAUDE.md": "Run python3 test_calc.py first.\n"}, "notes")
+    stack.anthropic.add_script(Script(match="[script:look]", turns=[Turn([text("Nothing to change.")])]))
+    run = stack.wait(stack.fire("look-only").json()["run_id"])
+    assert run["state"] == "no_changes", run["error"]
+    system = "\n".join(block["text"] for block in stack.anthropic.requests[-1].body["system"])
+    assert '<repository-instructions file="CLAUDE.md">\nRun python3 test_calc.py first.' in system
+
+
 def test_two_overloaded_answers_then_success(stack: Stack) -> None:
     stack.anthropic.add_script(fix_script("[script:flaky]", faults=[529, 529]))
     run = stack.wait(stack.fire("flaky-model").json()["run_id"])

@@ -111,6 +111,9 @@ class HeldWorkspaces:
     async def checkout(self, mirror: Path, base: str, dest: Path) -> Checkout:
         return await self.workspaces.checkout(mirror, base, dest)
 
+    async def fetch_pull(self, mirror: Path, url: str, creds: Credentials | None, number: int) -> str:
+        return await self.workspaces.fetch_pull(mirror, url, creds, number)
+
     def discard(self, dest: Path) -> None:
         self.workspaces.discard(dest)
 
