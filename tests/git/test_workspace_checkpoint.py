@@ -12,7 +12,7 @@ import pytest
 from app.core.errors import WorkspaceError
 from app.git.layout import private_gitdir
 from app.git.mirrors import Mirrors
-from app.git.workspace import MAX_DIFF_INPUT_BYTES, MAX_DIFF_INPUT_LINES, Workspace
+from app.git.workspace import MAX_DIFF_INPUT_BYTES, Workspace
 from tests.support.git import commit_file, git, snap
 
 REF = "refs/routines/checkpoints/run1"
