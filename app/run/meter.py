@@ -49,8 +49,10 @@ class RunMeter:
             self._usage(data)
         elif type == "context.compacted":
             self._usage(data)
-        elif type == "egress.denied":
-            self.metrics.count(EGRESS_DENIED, routine=self.routine)
+        elif type == "egress.denied":  # a summary of refusals not recorded one by one counts them all
+            omitted = data.get("omitted")
+            amount = omitted if isinstance(omitted, int) and not isinstance(omitted, bool) and omitted > 0 else 1
+            self.metrics.count(EGRESS_DENIED, amount, routine=self.routine)
 
     def sandbox_started(self) -> None:
         self.metrics.count(SANDBOX_STARTS, routine=self.routine)

@@ -21,11 +21,13 @@ from app.sandbox.image_root import ImageRoot
 from app.sandbox.local import LocalSandbox
 
 log = logging.getLogger(__name__)
+DENIED_KEPT = 50  # as many as the pull request lists; the proxy records no more distinct refusals either
 
 
 @dataclass
 class RunBoundary:
-    """What the runner needs for one run: the sandbox, the placeholder env, and what egress refused."""
+    """What the runner needs for one run: the sandbox, the placeholder env, and what egress refused (at most
+    DENIED_KEPT refusals, then one tally of the rest: `omitted` is their number)."""
 
     sandbox: Sandbox
     env: dict[str, str] = field(default_factory=dict)
@@ -38,6 +40,23 @@ class RunBoundary:
             await self._proxy.close()
         # one thread call: it finishes even when this task is cancelled meanwhile
         await asyncio.to_thread(_remove, self._dirs)
+
+
+def keep_denied(denied: list[JSON], data: JSON) -> None:
+    """Add the refusal `data` to `denied`, or, past DENIED_KEPT and for the proxy's own summaries, add its
+    count to the list's one tally entry."""
+    summary = data.get("omitted")
+    if summary is None and len(denied) < DENIED_KEPT:
+        denied.append(data)
+        return
+    count = summary if isinstance(summary, int) else 1
+    tally = next((d for d in denied if "omitted" in d), None)
+    total = count + (tally["omitted"] if tally else 0)
+    if tally is None:
+        tally = {"host": "*", "port": 0}
+        denied.append(tally)
+    tally["omitted"] = total
+    tally["reason"] = f"{total} more refusals were not recorded one by one (repeats, or past the first {DENIED_KEPT})"
 
 
 def _remove(paths: tuple[Path, ...]) -> None:
@@ -121,7 +140,7 @@ class Boundaries:
 
         async def on_event(kind: str, data: JSON) -> None:
             if kind == "egress.denied":
-                denied.append(data)
+                keep_denied(denied, data)
             await emit(kind, data)
 
         lookup: SecretLookup = _RedactingLookup(self.vault, redactor) if self.vault else _NoVault()

@@ -20,14 +20,21 @@ _PROXY_ONLY = frozenset({b"proxy-connection", b"proxy-authorization", b"keep-ali
 
 
 class HttpStream:
-    """One side of a proxied HTTP/1.1 conversation: an h11 state machine over an asyncio stream pair."""
+    """One side of a proxied HTTP/1.1 conversation: an h11 state machine over an asyncio stream pair. A read
+    or write that makes no progress for `idle_s` raises TimeoutError (None: no limit)."""
 
     def __init__(
-        self, role: type[h11.CLIENT] | type[h11.SERVER], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        role: type[h11.CLIENT] | type[h11.SERVER],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        idle_s: float | None = None,
     ) -> None:
         self.conn = h11.Connection(role)
         self.reader = reader
         self.writer = writer
+        self.idle_s = idle_s
         self.detached = False  # the transport was handed to a relay, which closes it
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
@@ -36,13 +43,16 @@ class HttpStream:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
-            self.conn.receive_data(await self.reader.read(READ_SIZE))
+            async with asyncio.timeout(self.idle_s):
+                data = await self.reader.read(READ_SIZE)
+            self.conn.receive_data(data)
 
     async def send(self, event: h11.Event) -> None:
         data = self.conn.send(event)
         if data:
             self.writer.write(data)
-            await self.writer.drain()
+            async with asyncio.timeout(self.idle_s):
+                await self.writer.drain()
 
     def reusable(self) -> bool:
         """Start the next request/response cycle if both sides finished cleanly; False when the connection is spent."""

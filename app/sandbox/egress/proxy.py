@@ -10,6 +10,9 @@ TLS. An intercepted request must name the tunnel's host in its `Host` header (an
 target): otherwise a shared front (a CDN) could route the swapped secret to another customer's site,
 so the request is refused and reported as `egress.denied`. Plain-HTTP requests get the same
 treatment, but sending secrets over plain HTTP is discouraged: anyone on the path reads them.
+
+What one run can hold and record is bounded (`EgressLimits`): connections open at once, the time a
+request head may take, the silence a connection may keep, and the events it makes (`ledger`).
 """
 
 from __future__ import annotations
@@ -18,20 +21,38 @@ import asyncio
 import ipaddress
 import logging
 import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import h11
 
-from app.core.domain import JSON
 from app.core.ports import Emit
 from app.sandbox.egress.ca import RunCA
 from app.sandbox.egress.http import HttpStream, forward, respond, swap_headers
+from app.sandbox.egress.ledger import Ledger
 from app.sandbox.egress.policy import EgressPolicy, Resolver, SystemResolver, forbidden_reason
 from app.sandbox.egress.relay import relay
 
 log = logging.getLogger(__name__)
 STREAM_LIMIT = 1024 * 1024
 CONNECT_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class EgressLimits:
+    """What one run's proxy holds open and records. A spliced tunnel holds up to six of the worker's file
+    descriptors (two sockets, two pipes), so `max_connections` keeps a run under ~800; connections past it
+    get a 503 and are closed. `request_timeout_s` bounds the arrival of each request head (and of a TLS
+    handshake), `idle_s` the silence of a tunnel or stream; `events_in_full` and `summary_every_s` are the
+    ledger's."""
+
+    max_connections: int = 128
+    request_timeout_s: float = 30.0
+    idle_s: float = 300.0
+    events_in_full: int = 50
+    summary_every_s: float = 60.0
 
 
 class Denied(Exception):
@@ -41,7 +62,8 @@ class Denied(Exception):
 class EgressProxy:
     """One run's proxy. `ca` signs the certificates of intercepted hosts; `upstream_ca` verifies upstreams
     (default: the system trust store). `on_event` receives egress.allowed / egress.denied / egress.error
-    with host, port, reason and swapped secret names — never a value."""
+    with host, port, reason and swapped secret names — never a value — bounded by a `Ledger` (whose
+    summaries `clock` times); host `*` and port 0 where no one destination is meant."""
 
     def __init__(
         self,
@@ -51,14 +73,20 @@ class EgressProxy:
         on_event: Emit | None = None,
         resolver: Resolver | None = None,
         upstream_ca: ssl.SSLContext | None = None,
+        limits: EgressLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.ca = ca
-        self.on_event = on_event
+        self.limits = limits or EgressLimits()
+        self.ledger = Ledger(
+            on_event, in_full=self.limits.events_in_full, summary_every_s=self.limits.summary_every_s, clock=clock
+        )
         self.resolver = resolver or SystemResolver()
         self.upstream_ca = upstream_ca or ssl.create_default_context()
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._open = 0
 
     async def start_unix(self, path: str) -> str:
         """Listen on the unix socket `path` (replacing a stale one); returns the path."""
@@ -73,7 +101,7 @@ class EgressProxy:
         return str(bound[0]), int(bound[1])
 
     async def close(self) -> None:
-        """Stop listening and end every open connection."""
+        """Stop listening, end every open connection, and record what the ledger only counted."""
         for server in self._servers:
             server.close()
         for task in list(self._tasks):
@@ -82,25 +110,53 @@ class EgressProxy:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        await self.ledger.summarize()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
-        client = HttpStream(h11.SERVER, reader, writer)
         try:
-            await self._serve(client)
-        except (OSError, h11.ProtocolError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
-            log.debug("egress connection ended: %s", exc)
+            if self._open >= self.limits.max_connections:
+                await self._turn_away(writer)
+            else:
+                await self._hold(HttpStream(h11.SERVER, reader, writer, idle_s=self.limits.idle_s))
         except asyncio.CancelledError:
             pass  # close(): the stream callback of asyncio must not see a cancelled task
         finally:
-            await client.close()
             if task is not None:
                 self._tasks.discard(task)
 
+    async def _hold(self, client: HttpStream) -> None:
+        """Serve one connection, counted against `max_connections` while it is open."""
+        self._open += 1
+        try:
+            await self._serve(client)
+        except (OSError, h11.ProtocolError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            log.debug("egress connection ended: %s", exc)  # TimeoutError too: a request late, a stream idle
+        finally:
+            self._open -= 1
+            await client.close()
+
+    async def _turn_away(self, writer: asyncio.StreamWriter) -> None:
+        """Answer a connection past the limit with a 503 and close it, unread."""
+        reason = (
+            f"{self.limits.max_connections} connections were already open, the most one run may hold; "
+            "close idle ones, or open fewer at a time"
+        )
+        body = f"routines egress proxy: {reason}\n".encode()
+        head = f"HTTP/1.1 503 Service Unavailable\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        writer.write(head.encode() + body)
+        writer.close()
+        await self.ledger.record("egress.error", {"host": "*", "port": 0, "reason": reason})
+
+    async def _request(self, stream: HttpStream) -> h11.Event | type[h11.PAUSED]:
+        """The next event from `stream`, where a request head is due: within `request_timeout_s`."""
+        async with asyncio.timeout(self.limits.request_timeout_s):
+            return await stream.next_event()
+
     async def _serve(self, client: HttpStream) -> None:
-        event = await client.next_event()
+        event = await self._request(client)
         if not isinstance(event, h11.Request):
             return
         if event.method == b"CONNECT":
@@ -111,18 +167,10 @@ class EgressProxy:
             while isinstance(event, h11.Request):
                 if not await self._plain(client, event, upstreams) or not client.reusable():
                     return
-                event = await client.next_event()
+                event = await self._request(client)
         finally:
             for upstream in upstreams.values():
                 await upstream.close()
-
-    async def _emit(self, type_: str, data: JSON) -> None:
-        if self.on_event is None:
-            return
-        try:
-            await self.on_event(type_, data)
-        except Exception:  # a failing sink must not break the sandbox's network
-            log.exception("egress event %s could not be recorded", type_)
 
     async def _admit(self, host: str, port: int) -> str:
         """The address to connect to for host:port; raises Denied with the reason."""
@@ -147,7 +195,7 @@ class EgressProxy:
         raise Denied(f"{host} resolves to a forbidden address: {'; '.join(reasons) or 'no address'}")
 
     async def _deny(self, client: HttpStream, host: str, port: int, reason: str) -> None:
-        await self._emit("egress.denied", {"host": host, "port": port, "reason": reason})
+        await self.ledger.record("egress.denied", {"host": host, "port": port, "reason": reason})
         await respond(client, 403, f"routines egress proxy: {reason}")
 
     async def _connect(self, client: HttpStream, request: h11.Request) -> None:
@@ -173,16 +221,16 @@ class EgressProxy:
         leftover = client.conn.trailing_data[0]
         client.writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         if intercept and not leftover:
-            upstream = HttpStream(h11.CLIENT, reader, writer)
+            upstream = HttpStream(h11.CLIENT, reader, writer, idle_s=self.limits.idle_s)
             try:
                 await client.writer.drain()
                 await self._intercept(client, upstream, host, port)
             finally:
                 await upstream.close()
             return
-        await self._emit("egress.allowed", {"host": host, "port": port, "mode": "tunnel", "swapped": []})
+        await self.ledger.record("egress.allowed", {"host": host, "port": port, "mode": "tunnel", "swapped": []})
         client.detached = True
-        await relay((client.reader, client.writer), (reader, writer), leftover)
+        await relay((client.reader, client.writer), (reader, writer), leftover, idle_s=self.limits.idle_s)
 
     async def _dial(
         self, client: HttpStream, host: str, port: int, ip: str, *, tls: bool
@@ -201,20 +249,24 @@ class EgressProxy:
             )
         except (OSError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
-            await self._emit("egress.error", {"host": host, "port": port, "reason": reason})
+            await self.ledger.record("egress.error", {"host": host, "port": port, "reason": reason})
             await respond(client, 502, f"routines egress proxy: cannot reach {host}:{port} ({reason})")
             return None
 
     async def _intercept(self, client: HttpStream, upstream: HttpStream, host: str, port: int) -> None:
         try:
-            await client.writer.start_tls(self.ca.server_context(host))
+            async with asyncio.timeout(self.limits.request_timeout_s):
+                await client.writer.start_tls(self.ca.server_context(host))
+        except TimeoutError:
+            log.debug("egress client to %s:%d did not finish its TLS handshake in time", host, port)
+            return
         except (OSError, ssl.SSLError) as exc:
             reason = f"TLS with the sandboxed client failed ({exc}); the tool must trust SSL_CERT_FILE"
-            await self._emit("egress.error", {"host": host, "port": port, "reason": reason})
+            await self.ledger.record("egress.error", {"host": host, "port": port, "reason": reason})
             return
-        tls_client = HttpStream(h11.SERVER, client.reader, client.writer)
+        tls_client = HttpStream(h11.SERVER, client.reader, client.writer, idle_s=self.limits.idle_s)
         while True:
-            event = await tls_client.next_event()
+            event = await self._request(tls_client)
             if not isinstance(event, h11.Request):
                 return
             other = _other_host(event, host, port)
@@ -223,7 +275,7 @@ class EgressProxy:
                 return
             headers, swapped = swap_headers(event.headers, await self.policy.secrets(), host)
             status = await forward(tls_client, event, upstream, target=event.target, headers=headers)
-            await self._emit(
+            await self.ledger.record(
                 "egress.allowed",
                 {
                     "host": host,
@@ -263,11 +315,11 @@ class EgressProxy:
             streams = await self._dial(client, host, port, ip, tls=False)
             if streams is None:
                 return False
-            upstream = upstreams[(host, port)] = HttpStream(h11.CLIENT, *streams)
+            upstream = upstreams[(host, port)] = HttpStream(h11.CLIENT, *streams, idle_s=self.limits.idle_s)
         headers, swapped = swap_headers(request.headers, await self.policy.secrets(), host)
         origin = (url.path or "/") + (f"?{url.query}" if url.query else "")
         status = await forward(client, request, upstream, target=origin.encode(), headers=headers)
-        await self._emit(
+        await self.ledger.record(
             "egress.allowed",
             {
                 "host": host,

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
+
+from app.sandbox.egress.idle import Idle
+
+log = logging.getLogger(__name__)
 
 # As much as the pipe takes: a default pipe (64 KiB); a bigger one measured no faster and would spend the
 # user's pipe budget (fs.pipe-user-pages-soft), which the sandbox shares.
@@ -40,7 +45,7 @@ async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> No
         remove(fd)
 
 
-async def _pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.socket) -> None:
+async def _pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.socket, idle: Idle) -> None:
     """Move bytes from `src` to `dst` until `src` ends, then end `dst`'s writing side."""
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
@@ -52,6 +57,7 @@ async def _pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket
                 continue
             if moved == 0:
                 break
+            idle.touch()
             while moved:
                 try:
                     moved -= os.splice(r, dst.fileno(), moved, flags=_FLAGS)
@@ -64,21 +70,27 @@ async def _pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket
         os.close(w)
 
 
-async def splice_relay(a: socket.socket, b: socket.socket) -> None:
-    """Copy both ways between the non-blocking sockets `a` and `b` until both directions end or one fails.
+async def splice_relay(a: socket.socket, b: socket.socket, idle: Idle | None = None) -> None:
+    """Copy both ways between the non-blocking sockets `a` and `b` until both directions end, one fails, or
+    nothing has moved for `idle`'s limit.
 
     The caller owns the sockets (and closes them); nothing else may read or write them meanwhile."""
+    idle = idle or Idle(None)
     loop = asyncio.get_running_loop()
     for sock in (a, b):
         if sock.family == socket.AF_UNIX:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SNDBUF_BYTES)
-    tasks = [asyncio.ensure_future(_pump(loop, a, b)), asyncio.ensure_future(_pump(loop, b, a))]
+    tasks = [asyncio.ensure_future(_pump(loop, a, b, idle)), asyncio.ensure_future(_pump(loop, b, a, idle))]
+    both = asyncio.gather(*tasks)  # done at the first failure, as asyncio.wait's FIRST_EXCEPTION
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            task.result()
+        if await idle.first([both]):
+            both.result()
+        else:
+            log.debug("egress tunnel closed after %s s without traffic", idle.limit_s)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if both.done() and not both.cancelled():
+            both.exception()  # retrieved: a pump cancelled here is no unhandled error
