@@ -18,6 +18,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import socket
 import sys
 import time
@@ -120,6 +121,9 @@ def create_worker(
     ]
 
     async def startup(ctx: dict[str, Any]) -> None:
+        before, after = raise_open_files()
+        if after != before:
+            log.info("open files: soft limit raised from %d to %d", before, after)
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(thread_pool_size(settings.max_jobs), thread_name_prefix="routines-worker")
         )
@@ -190,6 +194,23 @@ def _pidfds_work() -> bool:
     except (AttributeError, OSError):
         return False
     return True
+
+
+def raise_open_files() -> tuple[int, int]:
+    """Raise this process's soft limit of open files to its hard limit, and return (before, after). Each
+    run's egress proxy may hold a few hundred descriptors (app.sandbox.egress.proxy.EgressLimits), its
+    sandbox and git a few more; the usual soft limit of 1,024 would let a handful of busy runs starve the
+    worker of the descriptors it needs to reach Redis or start another sandbox."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the limit of open files from %d to %d: %s", soft, target, exc)
+            return soft, soft
+        return soft, target
+    return soft, soft
 
 
 def _warm_up() -> None:

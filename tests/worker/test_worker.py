@@ -4,8 +4,12 @@ its shutdown, and the threads its jobs' blocking calls run in."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import resource
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -463,3 +467,20 @@ async def test_only_the_runs_that_did_not_get_to_their_end_are_handed_back(aredi
     leases = Leases(aredis, "routines:", lease_s=60)
     assert await hand_back(leases, claimed, {"cut-short"}) == ["cut-short", "stopped"]
     assert await aredis.smembers(leases.live_key) == {b"cut-short", b"stopped"}  # type: ignore[misc]
+
+
+def test_a_worker_raises_its_soft_limit_of_open_files_to_the_hard_one() -> None:
+    """Started with a low soft limit (1,024 is usual), a worker takes what the hard limit allows: a few
+    busy runs' egress connections must not starve it of descriptors."""
+    script = (
+        "import json, resource\n"
+        "from app.worker.worker import raise_open_files\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "low = 256 if hard == resource.RLIM_INFINITY else min(256, hard)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))\n"
+        "print(json.dumps([low, hard, raise_open_files(), resource.getrlimit(resource.RLIMIT_NOFILE)[0]]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    low, hard, (before, after), now = json.loads(out)
+    expected = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    assert (before, after, now) == (low, expected, expected)
