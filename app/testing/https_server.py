@@ -1,6 +1,9 @@
 """A small HTTP/1.1 server (TLS optional) standing in for a remote API in tests and benches.
 
     GET /echo       → 200, JSON {method, path, headers} of the request as received (recorded in `requests`)
+    GET /echo/split → the same JSON, sent seven bytes at a time
+    GET /echo/head  → 204, each request header sent back as the response header `x-echo-<name>`
+    GET /echo/gzip  → the same JSON, gzip-compressed (Content-Encoding: gzip) whatever was asked for
     GET /bytes/N    → 200, N bytes streamed with a Content-Length
     anything else   → 404
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gzip
 import json
 import ssl
 import sys
@@ -63,7 +67,7 @@ class EchoServer:
 
     async def _answer(self, conn: h11.Connection, request: h11.Request, writer: asyncio.StreamWriter) -> None:
         path = request.target.decode()
-        if path == "/echo":
+        if path in ("/echo", "/echo/split", "/echo/head", "/echo/gzip"):
             seen: dict[str, object] = {
                 "method": request.method.decode(),
                 "path": path,
@@ -71,7 +75,16 @@ class EchoServer:
             }
             self.requests.append(seen)
             body = json.dumps(seen).encode()
-            await _send(conn, writer, 200, len(body), [body])
+            if path == "/echo/split":
+                await _send(conn, writer, 200, len(body), [body[i : i + 7] for i in range(0, len(body), 7)])
+            elif path == "/echo/head":
+                echoed = [(b"x-echo-" + k, v) for k, v in request.headers]
+                await _send(conn, writer, 204, 0, [], echoed)
+            elif path == "/echo/gzip":
+                packed = gzip.compress(body)
+                await _send(conn, writer, 200, len(packed), [packed], [(b"content-encoding", b"gzip")])
+            else:
+                await _send(conn, writer, 200, len(body), [body])
         elif path.startswith("/bytes/") and path[7:].isdigit():
             size = int(path[7:])
             chunks = (CHUNK[: min(len(CHUNK), size - at)] for at in range(0, size, len(CHUNK)))
@@ -81,9 +94,16 @@ class EchoServer:
 
 
 async def _send(
-    conn: h11.Connection, writer: asyncio.StreamWriter, status: int, size: int, chunks: Iterable[bytes]
+    conn: h11.Connection,
+    writer: asyncio.StreamWriter,
+    status: int,
+    size: int,
+    chunks: Iterable[bytes],
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    headers = [(b"content-length", str(size).encode()), (b"content-type", b"application/octet-stream")]
+    headers = [(b"content-type", b"application/octet-stream"), *(extra or [])]
+    if status != 204:
+        headers.insert(0, (b"content-length", str(size).encode()))
     writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
     for chunk in chunks:
         writer.write(conn.send(h11.Data(data=chunk)))

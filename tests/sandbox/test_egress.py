@@ -109,10 +109,13 @@ async def net(tmp_path: Path, aredis: aioredis.Redis) -> AsyncIterator[Net]:
         await server.close()
 
 
-async def curl(net: Net, url: str, *headers: str, proxy: str | None = None) -> tuple[int, str, str]:
+async def curl(
+    net: Net, url: str, *headers: str, proxy: str | None = None, extra: tuple[str, ...] = ()
+) -> tuple[int, str, str]:
     """Run the real curl through the proxy, trusting the run's bundle; returns (exit code, stdout, stderr)."""
     args = [
         "curl",
+        *extra,
         "-sS",
         "--max-time",
         "20",
@@ -131,6 +134,13 @@ async def curl(net: Net, url: str, *headers: str, proxy: str | None = None) -> t
     return process.returncode or 0, out.decode(), err.decode()
 
 
+def last_headers(server: EchoServer) -> dict[str, str]:
+    """The headers of the last request `server` received (what went out of the proxy)."""
+    headers = server.requests[-1]["headers"]
+    assert isinstance(headers, dict)
+    return headers
+
+
 def secret_free(events: list[tuple[str, dict[str, object]]]) -> bool:
     text = json.dumps(events)
     return VALUE not in text and ROTATED not in text
@@ -145,9 +155,12 @@ async def test_placeholder_becomes_the_value_only_on_the_secrets_domain(net: Net
         f"X-Custom: a {net.placeholder} b",
     )
     assert code == 0, err
-    seen = json.loads(out)["headers"]
-    assert seen["authorization"] == f"Bearer {VALUE}"
-    assert seen["x-custom"] == f"a {VALUE} b"
+    received = last_headers(net.api)
+    assert received["authorization"] == f"Bearer {VALUE}"
+    assert received["x-custom"] == f"a {VALUE} b"
+    seen = json.loads(out)["headers"]  # what the upstream echoed back reaches the sandbox scrubbed
+    assert seen["authorization"] == f"Bearer {net.placeholder}" and seen["x-custom"] == f"a {net.placeholder} b"
+    assert VALUE not in out
 
     code, out, err = await curl(
         net, f"https://other.allowed.test:{net.other_port}/echo", f"Authorization: Bearer {net.placeholder}"
@@ -161,6 +174,27 @@ async def test_placeholder_becomes_the_value_only_on_the_secrets_domain(net: Net
     ].items()
     assert allowed[1]["host"] == "other.allowed.test" and allowed[1]["mode"] == "tunnel"
     assert secret_free(net.events)
+
+
+@pytest.mark.parametrize("path", ["/echo/split", "/echo/head"])
+async def test_a_reply_that_echoes_the_value_reaches_the_sandbox_with_the_placeholder(net: Net, path: str) -> None:
+    """The secret's own domain may echo what it was sent, in a header (a CORS preflight) or in a body split
+    over many chunks: the value must not come back into the sandbox, where the agent could copy it into
+    the pull request."""
+    url = f"https://api.allowed.test:{net.api_port}{path}"
+    code, out, err = await curl(net, url, f"Authorization: Bearer {net.placeholder}", extra=("-D", "-"))
+    assert code == 0, err
+    assert last_headers(net.api)["authorization"] == f"Bearer {VALUE}"
+    assert VALUE not in out and net.placeholder in out, out
+    assert last_headers(net.api)["accept-encoding"] == "identity"
+
+
+async def test_a_compressed_reply_to_a_request_carrying_a_secret_is_refused(net: Net) -> None:
+    _, out, err = await curl(
+        net, f"https://api.allowed.test:{net.api_port}/echo/gzip", f"Authorization: Bearer {net.placeholder}"
+    )
+    assert "gzip-encoded body, which the proxy cannot check for the secret" in out, (out, err)
+    assert VALUE not in out
 
 
 async def test_only_secrets_of_the_host_are_swapped(net: Net) -> None:
@@ -177,8 +211,8 @@ async def test_only_secrets_of_the_host_are_swapped(net: Net) -> None:
         f"X-Other: {other}",
     )
     assert code == 0, err
-    seen = json.loads(out)["headers"]
-    assert seen["authorization"] == f"Bearer {VALUE}" and seen["x-other"] == other
+    received = last_headers(net.api)
+    assert received["authorization"] == f"Bearer {VALUE}" and received["x-other"] == other
     code, out, err = await curl(net, f"http://plain.allowed.test:{net.plain_port}/echo", f"X-Key: {net.placeholder}")
     assert code == 0, err
     assert json.loads(out)["headers"]["x-key"] == net.placeholder
@@ -189,8 +223,9 @@ async def test_basic_auth_carries_the_value_after_swap(net: Net) -> None:
     basic = base64.b64encode(f"user:{net.placeholder}".encode()).decode()
     code, out, err = await curl(net, f"https://api.allowed.test:{net.api_port}/echo", f"Authorization: Basic {basic}")
     assert code == 0, err
-    sent = json.loads(out)["headers"]["authorization"].removeprefix("Basic ")
+    sent = last_headers(net.api)["authorization"].removeprefix("Basic ")
     assert base64.b64decode(sent).decode() == f"user:{VALUE}"
+    assert json.loads(out)["headers"]["authorization"] == f"Basic {basic}", "the echo is scrubbed back"
 
 
 async def test_rotation_reaches_the_next_request(net: Net) -> None:
@@ -210,7 +245,8 @@ async def test_plain_http_is_allowlisted_and_swapped(net: Net) -> None:
     )
     assert code == 0, err
     assert json.loads(out) == {"method": "GET", "path": "/echo", "headers": json.loads(out)["headers"]}
-    assert json.loads(out)["headers"]["authorization"] == f"Bearer {VALUE}"
+    assert last_headers(net.plain)["authorization"] == f"Bearer {VALUE}"
+    assert VALUE not in out
     code, out, _ = await curl(net, "http://evil.example/steal")
     assert "not in the routine's network.allow" in out
     assert (
@@ -371,14 +407,14 @@ async def test_unix_socket_listener_behind_a_forwarder(net: Net, tmp_path: Path)
     )
     try:
         await _listening(port)
-        code, out, err = await curl(
+        code, _, err = await curl(
             net,
             f"https://api.allowed.test:{net.api_port}/echo",
             f"Authorization: Bearer {net.placeholder}",
             proxy=f"http://127.0.0.1:{port}",
         )
         assert code == 0, err
-        assert json.loads(out)["headers"]["authorization"] == f"Bearer {VALUE}"
+        assert last_headers(net.api)["authorization"] == f"Bearer {VALUE}"
     finally:
         socat.terminate()
         await socat.wait()

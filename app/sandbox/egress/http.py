@@ -71,14 +71,17 @@ class HttpStream:
 
 def swap_headers(
     headers: Sequence[tuple[bytes, bytes]], bindings: Sequence[SecretBinding], host: str
-) -> tuple[Headers, list[str]]:
+) -> tuple[Headers, list[str], Scrubber | None]:
     """Headers to forward to `host`, with each placeholder of a secret bound to `host` replaced by its value.
 
     Placeholders are found anywhere in a header value, and inside `Basic` credentials after base64 decoding.
-    Secrets of other domains are left as their placeholders. Returns the headers and the swapped secret names.
+    Secrets of other domains are left as their placeholders. Returns the headers, the swapped secret names,
+    and (when something was swapped) the Scrubber that turns the values back into placeholders in the
+    response; the request then asks for an uncompressed response, which the scrubber can read.
     """
     active = [b for b in bindings if b.applies_to(host)]
     swapped: set[str] = set()
+    echoes: list[tuple[bytes, bytes]] = []
     out: Headers = []
     for name, raw in headers:
         if name in _PROXY_ONLY:
@@ -87,9 +90,45 @@ def swap_headers(
         if active:
             value = _swap_text(value, active, swapped)
             if name == b"authorization" and value[:6].lower() == "basic ":
-                value = value[:6] + _swap_basic(value[6:].strip(), active, swapped)
+                token = value[6:].strip()
+                sent = _swap_basic(token, active, swapped)
+                if sent != token:
+                    echoes.append((sent.encode("ascii"), token.encode("ascii")))
+                value = value[:6] + sent
         out.append((name, value.encode("latin-1", "replace")))
-    return out, sorted(swapped)
+    if not swapped:
+        return out, [], None
+    echoes += [(b.value.encode("latin-1", "replace"), b.placeholder.encode()) for b in active if b.name in swapped]
+    out = [(k, v) for k, v in out if k != b"accept-encoding"] + [(b"accept-encoding", b"identity")]
+    return out, sorted(swapped), Scrubber(echoes)
+
+
+class Scrubber:
+    """Turns the secret values a request carried back into their placeholders in its response, headers and
+    body, so a reply that echoes a header (a CORS preflight, an error quoting what it was sent) never
+    hands the sandbox a value. The body is scanned as it streams: the last bytes of each chunk wait for
+    the next, so a value split across chunks is caught."""
+
+    def __init__(self, echoes: Sequence[tuple[bytes, bytes]]) -> None:
+        self.echoes = sorted({(v, p) for v, p in echoes if v}, key=lambda pair: -len(pair[0]))
+        self.keep = max((len(v) for v, _ in self.echoes), default=1) - 1
+        self._tail = b""
+
+    def text(self, data: bytes) -> bytes:
+        for value, placeholder in self.echoes:
+            data = data.replace(value, placeholder)
+        return data
+
+    def chunk(self, data: bytes) -> bytes:
+        """What of the body so far can be passed on; the rest waits for the next chunk or `end`."""
+        held = self.text(self._tail + data)
+        cut = max(len(held) - self.keep, 0)
+        self._tail = held[cut:]
+        return held[:cut]
+
+    def end(self) -> bytes:
+        held, self._tail = self._tail, b""
+        return held
 
 
 def _swap_text(text: str, active: Sequence[SecretBinding], swapped: set[str]) -> str:
@@ -110,9 +149,17 @@ def _swap_basic(token: str, active: Sequence[SecretBinding], swapped: set[str]) 
 
 
 async def forward(
-    client: HttpStream, request: h11.Request, upstream: HttpStream, *, target: bytes, headers: Headers
+    client: HttpStream,
+    request: h11.Request,
+    upstream: HttpStream,
+    *,
+    target: bytes,
+    headers: Headers,
+    scrub: Scrubber | None = None,
 ) -> int:
-    """Send `request` (with `target` and `headers`) and its body upstream, and stream the response back.
+    """Send `request` (with `target` and `headers`) and its body upstream, and stream the response back,
+    through `scrub` when the request carried secrets (its length may change: it goes without
+    Content-Length; a compressed one, which cannot be checked, is refused with a 502).
 
     Returns the response status. Raises h11.ProtocolError or OSError when either side breaks off.
     """
@@ -127,17 +174,33 @@ async def forward(
         if not isinstance(event, h11.Response):
             raise h11.RemoteProtocolError(f"upstream sent {event!r} instead of a response")
         kept = [(k, v) for k, v in event.headers if k not in _PROXY_ONLY]
+        if scrub is not None:
+            encoding = next((v for k, v in kept if k == b"content-encoding"), b"identity").strip().lower()
+            if encoding not in (b"", b"identity"):
+                await respond(
+                    client,
+                    502,
+                    f"the upstream answered a request carrying a secret with a {encoding.decode('latin-1')}-encoded "
+                    "body, which the proxy cannot check for the secret; it was asked for an uncompressed one",
+                )
+                return 502
+            kept = [(k, scrub.text(v)) for k, v in kept if k != b"content-length"]
         await client.send(h11.Response(status_code=event.status_code, headers=kept, reason=event.reason))
-        await _copy_body(upstream, client)
+        await _copy_body(upstream, client, scrub)
         return event.status_code
 
 
-async def _copy_body(src: HttpStream, dst: HttpStream) -> None:
+async def _copy_body(src: HttpStream, dst: HttpStream, scrub: Scrubber | None = None) -> None:
     while True:
         event = await src.next_event()
         if isinstance(event, h11.Data):
-            await dst.send(h11.Data(data=event.data))
+            data = scrub.chunk(event.data) if scrub is not None else event.data
+            if data:
+                await dst.send(h11.Data(data=data))
         elif isinstance(event, h11.EndOfMessage):
+            rest = scrub.end() if scrub is not None else b""
+            if rest:
+                await dst.send(h11.Data(data=rest))
             await dst.send(h11.EndOfMessage(headers=event.headers))
             return
         else:

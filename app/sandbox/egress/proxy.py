@@ -273,8 +273,8 @@ class EgressProxy:
             if other is not None:
                 await self._deny(tls_client, host, port, other)
                 return
-            headers, swapped = swap_headers(event.headers, await self.policy.secrets(), host)
-            status = await forward(tls_client, event, upstream, target=event.target, headers=headers)
+            headers, swapped, scrub = swap_headers(event.headers, await self.policy.secrets(), host)
+            status = await forward(tls_client, event, upstream, target=event.target, headers=headers, scrub=scrub)
             await self.ledger.record(
                 "egress.allowed",
                 {
@@ -316,9 +316,9 @@ class EgressProxy:
             if streams is None:
                 return False
             upstream = upstreams[(host, port)] = HttpStream(h11.CLIENT, *streams, idle_s=self.limits.idle_s)
-        headers, swapped = swap_headers(request.headers, await self.policy.secrets(), host)
+        headers, swapped, scrub = swap_headers(request.headers, await self.policy.secrets(), host)
         origin = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        status = await forward(client, request, upstream, target=origin.encode(), headers=headers)
+        status = await forward(client, request, upstream, target=origin.encode(), headers=headers, scrub=scrub)
         await self.ledger.record(
             "egress.allowed",
             {
