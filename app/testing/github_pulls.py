@@ -11,6 +11,7 @@ import html
 import json
 from typing import Any
 
+import pygit2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
@@ -284,3 +285,39 @@ def _check_lines(comments: list[JSON], files: dict[str, FileDiff]) -> None:
 
 def _custom(message: str) -> JSON:
     return {"resource": "PullRequest", "code": "custom", "message": message}
+
+
+def open_fork_pull(
+    state: GitHubState, full_name: str, fork_owner: str, head_ref: str, files: dict[str, str], title: str
+) -> int:
+    """A pull request into the default branch of `full_name` from branch `head_ref` of the fork
+    `fork_owner/<name>`, whose commit changes `files`. As on GitHub, the base repository holds the fork's
+    commit only under `refs/pull/<n>/head`: its own branch of the same name (if any) is another commit."""
+    repo = state.repos[full_name]
+    git = pygit2.Repository(str(repo.path))
+    base = git.references[f"refs/heads/{repo.default_branch}"].peel(pygit2.Commit)
+    index = pygit2.Index()
+    index.read_tree(base.tree)
+    for path, text in files.items():
+        index.add(pygit2.IndexEntry(path, git.create_blob(text.encode()), pygit2.enums.FileMode.BLOB))
+    who = pygit2.Signature("mallory", "mallory@example.invalid")
+    head = str(git.create_commit(None, who, who, title, index.write_tree(git), [base.id]))
+    number = repo.next_number
+    repo.next_number += 1
+    fields = {
+        "title": title,
+        "body": "",
+        "draft": False,
+        "state": "open",
+        "head": {"ref": head_ref, "sha": head},
+        "base": {"ref": repo.default_branch, "sha": str(base.id)},
+        "commits": commits_between(repo.path, str(base.id), head),
+        "created_at": iso(),
+    }
+    pull = pull_json(state, repo, number, fields)
+    fork = {**pull["head"]["repo"], "full_name": f"{fork_owner}/{full_name.split('/')[1]}", "fork": True}
+    fork["owner"] = {**fork["owner"], "login": fork_owner}
+    pull["head"] = {**pull["head"], "label": f"{fork_owner}:{head_ref}", "repo": fork, "user": fork["owner"]}
+    state.pull_requests.setdefault(full_name, []).append(pull)
+    set_pull_ref(repo.path, number, head)
+    return number

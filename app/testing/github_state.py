@@ -204,42 +204,6 @@ class GitHubState:
         who = pygit2.Signature("octocat", "octocat@example.invalid")
         return str(git.create_commit(f"refs/heads/{branch}", who, who, message, tree, [parent.id]))
 
-    def open_fork_pull(self, full_name: str, fork_owner: str, head_ref: str, files: dict[str, str], title: str) -> int:
-        """A pull request into the default branch of `full_name` from branch `head_ref` of the fork
-        `fork_owner/<name>`, whose commit changes `files`. As on GitHub, the base repository holds the fork's
-        commit only under `refs/pull/<n>/head`: its own branch of the same name (if any) is another commit."""
-        from app.testing.github_repos import commits_between, set_pull_ref
-        from app.testing.github_shapes import iso, pull_json
-
-        repo = self.repos[full_name]
-        git = pygit2.Repository(str(repo.path))
-        base = git.references[f"refs/heads/{repo.default_branch}"].peel(pygit2.Commit)
-        index = pygit2.Index()
-        index.read_tree(base.tree)
-        for path, text in files.items():
-            index.add(pygit2.IndexEntry(path, git.create_blob(text.encode()), pygit2.enums.FileMode.BLOB))
-        who = pygit2.Signature("mallory", "mallory@example.invalid")
-        head = str(git.create_commit(None, who, who, title, index.write_tree(git), [base.id]))
-        number = repo.next_number
-        repo.next_number += 1
-        fields = {
-            "title": title,
-            "body": "",
-            "draft": False,
-            "state": "open",
-            "head": {"ref": head_ref, "sha": head},
-            "base": {"ref": repo.default_branch, "sha": str(base.id)},
-            "commits": commits_between(repo.path, str(base.id), head),
-            "created_at": iso(),
-        }
-        pull = pull_json(self, repo, number, fields)
-        fork = {**pull["head"]["repo"], "full_name": f"{fork_owner}/{full_name.split('/')[1]}", "fork": True}
-        fork["owner"] = {**fork["owner"], "login": fork_owner}
-        pull["head"] = {**pull["head"], "label": f"{fork_owner}:{head_ref}", "repo": fork, "user": fork["owner"]}
-        self.pull_requests.setdefault(full_name, []).append(pull)
-        set_pull_ref(repo.path, number, head)
-        return number
-
     def pulls(self, full_name: str) -> list[JSON]:
         return list(self.pull_requests.get(full_name, []))
 
