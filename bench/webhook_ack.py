@@ -1,8 +1,8 @@
 """Webhook acknowledgement: our web process vs Probot vs a bare ASGI app that only checks the HMAC.
 
 Each server runs alone as one process (uvicorn with 1 worker; Probot with `probot run`) and gets
-the same load: the real `issues.labeled` payload (tests/payloads, sent compact: ~12 KB), signed,
-with a new X-GitHub-Delivery per request.
+the same load: the real `issues.labeled` payload (tests/payloads, sent compact: ~12 KB) with a nonce
+field that makes each request a delivery of its own, signed, with a new X-GitHub-Delivery.
 
 - p99 at a fixed rate (default 500 req/s, open loop: latency counts from the scheduled send
   time, so a stall is not hidden) — measured by the asyncio generator in this file;
@@ -52,25 +52,48 @@ PAYLOAD = ROOT / "tests" / "payloads" / "issues.labeled.json"
 ROUTINE = "---\nname: labelled\nrepo: '*'\non:\n  github:\n    issues: {types: [labeled], labels: [bug]}\n---\nFix.\n"
 PROBOT_APP = 'module.exports = (app) => { app.on("issues.labeled", async () => {}); };\n'
 WRK_SCRIPT = """
+-- Each request a new delivery: a new GUID and a body made unique by a nonce field, signed here with
+-- OpenSSL's HMAC through LuaJIT's FFI (the webhook refuses a signed body it took in before: a replay).
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct evp_md_st EVP_MD;
+const EVP_MD *EVP_sha256(void);
+unsigned char *HMAC(const EVP_MD *md, const void *key, int key_len, const unsigned char *d, size_t n,
+                    unsigned char *out, unsigned int *out_len);
+]]
+local crypto = ffi.load("libcrypto.so.3")
+local key = os.getenv("BENCH_SECRET")
+local mac, mac_len = ffi.new("unsigned char[32]"), ffi.new("unsigned int[1]")
 local n = 0
 local prefix = tostring(math.random(1, 1e9))
-local f = io.open(os.getenv("BENCH_BODY"), "rb"); local body = f:read("*a"); f:close()
+local f = io.open(os.getenv("BENCH_BODY"), "rb"); local rest = f:read("*a"):sub(2); f:close()
 wrk.method = "POST"
-wrk.body = body
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-GitHub-Event"] = "issues"
-wrk.headers["X-Hub-Signature-256"] = os.getenv("BENCH_SIGNATURE")
 request = function()
   n = n + 1
+  local body = '{"bench_nonce":"' .. prefix .. '-' .. n .. '",' .. rest
+  crypto.HMAC(crypto.EVP_sha256(), key, #key, body, #body, mac, mac_len)
+  local hex = {}
+  for i = 0, 31 do hex[i + 1] = string.format("%02x", mac[i]) end
+  wrk.headers["X-Hub-Signature-256"] = "sha256=" .. table.concat(hex)
   wrk.headers["X-GitHub-Delivery"] = prefix .. "-" .. n
-  return wrk.format()
+  return wrk.format(nil, nil, nil, body)
 end
 """
 
 
-def body_and_signature() -> tuple[bytes, str]:
-    body = json.dumps(json.loads(PAYLOAD.read_text()), separators=(",", ":")).encode()
-    return body, "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+def compact_body() -> bytes:
+    return json.dumps(json.loads(PAYLOAD.read_text()), separators=(",", ":")).encode()
+
+
+def sign(body: bytes) -> str:
+    return "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
+def unique(body: bytes, nonce: str) -> bytes:
+    """`body` made a delivery of its own (a signed body seen before is a replay, refused by the webhook)."""
+    return b'{"bench_nonce":"' + nonce.encode() + b'",' + body[1:]
 
 
 def bare_app() -> Callable[..., Any]:
@@ -155,7 +178,7 @@ async def _one(pool: asyncio.Queue[Any], port: int, request: bytes) -> int:
     return status
 
 
-async def open_loop(port: int, path: str, body: bytes, signature: str, rate: float, seconds: float) -> JSONish:
+async def open_loop(port: int, path: str, body: bytes, rate: float, seconds: float) -> JSONish:
     """Send `rate` req/s for `seconds` on schedule; latency from the scheduled time. Returns p50/p99/max ms."""
     pool: asyncio.Queue[Any] = asyncio.Queue()
     latencies: list[float] = []
@@ -163,11 +186,12 @@ async def open_loop(port: int, path: str, body: bytes, signature: str, rate: flo
     prefix = os.urandom(4).hex()
 
     async def fire(i: int, scheduled: float) -> None:
+        data = unique(body, f"{prefix}-{i}")
         request = (
             f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-            f"x-github-event: issues\r\nx-github-delivery: {prefix}-{i}\r\nx-hub-signature-256: {signature}\r\n"
-            f"content-length: {len(body)}\r\n\r\n"
-        ).encode() + body
+            f"x-github-event: issues\r\nx-github-delivery: {prefix}-{i}\r\nx-hub-signature-256: {sign(data)}\r\n"
+            f"content-length: {len(data)}\r\n\r\n"
+        ).encode() + data
         status = await _one(pool, port, request)
         latencies.append((time.perf_counter() - scheduled) * 1000)
         statuses[status] = statuses.get(status, 0) + 1
@@ -194,10 +218,10 @@ async def open_loop(port: int, path: str, body: bytes, signature: str, rate: flo
 JSONish = dict[str, Any]
 
 
-def wrk_max(port: int, path: str, body_file: Path, signature: str, seconds: float, connections: int) -> JSONish:
+def wrk_max(port: int, path: str, body_file: Path, seconds: float, connections: int) -> JSONish:
     script = body_file.parent / "vary.lua"
     script.write_text(WRK_SCRIPT)
-    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_SIGNATURE": signature}
+    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_SECRET": SECRET}
     command = [
         "wrk",
         "-t1",
@@ -230,7 +254,7 @@ def start_probot(tmp: Path, port: int) -> subprocess.Popen[bytes]:
 
 def measure(name: str, process: subprocess.Popen[bytes], port: int, path: str, args: argparse.Namespace,
             body_file: Path, flush: Callable[[], object], fixed_rate: bool) -> JSONish:  # fmt: skip
-    body, signature = body_and_signature()
+    body = compact_body()
     fixed: JSONish = {}
 
     def reset() -> None:  # once the requests wrk left in flight are answered: a FLUSHDB under them fails them
@@ -239,12 +263,12 @@ def measure(name: str, process: subprocess.Popen[bytes], port: int, path: str, a
 
     try:
         wait_listening(port, process)
-        wrk_max(port, path, body_file, signature, 2, args.connections)  # warm up (JIT, pools)
+        wrk_max(port, path, body_file, 2, args.connections)  # warm up (JIT, pools)
         reset()
         if fixed_rate:
-            fixed = asyncio.run(open_loop(port, path, body, signature, args.rate, args.seconds))
+            fixed = asyncio.run(open_loop(port, path, body, args.rate, args.seconds))
             reset()
-        peak = wrk_max(port, path, body_file, signature, args.seconds, args.connections)
+        peak = wrk_max(port, path, body_file, args.seconds, args.connections)
         reset()
     finally:
         process.terminate()
@@ -278,7 +302,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         body_file = tmp / "body.json"
-        body_file.write_bytes(body_and_signature()[0])
+        body_file.write_bytes(compact_body())
         (tmp / "routines").mkdir()
         (tmp / "routines" / "labelled.md").write_text(ROUTINE)
         server = start(tmp) if args.redis is None else None

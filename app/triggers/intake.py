@@ -1,9 +1,14 @@
-"""GitHub deliveries on their way in: claimed once by their `X-GitHub-Delivery` GUID, kept raw, passed on.
+"""GitHub deliveries on their way in: claimed once by their GUID and once by their body, kept raw, passed on.
 
 Keys (under `routines:`): `delivery:<guid>` the claim (value: the event name; kept 4 days, longer
-than GitHub lets anyone redeliver), `delivery:<guid>:payload` the raw body, LZ4-compressed (until the
+than GitHub lets anyone redeliver), `delivery-body:<digest>` the claim of the body (value: the GUID
+it came with; kept as long), `delivery:<guid>:payload` the raw body, LZ4-compressed (until the
 worker has handled it, 3 days at most), and the stream `deliveries`, one entry per claimed delivery.
-All three are ours: the web process never writes arq's keys.
+All four are ours: the web process never writes arq's keys.
+
+Why the body too: GitHub signs only the body, so the GUID and the event name of a captured delivery
+can be changed at will. A body taken in under one GUID is refused under any other, whatever event
+name it comes with (a replay); GitHub's own redeliveries keep their GUID, and are duplicates.
 
 LZ4 because payloads are the bulk of what the webhook writes: GitHub's JSON shrinks about 4.6× (a
 12,470-byte `issues.labeled` to 2,700 bytes) for ~7 µs of CPU, so a burst held while workers are down
@@ -23,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import hashlib
 import logging
 import os
 import socket
@@ -41,17 +48,23 @@ DELIVERY_JOB = "handle_delivery"
 CLAIM_TTL_S = 4 * 86400
 PAYLOAD_TTL_S = 3 * 86400
 PREFIX = "routines:delivery:"
+BODY_PREFIX = "routines:delivery-body:"
 STREAM = "routines:deliveries"
 GROUP = "workers"
 
-# KEYS: claim, payload, stream. ARGV: event, claim ms, guid, payload, payload ms. 1: taken in; 0: claimed
-# before. The claim is written last: if Redis fails part way (out of memory), a delivery is never claimed
-# without its payload and stream entry. One command per delivery: packing and parsing a second one costs
-# the web process more than passing the payload through Lua costs Redis (bench/webhook_ack.py).
+# KEYS: claim, payload, stream, body claim. ARGV: event, claim ms, guid, payload, payload ms. 1: taken in;
+# 0: GUID claimed before; 2: body claimed before by another GUID. The claims are written last: if Redis
+# fails part way (out of memory), a delivery is never claimed without its payload and stream entry, and a
+# body claim left without its GUID claim still lets that GUID's redelivery in. One command per delivery:
+# packing and parsing a second one costs the web process more than passing the payload through Lua costs
+# Redis (bench/webhook_ack.py).
 _TAKE_IN = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local first = redis.call('GET', KEYS[4])
+if first and first ~= ARGV[3] then return 2 end
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 redis.call('XADD', KEYS[3], '*', 'guid', ARGV[3])
+redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
@@ -82,12 +95,25 @@ def claim_key(guid: str) -> str:
     return PREFIX + guid
 
 
+def body_claim_key(digest: str) -> str:
+    return BODY_PREFIX + digest
+
+
+class Intake(enum.Enum):
+    """What became of a delivery: taken in, or turned away without being stored."""
+
+    QUEUED = 1
+    DUPLICATE = 0  # its GUID was claimed before: a redelivery
+    REPLAY = 2  # its body was claimed before under another GUID
+
+
 @dataclass
 class _Pending:
     guid: str
     event: str
     body: bytes
-    future: asyncio.Future[bool]
+    digest: str
+    future: asyncio.Future[Intake]
 
 
 class DeliveryIntake:
@@ -95,8 +121,10 @@ class DeliveryIntake:
     `in_flight` is free and takes every delivery read by then, so under load N concurrent deliveries
     cost one pipeline, and Redis works on one batch while this process reads the next.
 
-    `enqueue` answers True when taken in, False when claimed before (never run twice), and raises
-    StoreError when Redis failed (nothing was claimed then).
+    `enqueue` answers QUEUED when taken in, DUPLICATE when its GUID was claimed before, REPLAY when its
+    body was (under another GUID; never run twice either way), and raises StoreError when Redis failed
+    (nothing was claimed then). `digest` names the body among deliveries: the webhook passes the
+    HMAC-SHA256 it has verified, which costs nothing more.
     """
 
     def __init__(self, redis: aioredis.Redis, in_flight: int = 2) -> None:
@@ -106,9 +134,9 @@ class DeliveryIntake:
         self._calls: set[asyncio.Task[None]] = set()
         self._sha: str | None = None
 
-    async def enqueue(self, guid: str, event: str, body: bytes) -> bool:
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(guid, event, body, future))
+    async def enqueue(self, guid: str, event: str, body: bytes, digest: str) -> Intake:
+        future: asyncio.Future[Intake] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(guid, event, body, digest, future))
         if len(self._calls) < self.in_flight:
             self._start()
         return await future
@@ -160,7 +188,8 @@ class DeliveryIntake:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for item in batch:
                     claim = claim_key(item.guid)
-                    pipe.execute_command("EVALSHA", self._sha, 3, claim, claim + ":payload", STREAM, *self._args(item))
+                    keys = claim, claim + ":payload", STREAM, body_claim_key(item.digest)
+                    pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *self._args(item))
                 taken = await pipe.execute(raise_on_error=False)
             if any(isinstance(r, NoScriptError) for r in taken):
                 self._sha = None
@@ -171,21 +200,23 @@ class DeliveryIntake:
             return [int(r) for r in taken]
         raise StoreError("could not queue the delivery: Redis keeps losing its script cache")
 
-
     @staticmethod
     def _args(item: _Pending) -> tuple[str | bytes, ...]:
         return item.event, _CLAIM_MS, item.guid, pack_payload(item.body), _PAYLOAD_MS
 
 
-def _outcome(result: int, guid: str) -> bool | StoreError:
+def _outcome(result: int, guid: str) -> Intake | StoreError:
     if result < 0:
         return StoreError(f"could not queue delivery {guid}: Redis did not store its payload (out of memory?)")
-    return result == 1
+    return Intake(result)
 
 
-async def enqueue_delivery(redis: aioredis.Redis, guid: str, event: str, body: bytes) -> bool:
-    """Take one delivery in (see DeliveryIntake.enqueue)."""
-    return await DeliveryIntake(redis, in_flight=1).enqueue(guid, event, body)
+async def enqueue_delivery(
+    redis: aioredis.Redis, guid: str, event: str, body: bytes, digest: str | None = None
+) -> Intake:
+    """Take one delivery in (see DeliveryIntake.enqueue); `digest` is the body's SHA-256 unless given."""
+    digest = digest or hashlib.sha256(body).hexdigest()
+    return await DeliveryIntake(redis, in_flight=1).enqueue(guid, event, body, digest)
 
 
 async def claimed(redis: aioredis.Redis, guids: list[str]) -> set[str]:

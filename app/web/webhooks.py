@@ -5,10 +5,13 @@ Contract (what GitHub sees):
   GITHUB_WEBHOOK_SECRET (a sha1-only `X-Hub-Signature` is refused); 500 naming the setting when
   no secret is configured (the web process still serves the API and UI in local mode).
 - 413 past 25 MB (GitHub's own cap), counted while reading, whatever Content-Length says.
-- 400 for a body that is not a JSON object, or without X-GitHub-Event / X-GitHub-Delivery.
+- 400 for a body that is not a JSON object, without X-GitHub-Event / X-GitHub-Delivery, or with a
+  delivery GUID that is not 1-64 letters, digits and hyphens (GitHub's are UUIDs; it becomes part of
+  Redis keys, so `<guid>:fired` must never pass for a GUID).
 - 200 for `ping`; 202 for an event no routine listens to (ignored, logged).
 - 202 once the delivery is claimed, stored and taken in (one Redis round trip, app.triggers.intake);
-  200 for a delivery claimed before (a redelivery is acknowledged, never run twice). A 2xx has no body;
+  200 for a delivery claimed before (a redelivery is acknowledged, never run twice), and for a body taken
+  in before under another GUID or event name (a replay: only the body is signed). A 2xx has no body;
   its `X-Routines-Delivery` header says what happened (`pong`, `queued`, `duplicate: …`, `ignored: …`).
 - 503 when Redis is unreachable: never 2xx, so GitHub marks the delivery failed and the
   recovery sweep has it redelivered.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,6 +39,7 @@ from app.core.errors import StoreError
 from app.core.metrics import WEBHOOK_DELIVERIES
 from app.store.delivery_log import DeliveryLog, DeliveryRecord
 from app.triggers.followups import EVENTS as FOLLOW_UP_EVENTS
+from app.triggers.intake import Intake
 
 if TYPE_CHECKING:
     from app.services import Services
@@ -46,6 +51,12 @@ MAX_BODY_BYTES = 25 * 1024 * 1024
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _READ_HEADERS = frozenset({b"x-hub-signature-256", b"x-github-event", b"x-github-delivery"})
 _REFUSALS = {400: "bad_request", 401: "bad_signature", 413: "too_large", 503: "unavailable"}
+_GUID = re.compile(r"[A-Za-z0-9-]{1,64}")
+_ANSWERS = {
+    Intake.QUEUED: (202, "queued"),
+    Intake.DUPLICATE: (200, "duplicate: claimed before, not run again"),
+    Intake.REPLAY: (200, "duplicate: a replay, the same signed body came before under another GUID; not run"),
+}
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -150,8 +161,8 @@ def check_json_object(body: bytes) -> None:
         raise _refuse(400, f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
-def verify_signature(secret: bytes, body: bytes, header: str | None) -> None:
-    """Raise 401 unless `header` is `sha256=<hex HMAC-SHA256 of body>` (constant-time comparison)."""
+def verify_signature(secret: bytes, body: bytes, header: str | None) -> str:
+    """The hex HMAC-SHA256 of `body`; raise 401 unless `header` is `sha256=<it>` (constant-time comparison)."""
     if not header:
         raise _refuse(401, "X-Hub-Signature-256 is missing; set a webhook secret in the GitHub App settings")
     if not header.startswith("sha256="):
@@ -159,6 +170,7 @@ def verify_signature(secret: bytes, body: bytes, header: str | None) -> None:
     expected = hmac.digest(secret, body, "sha256").hex()  # OpenSSL's one-shot HMAC
     if not hmac.compare_digest(header[7:].encode(), expected.encode()):
         raise _refuse(401, "X-Hub-Signature-256 does not match the body; check GITHUB_WEBHOOK_SECRET")
+    return expected
 
 
 class GitHubWebhook:
@@ -214,11 +226,13 @@ class GitHubWebhook:
         secret = services.settings.github_webhook_secret
         if not secret:
             raise _refuse(500, "GITHUB_WEBHOOK_SECRET is not set; set it to the webhook secret of the GitHub App")
-        verify_signature(secret.encode(), body, headers.get("x-hub-signature-256"))
+        digest = verify_signature(secret.encode(), body, headers.get("x-hub-signature-256"))
         event = headers.get("x-github-event")
         guid = headers.get("x-github-delivery")
-        if not event or not guid or len(guid) > 100:
+        if not event or not guid:
             raise _refuse(400, "X-GitHub-Event and X-GitHub-Delivery headers are required")
+        if not _GUID.fullmatch(guid):
+            raise _refuse(400, "X-GitHub-Delivery must be 1 to 64 letters, digits and hyphens (GitHub sends a UUID)")
         check_json_object(body)
         if event == "ping":
             return 200, "pong"
@@ -226,12 +240,13 @@ class GitHubWebhook:
             log.info("delivery %s: no routine listens to %s; ignored", guid, event)
             return 202, f"ignored: no routine listens to {event}"
         try:
-            queued = await services.deliveries().enqueue(guid, event, body)
+            intake = await services.deliveries().enqueue(guid, event, body, digest)
         except StoreError as exc:
             raise _refuse(503, f"{exc}; GitHub will show the delivery as failed and it will be redelivered") from None
-        if not queued:
-            return 200, "duplicate: claimed before, not run again"
-        return 202, "queued"
+        if intake is Intake.REPLAY:
+            log.warning("delivery %s (%s): its signed body was taken in before under another GUID; a replay, not run",
+                        guid, event)  # fmt: skip
+        return _ANSWERS[intake]
 
 
 class WebhookFirst:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -30,6 +31,8 @@ from app.triggers.intake import (
     STREAM,
     DeliveryIntake,
     DeliveryPump,
+    Intake,
+    body_claim_key,
     claim_key,
     enqueue_delivery,
     unpack_payload,
@@ -60,8 +63,8 @@ def comment_event(hooks: HookStack, body: str, sender_type: str = "User") -> dic
     data["repository"]["full_name"] = "acme/api"
     data["installation"] = {"id": hooks.installation}
     data["issue"]["number"] = hooks.github.add_issue("acme/api", "Crash on start", "It crashes.")
-    data["comment"] = copy.deepcopy(data["comment"]) | add_comment(hooks.github,
-        "acme/api", data["issue"]["number"], body
+    data["comment"] = copy.deepcopy(data["comment"]) | add_comment(
+        hooks.github, "acme/api", data["issue"]["number"], body
     )
     data["comment"]["author_association"] = "MEMBER"
     data["sender"]["type"] = sender_type
@@ -70,8 +73,8 @@ def comment_event(hooks: HookStack, body: str, sender_type: str = "User") -> dic
 
 async def test_a_delivery_is_claimed_stored_and_taken_in_once(aredis: aioredis.Redis) -> None:
     body = b'{"action": "labeled"}'
-    assert await enqueue_delivery(aredis, "g-1", "issues", body) is True
-    assert await enqueue_delivery(aredis, "g-1", "issues", b"{}") is False
+    assert await enqueue_delivery(aredis, "g-1", "issues", body) is Intake.QUEUED
+    assert await enqueue_delivery(aredis, "g-1", "issues", b"{}") is Intake.DUPLICATE
     assert await aredis.get(claim_key("g-1")) == b"issues"
     assert unpack_payload(await aredis.get(claim_key("g-1") + ":payload")) == body
     assert 3 * 86400 - 5 < await aredis.ttl(claim_key("g-1") + ":payload") <= 3 * 86400
@@ -84,13 +87,13 @@ async def test_the_pump_queues_each_delivery_once_through_arqs_api(redis_url: st
     pool = queue.connect(redis_url)
     try:
         for guid in ("p-1", "p-2"):
-            assert await enqueue_delivery(pool, guid, "issues", b"{}") is True
+            assert await enqueue_delivery(pool, guid, "issues", f'{{"n": "{guid}"}}'.encode()) is Intake.QUEUED
         pump = DeliveryPump(pool, consumer="w-1")
         assert await pump.drain() == 2
         jobs = sorted((job.job_id, job.function, list(job.args)) for job in await pool.queued_jobs())
         assert jobs == [("delivery:p-1", DELIVERY_JOB, ["p-1"]), ("delivery:p-2", DELIVERY_JOB, ["p-2"])]
         assert await pool.xlen(STREAM) == 0, "taken entries are acknowledged and deleted"
-        assert await enqueue_delivery(pool, "p-1", "issues", b"{}") is False, "a redelivery is not taken in again"
+        assert await enqueue_delivery(pool, "p-1", "issues", b'{"n": "p-1"}') is Intake.DUPLICATE, "a redelivery"
         assert await pump.drain() == 0
     finally:
         await pool.aclose()
@@ -112,7 +115,7 @@ async def test_an_entry_a_dead_worker_read_is_taken_over(redis_url: str) -> None
 
 async def test_payloads_are_kept_lz4_compressed_and_read_back_either_way(aredis: aioredis.Redis) -> None:
     body = json.dumps(payload("issues.labeled")).encode()
-    assert await enqueue_delivery(aredis, "g-z", "issues", body) is True
+    assert await enqueue_delivery(aredis, "g-z", "issues", body) is Intake.QUEUED
     stored = await aredis.get(claim_key("g-z") + ":payload")
     assert stored.startswith(b"lz4:") and len(stored) * 3 < len(body)
     assert unpack_payload(stored) == body
@@ -122,31 +125,53 @@ async def test_payloads_are_kept_lz4_compressed_and_read_back_either_way(aredis:
 async def test_concurrent_deliveries_share_round_trips_each_taken_in_once(aredis: aioredis.Redis) -> None:
     intake = DeliveryIntake(aredis)
     guids = [f"g-{i % 30}" for i in range(40)]  # ten GUIDs arrive twice at once
-    taken = await asyncio.gather(*(intake.enqueue(g, "issues", f'{{"n": {i}}}'.encode()) for i, g in enumerate(guids)))
-    assert sum(taken) == 30 and all(taken[:30]) and not any(taken[30:])
+    bodies = [f'{{"n": {i}}}'.encode() for i in range(40)]
+    taken = await asyncio.gather(*(intake.enqueue(g, "issues", b, b.hex()) for g, b in zip(guids, bodies, strict=True)))
+    assert taken == [Intake.QUEUED] * 30 + [Intake.DUPLICATE] * 10
     assert await aredis.xlen(STREAM) == 30
     assert unpack_payload(await aredis.get(claim_key("g-3") + ":payload")) == b'{"n": 3}', "the first copy is kept"
     await aredis.script_flush()  # Redis restarted: its script cache is gone
-    assert await intake.enqueue("g-new", "issues", b"{}") is True
-    assert await intake.enqueue("g-new", "issues", b"{}") is False
+    assert await intake.enqueue("g-new", "issues", b"{}", "new") is Intake.QUEUED
+    assert await intake.enqueue("g-new", "issues", b"{}", "new") is Intake.DUPLICATE
 
 
 async def test_a_redis_restart_between_deliveries_is_not_answered_503(aredis: aioredis.Redis) -> None:
     intake = DeliveryIntake(aredis)
-    assert await intake.enqueue("r-1", "issues", b"{}") is True
+    assert await intake.enqueue("r-1", "issues", b"{}", "r-1") is Intake.QUEUED
     await aredis.client_kill_filter(_type="normal", skipme=True)  # what a Redis restart does to open connections
-    assert await intake.enqueue("r-2", "issues", b"{}") is True
-    assert await intake.enqueue("r-1", "issues", b"{}") is False
+    assert await intake.enqueue("r-2", "issues", b"{}", "r-2") is Intake.QUEUED
+    assert await intake.enqueue("r-1", "issues", b"{}", "r-1") is Intake.DUPLICATE
 
 
 async def test_a_dead_redis_fails_every_delivery_of_the_batch_and_claims_nothing() -> None:
     dead = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
     intake = DeliveryIntake(dead)
     results = await asyncio.gather(
-        *(intake.enqueue(f"d-{i}", "issues", b"{}") for i in range(3)), return_exceptions=True
+        *(intake.enqueue(f"d-{i}", "issues", b"{}", str(i)) for i in range(3)), return_exceptions=True
     )
     assert all(isinstance(r, StoreError) and "Redis failed" in str(r) for r in results)
     await dead.aclose()
+
+
+async def test_a_body_taken_in_is_refused_as_a_replay_under_any_other_guid_or_event(aredis: aioredis.Redis) -> None:
+    body = b'{"action": "labeled"}'
+    assert await enqueue_delivery(aredis, "g-1", "issues", body) is Intake.QUEUED
+    assert await enqueue_delivery(aredis, "g-2", "issues", body) is Intake.REPLAY
+    assert await enqueue_delivery(aredis, "g-3", "pull_request_review", body) is Intake.REPLAY
+    assert await enqueue_delivery(aredis, "g-1", "issues", body) is Intake.DUPLICATE, "GitHub's redelivery"
+    assert await aredis.keys(claim_key("g-[23]") + "*") == [], "a replay stores and claims nothing"
+    assert [fields for _, fields in await aredis.xrange(STREAM)] == [{b"guid": b"g-1"}]
+    body_claim = body_claim_key(hashlib.sha256(body).hexdigest())
+    assert await aredis.get(body_claim) == b"g-1"
+    assert await aredis.pttl(body_claim) == pytest.approx(await aredis.pttl(claim_key("g-1")), abs=2000)
+
+
+async def test_a_guid_whose_claim_was_lost_after_its_body_claim_is_still_taken_in(aredis: aioredis.Redis) -> None:
+    body = b'{"action": "labeled"}'
+    assert await enqueue_delivery(aredis, "g-1", "issues", body) is Intake.QUEUED
+    await aredis.delete(claim_key("g-1"))  # Redis failed between the two claims
+    assert await enqueue_delivery(aredis, "g-1", "issues", body) is Intake.QUEUED
+    assert await enqueue_delivery(aredis, "g-2", "issues", body) is Intake.REPLAY
 
 
 def test_a_comment_fires_each_matching_routine_with_its_own_tracking_comment(hooks: HookStack) -> None:

@@ -216,7 +216,7 @@ def test_two_web_processes_on_one_redis_report_the_same_totals(tmp_path: Path, r
         _post(hooks[0], "ping", {}, "p-1")
         _post(hooks[0], "issues", {"action": "opened"}, "d-1")
         _post(hooks[1], "issues", {"action": "opened"}, "d-1")
-        _post(hooks[1], "issues", {"action": "opened"}, "d-2")
+        _post(hooks[1], "issues", {"action": "opened", "issue": {"number": 2}}, "d-2")
         _post(hooks[1], "issues", {"action": "opened"}, "d-3", secret="wrong")
         scrape(one.url, token=None), scrape(two.url, token=None)  # each sends its own counts when scraped
         seen_one, seen_two = scrape(one.url, token=None), scrape(two.url, token=None)
@@ -247,7 +247,7 @@ def test_a_redis_error_while_counting_does_not_fail_the_webhook(tmp_path: Path, 
     client.set("routines:metrics:counters", "not a hash")  # every count sent to it fails (WRONGTYPE)
     with serve_in_thread(create_app(settings)) as web:
         hook = f"{web.url}/webhooks/github"
-        answers = [_post(hook, "issues", {"action": "opened"}, f"d-{n}") for n in range(3)]
+        answers = [_post(hook, "issues", {"action": "opened", "issue": {"number": n}}, f"d-{n}") for n in range(3)]
         assert [(a.status_code, a.headers["x-routines-delivery"]) for a in answers] == [(202, "queued")] * 3
         assert httpx.get(f"{web.url}/metrics", timeout=30).status_code == 503, "the counts cannot be read either"
         assert client.xlen("routines:deliveries") == 3, "every delivery was taken in"

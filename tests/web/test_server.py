@@ -27,7 +27,11 @@ from app.triggers.intake import claim_key, unpack_payload
 from app.web.webhooks import PATH, GitHubWebhook, Headers, Reply
 
 ROUTINE = "---\nname: labelled\nrepo: '*'\non:\n  github:\n    issues: {types: [labeled]}\n---\nFix.\n"
-BODY = json.dumps({"action": "labeled", "issue": {"number": 1, "title": "café ☕"}}).encode()
+
+
+def body_of(guid: str) -> bytes:
+    """A body of its own for each delivery: one signed body sent under two GUIDs is a replay."""
+    return json.dumps({"action": "labeled", "issue": {"number": 1, "title": "café ☕"}, "n": guid}).encode()
 
 
 @pytest.fixture
@@ -39,7 +43,8 @@ def hooks(tmp_path: Path, redis_url: str) -> Iterator[HookStack]:
         yield stack
 
 
-def request(guid: str, body: bytes = BODY, *, extra: str = "", chunked: bool = False) -> bytes:
+def request(guid: str, body: bytes | None = None, *, extra: str = "", chunked: bool = False) -> bytes:
+    body = body_of(guid) if body is None else body
     signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     head = (
         f"POST /webhooks/github HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-github-event: issues\r\n"
@@ -94,7 +99,7 @@ def test_webhooks_and_api_requests_share_a_kept_alive_connection(hooks: HookStac
     assert health[0] == 200
     assert (again[0], again[1]["x-routines-delivery"]) == (200, "duplicate: claimed before, not run again")
     assert (second[0], second[1]["x-routines-delivery"]) == (202, "queued")
-    assert stored(hooks, "k-1") == BODY and stored(hooks, "k-2") == BODY
+    assert stored(hooks, "k-1") == body_of("k-1") and stored(hooks, "k-2") == body_of("k-2")
 
 
 def test_pipelined_requests_are_answered_in_order(hooks: HookStack) -> None:
@@ -111,7 +116,7 @@ def test_pipelined_requests_are_answered_in_order(hooks: HookStack) -> None:
     assert [a[0] for a in answers] == [202, 200, 202, 200, 400]
     assert json.loads(answers[1][2])["routines"][0]["name"] == "labelled"
     assert "not a JSON object" in json.loads(answers[4][2])["error"]
-    assert (stored(hooks, "p-1"), stored(hooks, "p-2"), stored(hooks, "p-3")) == (BODY, BODY, None)
+    assert (stored(hooks, "p-1"), stored(hooks, "p-2"), stored(hooks, "p-3")) == (body_of("p-1"), body_of("p-2"), None)
 
 
 def test_connection_close_and_http_1_0_close_after_the_answer(hooks: HookStack) -> None:
@@ -124,14 +129,14 @@ def test_connection_close_and_http_1_0_close_after_the_answer(hooks: HookStack) 
             status, headers, _ = response(stream)
             assert (status, headers["connection"]) == (202, "close"), guid
             assert stream.read() == b"", "the server closed the connection"
-        assert stored(hooks, guid) == BODY
+        assert stored(hooks, guid) == body_of(guid)
 
 
 def test_a_chunked_body_is_gathered_whole(hooks: HookStack) -> None:
     with connect(hooks) as conn, conn.makefile("rb") as stream:
         conn.sendall(request("ch-1", chunked=True))
         assert response(stream)[0] == 202
-    assert stored(hooks, "ch-1") == BODY
+    assert stored(hooks, "ch-1") == body_of("ch-1")
 
 
 def test_expect_100_continue_is_answered_and_queued(hooks: HookStack) -> None:
@@ -153,7 +158,7 @@ def test_a_client_gone_mid_body_queues_nothing_and_the_server_goes_on(hooks: Hoo
     with connect(hooks) as conn, conn.makefile("rb") as stream:
         conn.sendall(request("after-1"))
         assert response(stream)[0] == 202
-    assert stored(hooks, "gone-1") is None and stored(hooks, "after-1") == BODY
+    assert stored(hooks, "gone-1") is None and stored(hooks, "after-1") == body_of("after-1")
 
 
 def test_a_webhook_body_over_the_limit_is_refused_and_the_connection_stays_usable(hooks: HookStack) -> None:
@@ -203,7 +208,7 @@ def test_shutdown_waits_for_an_answer_being_queued(tmp_path: Path, redis_url: st
         assert stream.read() == b""
         stopping.join(10)
     admin.close()
-    assert stored(stack, "s-1") == BODY
+    assert stored(stack, "s-1") == body_of("s-1")
 
 
 class _Failing(GitHubWebhook):

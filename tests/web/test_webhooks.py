@@ -179,3 +179,46 @@ def test_redis_unreachable_answers_503_never_2xx(tmp_path: Path, redis_url: str)
     attempt = stack.github.hook_deliveries[-1]
     assert attempt["status_code"] == 503 and attempt["status"] == "Invalid HTTP Response: 503"
     assert response.status_code == 503 and "Redis failed" in response.json()["error"]
+
+
+def test_a_captured_delivery_sent_again_under_new_guids_or_events_starts_one_run(hooks: HookStack) -> None:
+    guid = hooks.send("issues", on_repo(hooks, payload("issues.labeled")))
+    captured = hooks.github.hook_targets[guid].body  # body and signature, all a replay needs
+
+    def replay(event: str, guid: str) -> tuple[int, str]:
+        response = post(hooks, captured, {"x-github-event": event, "x-github-delivery": guid, **signed(captured)})
+        return response.status_code, response.headers["x-routines-delivery"]
+
+    assert replay("issues", guid) == (200, "duplicate: claimed before, not run again")
+    for event, other in [("issues", "attacker-2"), ("issues", "attacker-3"), ("pull_request_review", "attacker-4")]:
+        status, outcome = replay(event, other)
+        assert status == 200 and outcome.startswith("duplicate: a replay"), (event, other)
+    runs = hooks.drain()
+    assert [(r.routine, r.trigger.data["delivery"]) for r in runs] == [("labelled-fix", guid)]
+
+
+def test_two_deliveries_that_differ_only_in_a_field_each_start_a_run(hooks: HookStack) -> None:
+    data = on_repo(hooks, payload("issues.labeled"))
+    first = hooks.send("issues", data)
+    second = hooks.send("issues", {**data, "issue": {**data["issue"], "updated_at": "2030-01-01T00:00:00Z"}})
+    assert [d["status_code"] for d in hooks.github.hook_deliveries] == [202, 202]
+    assert sorted(r.trigger.data["delivery"] for r in hooks.drain()) == sorted([first, second])
+
+
+@pytest.mark.parametrize("guid", ["G:fired", "g-1:payload", "a" * 65, "g 1", "g/1", "g.1", "g\t1"])
+def test_a_delivery_guid_of_another_shape_is_refused_400_and_claims_nothing(hooks: HookStack, guid: str) -> None:
+    data = on_repo(hooks, payload("issues.labeled"))
+    body = json.dumps(data).encode()
+    response = post(hooks, body, {"x-github-delivery": guid, **signed(body)})
+    assert response.status_code == 400
+    assert "X-GitHub-Delivery" in response.json()["error"] and "letters, digits and hyphens" in response.json()["error"]
+    assert hooks.drain() == []
+
+
+def test_a_guid_with_a_suffix_cannot_take_the_claim_of_the_delivery_it_names(hooks: HookStack) -> None:
+    data = on_repo(hooks, payload("issues.labeled"))
+    body = json.dumps({**data, "issue": {**data["issue"], "updated_at": "2030-01-01T00:00:00Z"}}).encode()
+    assert post(hooks, body, {"x-github-delivery": "g-7:fired", **signed(body)}).status_code == 400
+    guid = hooks.send("issues", data, guid="g-7")
+    assert hooks.github.hook_deliveries[-1]["status_code"] == 202
+    assert [r.trigger.data["delivery"] for r in hooks.drain()] == [guid]
