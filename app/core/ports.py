@@ -331,9 +331,9 @@ class Workspaces(Protocol):
 
     async def checkout(self, mirror: Path, base: str, dest: Path) -> Checkout: ...
 
-    async def fetch_pull(self, mirror: Path, url: str, creds: Credentials | None, number: int) -> str:
-        """Bring pull request `number`'s head (GitHub's `refs/pull/<n>/head`, a fork's commits too) into
-        `mirror`; its commit id."""
+    async def fetch_pull(self, mirror: Path, url: str, creds: Credentials | None, number: int, commit: str) -> None:
+        """Make sure `mirror` has `commit`, the head of pull request `number` (fetched from GitHub's
+        `refs/pull/<n>/head`, which holds a fork's commits too, when it does not); WorkspaceError if not."""
         ...
 
     def discard(self, dest: Path) -> None:

@@ -186,20 +186,26 @@ class Mirrors:
         target = next((head.symref_target for head in heads if head.name == "HEAD"), None)
         return target if target and target.startswith("refs/heads/") else None
 
-    async def fetch_pull(self, mirror: Path, url: str, creds: Credentials | None, number: int) -> str:
-        """Fetch pull request `number`'s head into `mirror` as `refs/routines/pull/<n>` and return its commit.
+    async def fetch_pull(self, mirror: Path, url: str, creds: Credentials | None, number: int, commit: str) -> None:
+        """Make sure `mirror` has `commit`, the head of pull request `number`: when it does not (a fork's
+        branch is not among the mirror's, or the head moved since the last fetch), fetch GitHub's
+        `refs/pull/<n>/head` (which holds a fork's commits too) as `refs/routines/pull/<n>`. So a review
+        checks out the commit it reviews, never a branch of the base repository that shares its name.
+        WorkspaceError when the commit is still missing (the pull request was force-pushed since)."""
+        await asyncio.to_thread(self._fetch_pull, mirror, url, creds, number, commit)
 
-        GitHub keeps every pull request's head under `refs/pull/<n>/head` of the base repository, a fork's
-        too, so a review checks out the commit it reviews, never a branch of the base repository that
-        happens to share the head's name."""
-        return await asyncio.to_thread(self._fetch_pull, mirror, url, creds, number)
-
-    def _fetch_pull(self, mirror: Path, url: str, creds: Credentials | None, number: int) -> str:
+    def _fetch_pull(self, mirror: Path, url: str, creds: Credentials | None, number: int, commit: str) -> None:
         ref = f"refs/routines/pull/{int(number)}"
         with locked(mirror_lock(mirror)):
             repo = pygit2.Repository(str(mirror))
+            if _has_commit(repo, commit):
+                return
             self._fetch(repo, url, creds, refspecs=[f"+refs/pull/{int(number)}/head:{ref}"])
-            return str(repo.references[ref].peel(pygit2.Commit).id)
+            if not _has_commit(repo, commit):
+                raise WorkspaceError(
+                    f"pull request #{number} of {display_url(url)} no longer has commit {commit} (force-pushed "
+                    "since the run read it?); fire the review again"
+                )
 
     async def checkout(self, mirror: Path, base: str, dest: Path) -> Workspace:
         """Like the module's `checkout`, served from the mirror's spare work tree when there is one (once
@@ -316,3 +322,10 @@ def _serves(fetch: tuple[int, float] | None, asked: int, since: float | None) ->
         return False
     number, began = fetch
     return number > asked or (since is not None and began > 0 and began >= since)
+
+
+def _has_commit(repo: pygit2.Repository, commit: str) -> bool:
+    try:
+        return isinstance(repo[commit].peel(pygit2.Commit), pygit2.Commit)
+    except (KeyError, ValueError, pygit2.GitError):
+        return False

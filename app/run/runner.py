@@ -103,9 +103,7 @@ async def _workspace(ctx: RunContext, deps: RunnerDeps) -> None:
     # any fetch begun since the run could start serves it: a burst of runs fired together shares one
     mirror = await deps.code.workspaces.ensure(ctx.repo.clone_url, ctx.creds, since=ctx.fresh_after)
     if ctx.pull is not None:  # the head under review, by commit: a fork's branch is not in the mirror
-        fetched = await deps.code.workspaces.fetch_pull(mirror, ctx.repo.clone_url, ctx.creds, ctx.pull.number)
-        if fetched != ctx.pull.head_sha:
-            log.info("run %s: pull request #%s moved to %s; reviewing %s", ctx.run.id, ctx.pull.number, fetched, base)
+        await deps.code.workspaces.fetch_pull(mirror, ctx.repo.clone_url, ctx.creds, ctx.pull.number, ctx.pull.head_sha)
     dest = deps.settings.work_dir / ctx.run.id / "repo"
     if ctx.history is not None:
         base = _recorded_base(ctx.history) or base

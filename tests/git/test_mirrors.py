@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.core.errors import WorkspaceError
 from app.git.checkouts import checkout
 from app.git.layout import fetch_log
 from app.git.mirrors import Mirrors
@@ -199,3 +200,29 @@ async def test_a_run_of_another_branch_on_a_shallow_mirror_fetches_the_history_a
     assert workspace.base_commit == git("rev-parse", "feature", cwd=upstream)
     assert (workspace.path / "src" / "file1.txt").read_text() == "version 1\n"
     await mirrors.settle()
+
+
+async def test_a_pull_requests_head_is_fetched_from_its_pull_ref_only_when_missing(tmp_path: Path) -> None:
+    """A fork's commit is in the base repository only under refs/pull/<n>/head: the mirror fetches it by
+    that ref when it lacks the commit, leaves it alone when it has it, and says so when it cannot get it."""
+    origin = tmp_path / "origin"
+    git("init", "-q", "-b", "main", str(origin))
+    commit_file(origin, "a.txt", "a\n")
+    mirrors = Mirrors(tmp_path / "data", spares=False)
+    mirror = await mirrors.ensure(str(origin))
+    base = git("rev-parse", "HEAD", cwd=origin).strip()
+    await mirrors.fetch_pull(mirror, str(origin), None, 1, base)  # the mirror has it: no fetch
+    assert git("--git-dir", str(mirror), "for-each-ref", "refs/routines/") == ""
+
+    git("checkout", "-q", "-b", "fork-branch", cwd=origin)
+    fork = commit_file(origin, "b.txt", "from a fork\n")
+    git("update-ref", "refs/pull/1/head", fork, cwd=origin)
+    git("checkout", "-q", "main", cwd=origin)
+    git("branch", "-q", "-D", "fork-branch", cwd=origin)  # only the pull ref holds it now
+    await mirrors.fetch_pull(mirror, str(origin), None, 1, fork)
+    assert git("--git-dir", str(mirror), "rev-parse", "refs/routines/pull/1").strip() == fork
+    workspace = await mirrors.checkout(mirror, fork, tmp_path / "run" / "repo")
+    assert (workspace.path / "b.txt").read_text() == "from a fork\n"
+
+    with pytest.raises(WorkspaceError, match="no longer has commit 1234567"):
+        await mirrors.fetch_pull(mirror, str(origin), None, 1, "1234567" + fork[7:])

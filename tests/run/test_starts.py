@@ -111,8 +111,8 @@ class HeldWorkspaces:
     async def checkout(self, mirror: Path, base: str, dest: Path) -> Checkout:
         return await self.workspaces.checkout(mirror, base, dest)
 
-    async def fetch_pull(self, mirror: Path, url: str, creds: Credentials | None, number: int) -> str:
-        return await self.workspaces.fetch_pull(mirror, url, creds, number)
+    async def fetch_pull(self, mirror: Path, url: str, creds: Credentials | None, number: int, commit: str) -> None:
+        await self.workspaces.fetch_pull(mirror, url, creds, number, commit)
 
     def discard(self, dest: Path) -> None:
         self.workspaces.discard(dest)
