@@ -21,7 +21,7 @@ from app.sandbox.image_root import ImageRoot
 from app.sandbox.local import LocalSandbox
 
 log = logging.getLogger(__name__)
-DENIED_KEPT = 50  # as many as the pull request lists; the proxy records no more distinct refusals either
+DENIED_KEPT = 50  # as many as the pull request lists (the run's log keeps more: EgressLimits.events_in_full)
 
 
 @dataclass

@@ -4,6 +4,7 @@
     GET /echo/split → the same JSON, sent seven bytes at a time
     GET /echo/head  → 204, each request header sent back as the response header `x-echo-<name>`
     GET /echo/gzip  → the same JSON, gzip-compressed (Content-Encoding: gzip) whatever was asked for
+    GET /echo/last  → the JSON of the request before this one (a service that kept what it was sent)
     GET /bytes/N    → 200, N bytes streamed with a Content-Length
     anything else   → 404
 
@@ -33,12 +34,24 @@ class EchoServer:
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.ssl_context = ssl_context
         self.requests: list[dict[str, object]] = []
+        self.open = 0  # connections open now
+        self._opened_or_closed = asyncio.Condition()
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen; returns the bound port."""
         self._server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl_context, limit=1 << 20)
         return int(self._server.sockets[0].getsockname()[1])
+
+    async def until_open(self, count: int) -> None:
+        """Return once exactly `count` connections are open."""
+        async with self._opened_or_closed:
+            await self._opened_or_closed.wait_for(lambda: self.open == count)
+
+    async def _count(self, change: int) -> None:
+        async with self._opened_or_closed:
+            self.open += change
+            self._opened_or_closed.notify_all()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -47,6 +60,7 @@ class EchoServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
+        await self._count(1)
         try:
             while True:
                 event = conn.next_event()
@@ -61,13 +75,17 @@ class EchoServer:
         except (OSError, h11.ProtocolError):
             return
         finally:
+            await self._count(-1)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
     async def _answer(self, conn: h11.Connection, request: h11.Request, writer: asyncio.StreamWriter) -> None:
         path = request.target.decode()
-        if path in ("/echo", "/echo/split", "/echo/head", "/echo/gzip"):
+        if path == "/echo/last" and self.requests:
+            body = json.dumps(self.requests[-1]).encode()
+            await _send(conn, writer, 200, len(body), [body])
+        elif path in ("/echo", "/echo/split", "/echo/head", "/echo/gzip"):
             seen: dict[str, object] = {
                 "method": request.method.decode(),
                 "path": path,

@@ -19,6 +19,7 @@ import pytest
 from redis import asyncio as aioredis
 
 from app.sandbox.egress.ca import RunCA
+from app.sandbox.egress.http import Scrubber
 from app.sandbox.egress.policy import EgressPolicy, SystemResolver, forbidden_reason, host_matches, live_secrets
 from app.sandbox.egress.proxy import EgressProxy
 from app.store.vault import Vault
@@ -189,11 +190,56 @@ async def test_a_reply_that_echoes_the_value_reaches_the_sandbox_with_the_placeh
     assert last_headers(net.api)["accept-encoding"] == "identity"
 
 
+async def test_a_plain_connection_holds_one_upstream_at_a_time(net: Net) -> None:
+    """Absolute-URI requests on one client connection to ever new hosts must not open an upstream socket
+    each (the connection cap counts client connections): the proxy keeps one upstream per connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", net.proxy_port)
+    try:
+        for host in ("plain.allowed.test", "api.allowed.test", "plain.allowed.test", "api.allowed.test"):
+            target = f"http://{host}:{net.plain_port}/echo"
+            writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}:{net.plain_port}\r\n\r\n".encode())
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            chunked = b"transfer-encoding: chunked" in head.lower()
+            if chunked:
+                while (size := int((await reader.readline()).strip(), 16)) > 0:
+                    await reader.readexactly(size + 2)
+                await reader.readline()
+            else:
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+            async with asyncio.timeout(5):  # the proxy closed the previous upstream; the server sees it go
+                await net.plain.until_open(1)
+    finally:
+        writer.close()
+
+
+async def test_a_value_the_host_kept_comes_back_as_the_placeholder(net: Net) -> None:
+    """A request with the placeholder stores the value at the secret's own host; a later request without
+    one reads it back: every reply of a host a secret is bound to is scrubbed."""
+    url = f"https://api.allowed.test:{net.api_port}"
+    code, _, err = await curl(net, f"{url}/echo", f"X-Store: {net.placeholder}")
+    assert code == 0, err
+    code, out, err = await curl(net, f"{url}/echo/last")
+    assert code == 0, err
+    assert VALUE not in out and json.loads(out)["headers"]["x-store"] == net.placeholder
+
+
+def test_the_scrubber_holds_back_only_what_could_begin_a_value() -> None:
+    """A stream of events must not wait for the next chunk unless its end could be the start of a value."""
+    scrub = Scrubber([(b"s3cr3t-value", b"PLACEHOLDER1")])
+    assert scrub.chunk(b"data: tick\n\n") == b"data: tick\n\n"
+    assert scrub.chunk(b"token s3cr") == b"token "
+    assert scrub.chunk(b"3t-value!") == b"PLACEHOLDER1!"
+    assert scrub.chunk(b"ends with s") == b"ends with " and scrub.end() == b"s"
+
+
 async def test_a_compressed_reply_to_a_request_carrying_a_secret_is_refused(net: Net) -> None:
     _, out, err = await curl(
         net, f"https://api.allowed.test:{net.api_port}/echo/gzip", f"Authorization: Bearer {net.placeholder}"
     )
-    assert "gzip-encoded body, which the proxy cannot check for the secret" in out, (out, err)
+    assert "gzip-encoded body, which the proxy cannot check for the values of the secrets" in out, (out, err)
     assert VALUE not in out
 
 

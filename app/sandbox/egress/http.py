@@ -76,8 +76,9 @@ def swap_headers(
 
     Placeholders are found anywhere in a header value, and inside `Basic` credentials after base64 decoding.
     Secrets of other domains are left as their placeholders. Returns the headers, the swapped secret names,
-    and (when something was swapped) the Scrubber that turns the values back into placeholders in the
-    response; the request then asks for an uncompressed response, which the scrubber can read.
+    and (for a host that any secret is bound to, whether or not this request carried one: the host may
+    have kept a value an earlier request sent) the Scrubber that turns the values back into placeholders
+    in the response; the request then asks for an uncompressed response, which the scrubber can read.
     """
     active = [b for b in bindings if b.applies_to(host)]
     swapped: set[str] = set()
@@ -96,22 +97,22 @@ def swap_headers(
                     echoes.append((sent.encode("ascii"), token.encode("ascii")))
                 value = value[:6] + sent
         out.append((name, value.encode("latin-1", "replace")))
-    if not swapped:
+    if not active:
         return out, [], None
-    echoes += [(b.value.encode("latin-1", "replace"), b.placeholder.encode()) for b in active if b.name in swapped]
+    echoes += [(b.value.encode("latin-1", "replace"), b.placeholder.encode()) for b in active]
     out = [(k, v) for k, v in out if k != b"accept-encoding"] + [(b"accept-encoding", b"identity")]
     return out, sorted(swapped), Scrubber(echoes)
 
 
 class Scrubber:
-    """Turns the secret values a request carried back into their placeholders in its response, headers and
-    body, so a reply that echoes a header (a CORS preflight, an error quoting what it was sent) never
-    hands the sandbox a value. The body is scanned as it streams: the last bytes of each chunk wait for
-    the next, so a value split across chunks is caught."""
+    """Turns the secret values of a host back into their placeholders in its responses (status line,
+    headers, body and trailers), so a reply that echoes a header (a CORS preflight, an error quoting
+    what it was sent) or returns a value the host kept never hands the sandbox a value. The body is
+    scanned as it streams: only an end of a chunk that could begin a value waits for the next chunk,
+    so a value split across chunks is caught and a stream of events is not held back."""
 
     def __init__(self, echoes: Sequence[tuple[bytes, bytes]]) -> None:
         self.echoes = sorted({(v, p) for v, p in echoes if v}, key=lambda pair: -len(pair[0]))
-        self.keep = max((len(v) for v, _ in self.echoes), default=1) - 1
         self._tail = b""
 
     def text(self, data: bytes) -> bytes:
@@ -122,9 +123,19 @@ class Scrubber:
     def chunk(self, data: bytes) -> bytes:
         """What of the body so far can be passed on; the rest waits for the next chunk or `end`."""
         held = self.text(self._tail + data)
-        cut = max(len(held) - self.keep, 0)
-        self._tail = held[cut:]
-        return held[:cut]
+        wait = self._partial(held)
+        self._tail = held[len(held) - wait :] if wait else b""
+        return held[: len(held) - wait]
+
+    def _partial(self, data: bytes) -> int:
+        """The length of the longest end of `data` that is the beginning of a value (0: none)."""
+        longest = 0
+        for value, _ in self.echoes:
+            for size in range(min(len(value) - 1, len(data)), longest, -1):
+                if data.endswith(value[:size]):
+                    longest = size
+                    break
+        return longest
 
     def end(self) -> bytes:
         held, self._tail = self._tail, b""
@@ -174,18 +185,22 @@ async def forward(
         if not isinstance(event, h11.Response):
             raise h11.RemoteProtocolError(f"upstream sent {event!r} instead of a response")
         kept = [(k, v) for k, v in event.headers if k not in _PROXY_ONLY]
+        reason = event.reason
         if scrub is not None:
-            encoding = next((v for k, v in kept if k == b"content-encoding"), b"identity").strip().lower()
-            if encoding not in (b"", b"identity"):
+            encodings = {e.strip().lower() for k, v in kept if k == b"content-encoding" for e in v.split(b",")}
+            if encodings - {b"", b"identity"}:
+                named = b", ".join(sorted(encodings - {b"", b"identity"})).decode("latin-1")
                 await respond(
                     client,
                     502,
-                    f"the upstream answered a request carrying a secret with a {encoding.decode('latin-1')}-encoded "
-                    "body, which the proxy cannot check for the secret; it was asked for an uncompressed one",
+                    f"the upstream answered with a {named}-encoded body, which the proxy cannot check for the "
+                    "values of the secrets bound to this host; it was asked for an uncompressed one",
                 )
                 return 502
-            kept = [(k, scrub.text(v)) for k, v in kept if k != b"content-length"]
-        await client.send(h11.Response(status_code=event.status_code, headers=kept, reason=event.reason))
+            sized = request.method == b"HEAD" or event.status_code in (204, 304)  # no body: the size stays
+            kept = [(k, scrub.text(v)) for k, v in kept if sized or k != b"content-length"]
+            reason = scrub.text(reason)
+        await client.send(h11.Response(status_code=event.status_code, headers=kept, reason=reason))
         await _copy_body(upstream, client, scrub)
         return event.status_code
 
@@ -198,10 +213,13 @@ async def _copy_body(src: HttpStream, dst: HttpStream, scrub: Scrubber | None = 
             if data:
                 await dst.send(h11.Data(data=data))
         elif isinstance(event, h11.EndOfMessage):
-            rest = scrub.end() if scrub is not None else b""
-            if rest:
-                await dst.send(h11.Data(data=rest))
-            await dst.send(h11.EndOfMessage(headers=event.headers))
+            trailers = list(event.headers)
+            if scrub is not None:
+                rest = scrub.end()
+                if rest:
+                    await dst.send(h11.Data(data=rest))
+                trailers = [(k, scrub.text(v)) for k, v in trailers]
+            await dst.send(h11.EndOfMessage(headers=trailers))
             return
         else:
             raise h11.RemoteProtocolError(f"connection ended inside a message ({event!r})")

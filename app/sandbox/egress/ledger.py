@@ -2,14 +2,15 @@
 
 Every string in an event is cut short (a host name to 253 characters, the longest a DNS name can be;
 anything else to `TEXT_CHARS`), and the cut says how much it left out. Refusals, errors and requests
-let through are coalesced: the first `in_full` distinct ones of each type are recorded as they happen, repeats and
-the rest are only counted, and a summary event of the same type (host `*`, port 0, `omitted`: the
-count) reports them at most every `summary_every_s` while they keep coming, and once more at the end.
+let through are coalesced by destination (host and port), so varying a method or a reason adds
+nothing: the first event for each of `in_full` destinations of each type is recorded as it happens;
+repeats and further destinations are only counted, and a summary event of the same type (host `*`,
+port 0, `omitted`: the count) reports them at most every `summary_every_s` while they keep coming,
+and once more at the end.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -53,7 +54,7 @@ class Ledger:
         self,
         emit: Emit | None,
         *,
-        in_full: int = 50,
+        in_full: int = 200,
         summary_every_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -70,7 +71,7 @@ class Ledger:
         data = clipped(data)
         recorded = self._recorded.get(type_)
         if recorded is not None:
-            key = json.dumps(data, sort_keys=True)
+            key = f"{data.get('host')}:{data.get('port')}"  # by destination: varying a method or a reason adds none
             if key in recorded or len(recorded) >= self.in_full:
                 self._omitted[type_] += 1
                 if self.clock() - self._summarized_at >= self.summary_every_s:

@@ -51,7 +51,7 @@ class EgressLimits:
     max_connections: int = 128
     request_timeout_s: float = 30.0
     idle_s: float = 300.0
-    events_in_full: int = 50
+    events_in_full: int = 200
     summary_every_s: float = 60.0
 
 
@@ -307,6 +307,8 @@ class EgressProxy:
             return False
         upstream = upstreams.get((host, port))
         if upstream is None:
+            for stale in list(upstreams):  # one upstream per client connection: the cap counts sockets
+                await upstreams.pop(stale).close()
             try:
                 ip = await self._admit(host, port)
             except Denied as exc:
