@@ -341,7 +341,9 @@ class BwrapSandbox:
         settings = " ".join(f"{flag} {_capped(kind, value) // unit}" for flag, kind, value, unit in ulimits)
         forwarder = self._forwarder() if self.proxy_socket is not None else ""
         bash = shlex.join(self._bash())
-        return f"{forwarder}ulimit -S -H {settings}\nexec {bash} --noprofile --norc\n"
+        # the usual soft limit of open files, whatever the worker raised its own to; the agent may raise it
+        open_files = f"ulimit -S -n {_capped(resource.RLIMIT_NOFILE, SOFT_OPEN_FILES)}\n"
+        return f"{forwarder}ulimit -S -H {settings}\n{open_files}exec {bash} --noprofile --norc\n"
 
     def _forwarder_mounts(self) -> list[str]:
         """Inside an image root, what the worker's Python needs to run the forwarder (its prefix)."""
@@ -407,6 +409,9 @@ def _isolation() -> list[str]:
         *["--unshare-all", "--unshare-user", "--uid", uid, "--gid", uid],
         *["--cap-drop", "ALL", "--die-with-parent", "--new-session"],
     ]
+
+
+SOFT_OPEN_FILES = 1024  # what most systems give a process, and what tools that close every descriptor expect
 
 
 def _capped(kind: int, value: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import resource
 import shutil
 import socket
 import tracemalloc
@@ -20,7 +21,7 @@ import pytest
 
 from app.core.errors import SandboxError
 from app.git.mirrors import Mirrors
-from app.sandbox.bwrap import CA_INSIDE, DEFAULT_RO_PATHS, BwrapSandbox, Limits, sandbox_available
+from app.sandbox.bwrap import CA_INSIDE, DEFAULT_RO_PATHS, SOFT_OPEN_FILES, BwrapSandbox, Limits, sandbox_available
 from app.sandbox.shell import DEFAULT_PATH, PersistentShell
 from tests.support.git import git
 
@@ -28,8 +29,6 @@ SECRET = "s3cr3t-worker-value-1234"
 KEY = "-----BEGIN RSA PRIVATE KEY-----\nfake-app-key-5678\n-----END RSA PRIVATE KEY-----\n"
 PYTHON3 = Path(shutil.which("python3", path=DEFAULT_PATH) or "/usr/bin/python3")  # the sandbox's, masked to test socat
 LIMITS = Limits(cpu_s=30, memory_bytes=256 * 1024**2, max_processes=64, file_size_bytes=10 * 1024**2)
-
-
 
 
 @pytest.fixture
@@ -226,6 +225,25 @@ async def test_memory_and_file_size_are_limited(shell: PersistentShell, workspac
     await still_works(shell, workspace)
 
 
+async def test_the_sandbox_starts_with_the_usual_soft_limit_of_open_files(workspace: Path) -> None:
+    """The worker raises its own soft limit of open files (app.worker.worker.raise_open_files); a sandbox
+    starts at the usual 1,024 anyway (tools that close every descriptor slow down past it), and may
+    raise it up to the hard limit itself."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= SOFT_OPEN_FILES:
+        pytest.skip(f"the hard limit of open files here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        sh = await BwrapSandbox(max_output_bytes=2_000, limits=LIMITS).shell(workspace, {})
+        try:
+            result = await sh.run("ulimit -Sn; ulimit -S -n 2048 && ulimit -Sn", 10)
+        finally:
+            await sh.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert (result.output, result.exit_code) == (f"{SOFT_OPEN_FILES}\n2048\n", 0)
+
+
 async def test_git_works_inside(shell: PersistentShell, workspace: Path) -> None:
     result = await shell.run("echo more >> README.md && git status --short && git log --format=%s -1 && git diff", 10)
     assert result.exit_code == 0, result.output
@@ -282,7 +300,9 @@ async def test_the_forwarder_splices_and_socat_stands_in_without_python3(
     server = await asyncio.start_unix_server(answer, path=str(sock))
     sh = await BwrapSandbox(proxy_socket=sock, hide=hide).shell(workspace, {})
     try:
-        upload = "head -c 3000000 /dev/urandom > /tmp/body && curl -sS --data-binary @/tmp/body http://api.example.test/"
+        upload = (
+            "head -c 3000000 /dev/urandom > /tmp/body && curl -sS --data-binary @/tmp/body http://api.example.test/"
+        )
         result = await sh.run(f"{upload} && echo && sha256sum < /tmp/body", 60)
         listing = await sh.run("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done", 30)
     finally:
