@@ -79,6 +79,17 @@ def opened_payload(stack: Stack, number: int) -> dict[str, Any]:
     return payload
 
 
+def the_run_of(stack: Stack, routine: str) -> dict[str, Any]:
+    """The one run the delivery started for `routine`, once it has ended."""
+    deadline = time.monotonic() + 30
+    runs: list[dict[str, Any]] = []
+    while not runs and time.monotonic() < deadline:
+        runs = stack.get(f"/api/runs?routine={routine}").json()["runs"]
+        time.sleep(0.1)
+    assert len(runs) == 1, "the delivery started no run"
+    return stack.wait(runs[0]["id"])
+
+
 def final_review() -> str:
     review = {
         "summary": "Adds `div`; division by zero is not handled.",
@@ -94,13 +105,7 @@ def test_a_pull_request_event_leads_to_an_inline_review(stack: Stack) -> None:
     number = asyncio.run(open_pull(stack))
     deliver(stack.github, "pull_request", opened_payload(stack, number), f"{stack.web_url}/webhooks/github", SECRET)
 
-    deadline = time.monotonic() + 30
-    runs: list[dict[str, Any]] = []
-    while not runs and time.monotonic() < deadline:
-        runs = stack.get("/api/runs?routine=review-prs").json()["runs"]
-        time.sleep(0.1)
-    assert len(runs) == 1, "the delivery started no run"
-    run = stack.wait(runs[0]["id"])
+    run = the_run_of(stack, "review-prs")
 
     assert run["state"] == "succeeded", run["error"]
     [review] = stack.github.reviews("acme/calc")
@@ -137,13 +142,7 @@ def test_a_forks_pull_request_is_reviewed_at_its_own_commit_not_the_base_branch_
     payload["pull_request"]["author_association"] = "NONE"
     deliver(stack.github, "pull_request", payload, f"{stack.web_url}/webhooks/github", SECRET)
 
-    deadline = time.monotonic() + 30
-    runs: list[dict[str, Any]] = []
-    while not runs and time.monotonic() < deadline:
-        runs = stack.get("/api/runs?routine=review-forks").json()["runs"]
-        time.sleep(0.1)
-    assert len(runs) == 1, "the delivery started no run"
-    run = stack.wait(runs[0]["id"])
+    run = the_run_of(stack, "review-forks")
 
     assert run["state"] == "succeeded", run["error"]
     result = next(e["data"]["output"] for e in stack.events(run["id"]) if e["type"] == "tool.result")

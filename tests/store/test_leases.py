@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
@@ -152,15 +154,9 @@ async def test_a_run_whose_worker_was_killed_between_its_job_and_its_lease_is_re
     """A worker SIGKILLed after arq took the run's job (in-progress mark set, try counted) but before the run
     took its lease: no live set holds the run, and arq would fail the job as a second try once its mark
     lapses, hours later. The sweep notes it, hands it to the reaper when seen so again, and it is resumed."""
-    pool = queue.connect(redis_url)
-    store = RedisStore(pool)
-    leases = Leases(pool, "routines:", lease_s=0.3)
     clock = Clock(1000.0)
-    run = _run()
-    await store.create_run(run)
-    try:
-        assert await queue.enqueue_run(pool, run.id)
-        assert await asyncio.to_thread(killed_after_taking, redis_url) == [run.id]
+    async with _orphaned(redis_url) as (pool, store, run):
+        leases = Leases(pool, "routines:", lease_s=0.3)
         job = Job(queue.run_job_id(run.id), pool)
         assert await job.status() is JobStatus.in_progress
         assert await hand_back_orphans(store, pool, leases, clock=clock) == [], "first seen: perhaps a live worker"
@@ -172,8 +168,6 @@ async def test_a_run_whose_worker_was_killed_between_its_job_and_its_lease_is_re
         assert await reap(store, pool, leases, max_resumes=1) == [queue.resume_job_id(run.id, 1)]
         assert await hand_back_orphans(store, pool, leases, clock=clock) == [], "noted afresh, handed back once"
         assert await job.status() is JobStatus.in_progress, "the killed job is left to arq"
-    finally:
-        await pool.aclose()
 
 
 async def test_the_sweep_passes_over_queued_jobs_and_held_live_or_ended_runs(redis_url: str) -> None:
@@ -207,15 +201,9 @@ async def test_the_sweep_passes_over_queued_jobs_and_held_live_or_ended_runs(red
 async def test_a_sighting_is_forgotten_once_the_run_is_seen_with_its_lease(redis_url: str) -> None:
     """A slow live worker takes the lease after the first sighting: the note goes, and only two sightings in
     a row without the lease hand a run back."""
-    pool = queue.connect(redis_url)
-    store = RedisStore(pool)
-    leases = Leases(pool, "routines:", lease_s=0.3)
     clock = Clock(1000.0)
-    run = _run()
-    await store.create_run(run)
-    try:
-        assert await queue.enqueue_run(pool, run.id)
-        assert await asyncio.to_thread(killed_after_taking, redis_url) == [run.id]
+    async with _orphaned(redis_url) as (pool, store, run):
+        leases = Leases(pool, "routines:", lease_s=0.3)
         assert await hand_back_orphans(store, pool, leases, clock=clock) == []
         assert await leases.take(run.id, "worker-b")
         clock.advance(0.6)
@@ -224,23 +212,29 @@ async def test_a_sighting_is_forgotten_once_the_run_is_seen_with_its_lease(redis
         assert await hand_back_orphans(store, pool, leases, clock=clock) == [], "seen afresh"
         clock.advance(0.6)
         assert await hand_back_orphans(store, pool, leases, clock=clock) == [run.id]
-    finally:
-        await pool.aclose()
 
 
 async def test_the_sweep_reads_the_time_from_redis_by_default(redis_url: str) -> None:
+    async with _orphaned(redis_url) as (pool, store, run):
+        leases = Leases(pool, "routines:", lease_s=60)
+        assert await hand_back_orphans(store, pool, leases) == []
+        seconds, _ = await pool.time()
+        noted = await pool.get(f"routines:orphan:{queue.run_job_id(run.id)}")
+        assert noted is not None and abs(float(noted) - seconds) < 5
+
+
+@contextlib.asynccontextmanager
+async def _orphaned(redis_url: str) -> AsyncIterator[tuple[ArqRedis, RedisStore, Run]]:
+    """A queued run whose job a worker took and was killed holding (tests.support.takers), with the
+    queue's client and the store; the client is closed at the end."""
     pool = queue.connect(redis_url)
     store = RedisStore(pool)
-    leases = Leases(pool, "routines:", lease_s=60)
     run = _run()
     await store.create_run(run)
     try:
         assert await queue.enqueue_run(pool, run.id)
         assert await asyncio.to_thread(killed_after_taking, redis_url) == [run.id]
-        assert await hand_back_orphans(store, pool, leases) == []
-        seconds, _ = await pool.time()
-        noted = await pool.get(f"routines:orphan:{queue.run_job_id(run.id)}")
-        assert noted is not None and abs(float(noted) - seconds) < 5
+        yield pool, store, run
     finally:
         await pool.aclose()
 
