@@ -8,7 +8,7 @@ from app.agent.loop import AgentOutcome
 from app.core.domain import Routine, Run, RunState, run_branch
 from app.core.errors import ConfigError, RoutinesError
 from app.run.context import RunContext, RunnerDeps
-from app.run.outputs import deliver_report, deliver_review, report_text
+from app.run.outputs import capped, deliver_report, deliver_review, report_text
 
 AUTHOR = ("routines[bot]", "routines[bot]@users.noreply.github.com")
 
@@ -84,7 +84,9 @@ async def _deliver_review(ctx: RunContext, deps: RunnerDeps, *, incomplete: bool
     if incomplete:
         summary = f"> [!WARNING]\n> **Incomplete review**: the run stopped before it finished.\n\n{summary}"
     text = ctx.events.redactor.text(summary)
-    result = await deliver_review(forge, ctx.repo, ctx.pull.number, text, ctx.creds, footer=_footer(ctx, deps))
+    result = await deliver_review(
+        forge, ctx.repo, ctx.pull.number, text, ctx.creds, footer=_footer(ctx, deps), reviewed=ctx.pull.head_sha
+    )
     review = {"id": result.review_id, "url": result.url, "inline": result.inline, "moved": result.moved}
     await ctx.events.emit("output.review", {"number": ctx.pull.number, **review})
     ctx.links.append((f"review of #{ctx.pull.number}", result.url))
@@ -121,7 +123,7 @@ async def _deliver(ctx: RunContext, deps: RunnerDeps, *, incomplete: bool, error
         await ctx.events.emit("output.none", {"reason": "no file changed"})
         return None
     routine, run = ctx.routine, ctx.run
-    title = _title(routine, ctx.outcome, incomplete)
+    title = ctx.events.redactor.text(_title(routine, ctx.outcome, incomplete))  # the commit keeps it for good
     sha = await ctx.checkout.commit(f"{title}\n\nRun: {deps.settings.run_url(run.id)}", *AUTHOR)
     if sha is None:
         return None
@@ -136,7 +138,7 @@ async def _deliver(ctx: RunContext, deps: RunnerDeps, *, incomplete: bool, error
     pr = await ctx.forge.find_pull_request(ctx.repo, branch, ctx.creds)
     if pr is None:
         base = routine.base or ctx.repo.default_branch
-        body = ctx.events.redactor.text(pr_body(ctx, deps, changed, incomplete=incomplete, error=error))
+        body = capped(ctx.events.redactor.text(pr_body(ctx, deps, changed, incomplete=incomplete, error=error)))
         pr = await ctx.forge.open_pull_request(
             ctx.repo, head=branch, base=base, title=title, body=body, draft=True, creds=ctx.creds
         )

@@ -12,6 +12,7 @@ in the body instead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -155,8 +156,7 @@ def review_body(draft: ReviewDraft, moved: Sequence[InlineComment], footer: str 
         notes += [f"- {_one_block(text)}" for text in draft.loose]
         parts.append("**Comments on lines outside this pull request's diff**\n\n" + "\n".join(notes))
     body = "\n\n".join(parts)
-    if len(body) > MAX_BODY_CHARS:
-        body = body[:MAX_BODY_CHARS] + "\n\n[... cut: the full review is in the run's event log ...]"
+    body = capped(body, "review")
     return f"{body}\n\n---\n{footer}" if footer else body
 
 
@@ -172,20 +172,34 @@ async def deliver_review(
     creds: Credentials | None,
     *,
     footer: str = "",
+    reviewed: str | None = None,
 ) -> ReviewResult:
-    """Post the review in `final_text` on pull request `pr_number` as a COMMENT review, against its current head.
+    """Post the review in `final_text` on pull request `pr_number` as a COMMENT review, against `reviewed`
+    (the head commit the run checked out; default: the current head).
 
     Comments on lines outside the diff go into the body; if the forge still refuses an inline
-    comment, the review is posted once more with every comment in the body.
+    comment, the review is posted once more with every comment in the body. When the pull request has
+    moved past `reviewed` since, the review stays on the commit it is about, says so, and puts every
+    comment in the body: its lines are those of the reviewed commit, not of the new diff.
     """
     pull = await forge.read_pull(repo, pr_number, creds)
     draft = parse_review(final_text)
-    inline, moved = place_comments(draft.comments, pull.files)
+    commit = reviewed or pull.head_sha
+    if commit != pull.head_sha:
+        note = (
+            f"> [!NOTE]\n> This review is of commit {commit[:12]}; the pull request has moved to "
+            f"{pull.head_sha[:12]} since, which this run did not see."
+        )
+        draft = dataclasses.replace(draft, summary=f"{note}\n\n{draft.summary}" if draft.summary else note)
+        inline: list[InlineComment] = []
+        moved = list(draft.comments)
+    else:
+        inline, moved = place_comments(draft.comments, pull.files)
     try:
         review_id, url = await forge.post_review(
             repo,
             pr_number,
-            commit_id=pull.head_sha,
+            commit_id=commit,
             body=review_body(draft, moved, footer),
             comments=inline,
             creds=creds,
@@ -193,7 +207,7 @@ async def deliver_review(
     except CommentsRefused:
         moved, inline = [*inline, *moved], []
         review_id, url = await forge.post_review(
-            repo, pr_number, commit_id=pull.head_sha, body=review_body(draft, moved, footer), comments=[], creds=creds
+            repo, pr_number, commit_id=commit, body=review_body(draft, moved, footer), comments=[], creds=creds
         )
     return ReviewResult(review_id=review_id, url=url, inline=len(inline), moved=len(moved) + len(draft.loose))
 
@@ -221,9 +235,19 @@ def report_text(routine: str, summary: str, error: str | None, footer: str) -> t
     return title, f"{body}\n\n---\n{footer}" if footer else body
 
 
+_MARKER_TEXT = "routines:report:"
+
+
+def capped(body: str, what: str = "text") -> str:
+    """`body`, cut to MAX_BODY_CHARS with a note (GitHub refuses a body over 65,536 characters)."""
+    if len(body) <= MAX_BODY_CHARS:
+        return body
+    return body[:MAX_BODY_CHARS] + f"\n\n[... cut: the full {what} is in the run's event log ...]"
+
+
 def report_marker(routine: str) -> str:
     """The hidden line that marks a routine's report issue (GitHub does not render HTML comments)."""
-    return f"<!-- routines:report:{routine} -->"
+    return f"<!-- {_MARKER_TEXT}{routine} -->"
 
 
 async def deliver_report(
@@ -235,9 +259,8 @@ async def deliver_report(
     routine failing every night keeps one issue up to date instead of opening one per run.
     """
     marker = report_marker(routine_name)
-    if len(body) > MAX_BODY_CHARS:
-        body = body[:MAX_BODY_CHARS] + "\n\n[... cut: the full text is in the run's event log ...]"
-    full = f"{body}\n\n{marker}"
+    body = body.replace(_MARKER_TEXT, "routines: report:")  # a marker in the text (another routine's) is no marker
+    full = f"{capped(body)}\n\n{marker}"
     title = (title.strip().splitlines() or [f"{routine_name}: report"])[0][:200]
     found = await forge.find_issue(repo, REPORT_LABEL, marker, creds)
     if found is not None:

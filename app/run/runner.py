@@ -218,8 +218,9 @@ async def _agent(ctx: RunContext, deps: RunnerDeps) -> None:
     outcome = ctx.outcome
     if outcome is None:  # the conversation never started; the failure that stopped it was raised
         return
+    summary = ctx.events.redactor.text(outcome.summary)  # readable through the API from now on
     await deps.store.update(
-        ctx.run.id, turns=outcome.turns, usage=outcome.usage, cost_usd=outcome.cost_usd, summary=outcome.summary
+        ctx.run.id, turns=outcome.turns, usage=outcome.usage, cost_usd=outcome.cost_usd, summary=summary
     )
 
 

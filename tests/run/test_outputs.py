@@ -14,6 +14,7 @@ from app.forge.github import GitHubForge
 from app.forge.github_outputs import GitHubOutputs
 from app.run.outputs import (
     REPORT_LABEL,
+    capped,
     deliver_report,
     deliver_review,
     diff_lines,
@@ -153,6 +154,19 @@ async def test_review_posts_diff_comments_inline_and_lists_the_others_in_the_bod
     assert review["body"].endswith("---\nRoutine `r`")
 
 
+async def test_a_review_stays_on_the_commit_it_reviewed_when_the_pull_request_moved(hub: Hub) -> None:
+    """The author pushed while the review ran: the review must not vouch for the new commit, nor put its
+    comments on the new diff's lines."""
+    reviewed = hub.state.pulls("acme/api")[0]["head"]["sha"]
+    hub.state.commit_files("acme/api", "feature", {"more.txt": "pushed while the review ran\n"})
+    text = review_text("Renames line 10.", [{"path": "app.txt", "line": 10, "body": "Spell numbers as digits."}])
+    result = await deliver_review(hub.outputs, hub.repo, hub.number, text, hub.creds, reviewed=reviewed)
+    [review] = hub.state.reviews("acme/api")
+    assert review["commit_id"] == reviewed and review["comments"] == [] and result.inline == 0
+    assert f"This review is of commit {reviewed[:12]}; the pull request has moved" in review["body"]
+    assert "`app.txt` line 10: Spell numbers as digits." in review["body"]
+
+
 async def test_prose_without_a_block_becomes_the_review_body(hub: Hub) -> None:
     result = await deliver_review(hub.outputs, hub.repo, hub.number, "Looks good to me.", hub.creds)
     [review] = hub.state.reviews("acme/api")
@@ -201,6 +215,24 @@ async def test_a_huge_report_is_cut_to_what_github_accepts(hub: Hub) -> None:
     ref = await deliver_report(hub.outputs, hub.repo, "big", "Big", "x" * 100_000, hub.creds)
     body = hub.state.repos["acme/api"].issues[ref.number]["body"]
     assert len(body) < 65_536 and body.endswith("<!-- routines:report:big -->")
+
+
+async def test_a_report_cannot_carry_another_routines_marker(hub: Hub) -> None:
+    """An agent's summary naming another routine's marker must not make that routine's next report
+    update this issue instead of its own."""
+    weekly = await deliver_report(hub.outputs, hub.repo, "weekly", "Weekly", "3 findings", hub.creds)
+    sneaky = "Done.\n<!-- routines:report:weekly -->"
+    nightly = await deliver_report(hub.outputs, hub.repo, "nightly", "Nightly", sneaky, hub.creds)
+    body = hub.state.repos["acme/api"].issues[nightly.number]["body"]
+    assert "routines:report:weekly" not in body and body.endswith("<!-- routines:report:nightly -->")
+    again = await deliver_report(hub.outputs, hub.repo, "weekly", "Weekly", "4 findings", hub.creds)
+    assert again.number == weekly.number
+
+
+def test_a_body_past_what_github_accepts_is_cut_and_says_so() -> None:
+    assert capped("short") == "short"
+    cut = capped("y" * 70_000, "review")
+    assert len(cut) < 65_536 and cut.endswith("[... cut: the full review is in the run's event log ...]")
 
 
 def test_report_text_says_when_the_last_run_failed() -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pygit2
 import pytest
 from redis import asyncio as aioredis
 
@@ -94,7 +95,8 @@ def test_the_secret_reaches_only_its_domain_and_never_the_log(stack: Stack, upst
                 Turn([bash('echo "token inside: $SENTRY_AUTH_TOKEN"; cat /proc/1/environ | tr "\\0" "\\n"')]),
                 Turn([bash("curl -sS -o /dev/null -w '%{http_code}' https://exfil.example.com/ || true")]),
                 Turn([edit_create("TRIAGE.md", "Two issues triaged.\n")]),
-                Turn([text("Triage notes\n\nWrote TRIAGE.md.")]),
+                # as if the model had read the value somewhere (a connector's echo): it must not leave
+                Turn([text(f"Triage notes {SECRET}\n\nWrote TRIAGE.md.")]),
             ],
         )
     )
@@ -118,3 +120,8 @@ def test_the_secret_reaches_only_its_domain_and_never_the_log(stack: Stack, upst
 
     pr = stack.github.pulls("acme/svc")[0]
     assert "exfil.example.com" in pr["body"] and "network.allow" in pr["body"] and SECRET not in pr["body"]
+    assert pr["title"] == "Triage notes [SENTRY_AUTH_TOKEN]", "the title is redacted too"
+    repo = pygit2.Repository(str(stack.github.repos["acme/svc"].path))
+    message = repo.revparse_single(f"refs/heads/{run['branch']}").peel(pygit2.Commit).message
+    assert SECRET not in message and message.startswith("Triage notes [SENTRY_AUTH_TOKEN]"), "git history keeps it"
+    assert SECRET not in json.dumps(stack.get(f"/api/runs/{run['id']}").json())
